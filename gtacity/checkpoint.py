@@ -1,0 +1,238 @@
+"""Generator files: read ours (safetensors + metadata) and the official code's ``.pth``, write ours.
+
+Our file is a safetensors file whose header metadata describes the generator completely, so a file
+is all it takes to rebuild the network::
+
+    {"format": "gtacity-generator", "format_version": "1", "arch": "resnet_generator",
+     "ngf": "64", "n_blocks": "9", "norm": "instance", "direction": "gta2city",
+     "trained_resolution": "256", "value_range": "-1,1"}
+
+Official files (``latest_net_G_A.pth``) are plain state dicts; they are read with
+``torch.load(weights_only=True)`` so loading never runs pickled code. Their ngf and block count are
+inferred from the tensors, and InstanceNorm running stats written by old PyTorch versions are dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from gtacity.nets import ResnetGenerator
+
+FORMAT = "gtacity-generator"
+FORMAT_VERSION = 1
+DIRECTIONS = ("gta2city", "city2gta")
+_STRAY_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
+_BLOCK_KEY = re.compile(r"^model\.(\d+)\.conv_block\.")
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as a generator; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class GeneratorInfo:
+    """What a generator file says about itself.
+
+    ``direction`` is ``None`` for official files, which do not record it; the caller states it.
+    ``trained_resolution`` is the training crop size in pixels, ``None`` where unknown.
+    """
+
+    ngf: int
+    n_blocks: int
+    direction: str | None = None
+    trained_resolution: int | None = None
+    arch: str = "resnet_generator"
+    norm: str = "instance"
+    value_range: str = "-1,1"
+    source_format: str = FORMAT
+
+    def metadata(self) -> dict[str, str]:
+        """The safetensors header metadata (all values are strings, as the format requires)."""
+        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
+        for key, value in asdict(self).items():
+            if key != "source_format" and value is not None:
+                meta[key] = str(value)
+        return meta
+
+
+def save_generator(
+    net: ResnetGenerator,
+    path: str | Path,
+    *,
+    direction: str,
+    trained_resolution: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """Write ``net`` as a generator file that :func:`load_generator` (and ``--weights``) reads.
+
+    Args:
+        net: the generator to save.
+        path: destination; written to a temporary name first and renamed, so a crash never leaves
+            a half-written file under the final name.
+        direction: ``gta2city`` or ``city2gta``.
+        trained_resolution: training crop size, recorded for users of the file.
+        dtype: storage dtype; ``torch.float16`` halves the file (the bundled demo models use it).
+        extra: more metadata (e.g. training step); string values.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    path = Path(path)
+    info = GeneratorInfo(net.ngf, net.n_blocks, direction, trained_resolution)
+    meta = {**(extra or {}), **info.metadata()}
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
+    tmp = path.with_name(path.name + ".partial")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def read_generator_file(path: str | Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
+    """Read a generator file into (state dict, info) without building the network.
+
+    Raises:
+        CheckpointError: missing, truncated, not a generator, or tensors that don't fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        state, info = _read_ours(path)
+    else:
+        state, info = _read_official(path)
+    _check_shapes(path, state, info)
+    return state, info
+
+
+def load_generator(
+    path: str | Path, *, direction: str | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[ResnetGenerator, GeneratorInfo]:
+    """Build the generator stored in ``path`` and load its weights (FP32, eval mode).
+
+    Args:
+        path: our ``.safetensors`` file or an official ``.pth`` state dict.
+        direction: what the caller will use it for. Checked against the file where the file records
+            one; filled in for official files, which do not.
+
+    Raises:
+        CheckpointError: the file cannot be used, or was trained for the other direction.
+    """
+    state, info = read_generator_file(path)
+    if direction is not None:
+        if info.direction is not None and info.direction != direction:
+            raise CheckpointError(
+                f"{path}: this generator translates {info.direction}, not {direction}; "
+                f"pass --direction {info.direction} or the other generator of the run"
+            )
+        info = replace(info, direction=direction)
+    net = ResnetGenerator(info.ngf, info.n_blocks)
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    return net.to(map_location).eval(), info
+
+
+def _read_ours(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
+    if meta.get("format") != FORMAT:
+        # A safetensors file from elsewhere holding an official-layout state dict is still usable.
+        return state, _infer_info(path, state, source_format="safetensors")
+    if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: generator format version {meta['format_version']} is newer than this gtacity "
+            f"reads ({FORMAT_VERSION}); upgrade gtacity"
+        )
+    try:
+        info = GeneratorInfo(
+            ngf=int(meta["ngf"]),
+            n_blocks=int(meta["n_blocks"]),
+            direction=meta.get("direction"),
+            trained_resolution=int(meta["trained_resolution"]) if "trained_resolution" in meta else None,
+            arch=meta.get("arch", "resnet_generator"),
+            norm=meta.get("norm", "instance"),
+            value_range=meta.get("value_range", "-1,1"),
+        )
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: generator metadata is incomplete ({e})") from e
+    if info.arch != "resnet_generator" or info.norm != "instance":
+        raise CheckpointError(f"{path}: unsupported generator arch={info.arch} norm={info.norm}")
+    return state, info
+
+
+def _read_official(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file; all mean "unreadable"
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch state dict ({_first_line(e)}); "
+            "expected an official CycleGAN latest_net_G_*.pth or a gtacity .safetensors file"
+        ) from e
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
+    state = {
+        k.removeprefix("module."): v
+        for k, v in obj.items()
+        if not k.endswith(_STRAY_SUFFIXES)
+    }
+    return state, _infer_info(path, state, source_format="pth")
+
+
+def _infer_info(path: Path, state: dict[str, torch.Tensor], source_format: str) -> GeneratorInfo:
+    first = state.get("model.1.weight")
+    if first is None or first.ndim != 4 or tuple(first.shape[1:]) != (3, 7, 7):
+        hint = " (this looks like a discriminator)" if "model.0.weight" in state else ""
+        raise CheckpointError(
+            f"{path}: not a CycleGAN ResNet generator{hint}: no 7x7 input conv at model.1.weight"
+        )
+    blocks = {int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))}
+    if not blocks:
+        raise CheckpointError(f"{path}: not a CycleGAN ResNet generator: no residual blocks")
+    return GeneratorInfo(ngf=first.shape[0], n_blocks=len(blocks), source_format=source_format)
+
+
+def _check_shapes(path: Path, state: dict[str, torch.Tensor], info: GeneratorInfo) -> None:
+    expected = ResnetGenerator(info.ngf, info.n_blocks).state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})")
+        raise CheckpointError(
+            f"{path}: does not fit a ngf={info.ngf}, {info.n_blocks}-block generator: {'; '.join(parts)}"
+        )
+    for key, ref in expected.items():
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{path}: tensor {key} has shape {tuple(state[key].shape)}, "
+                f"a ngf={info.ngf}, {info.n_blocks}-block generator needs {tuple(ref.shape)}"
+            )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def describe(info: GeneratorInfo) -> str:
+    """One line for logs: ``ngf 64, 9 blocks, gta2city, trained at 256 px``."""
+    parts = [f"ngf {info.ngf}", f"{info.n_blocks} blocks"]
+    if info.direction:
+        parts.append(info.direction)
+    if info.trained_resolution:
+        parts.append(f"trained at {info.trained_resolution} px")
+    return ", ".join(parts)
+

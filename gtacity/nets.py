@@ -1,0 +1,168 @@
+"""CycleGAN networks with exactly the official implementation's state-dict layout.
+
+The official code (junyanz/pytorch-CycleGAN-and-pix2pix, ``models/networks.py``) builds its
+generator as one ``nn.Sequential`` named ``model``; the parameter names follow from the position of
+every layer in it. We build the same sequence so that an official ``latest_net_G_A.pth`` loads without
+renaming::
+
+    model.1            7x7 conv 3 -> ngf           (model.0 is the reflection pad)
+    model.4, model.7   3x3 stride-2 convs (down)
+    model.10 ...       n_blocks ResnetBlocks, each with conv_block.1 and conv_block.5
+    then               two 3x3 stride-2 transposed convs (weights [in, out, 3, 3]), a reflection
+                       pad and the 7x7 conv ngf -> 3, then tanh
+
+With 9 blocks the last conv is ``model.26``; with 6 it is ``model.23``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_DOWNSAMPLING = 2
+# Spatial sizes must be multiples of this to come out of the generator at the size they went in.
+SIZE_MULTIPLE = 2**N_DOWNSAMPLING
+
+
+class InstanceNorm2dFP32(nn.InstanceNorm2d):
+    """InstanceNorm2d (affine=False, no running stats) whose statistics are always computed in FP32.
+
+    Under FP16 the per-channel variance of a 1080p feature map overflows and the mean drifts; BF16
+    loses too many mantissa bits over a million-pixel reduction. Casting up for the reduction and back
+    down afterwards keeps every reduced-precision path (autocast, FP16 ONNX, TensorRT) faithful.
+    It has no parameters or buffers, so the state-dict layout is unchanged.
+    """
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features, affine=False, track_running_stats=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.instance_norm(x, eps=self.eps)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.instance_norm(x.float(), eps=self.eps).to(x.dtype)
+
+
+class ResnetBlock(nn.Module):
+    """Two 3x3 convs with reflection padding and a skip connection (keys conv_block.1 / .5)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, kernel_size=3, padding=0, bias=True),
+            InstanceNorm2dFP32(dim),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, kernel_size=3, padding=0, bias=True),
+            InstanceNorm2dFP32(dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """The CycleGAN ResNet generator: ``(B, 3, H, W)`` in [-1, 1] -> ``(B, 3, H, W)`` in [-1, 1].
+
+    H and W must be multiples of 4 (:data:`SIZE_MULTIPLE`); the engine reflect-pads other sizes.
+
+    Args:
+        ngf: channels after the first conv (64 in the paper; 11.38 M parameters with 9 blocks).
+        n_blocks: residual blocks at the bottleneck (9 for 256-px training in the paper, 6 for 128).
+    """
+
+    def __init__(self, ngf: int = 64, n_blocks: int = 9):
+        super().__init__()
+        if ngf < 1 or n_blocks < 1:
+            raise ValueError(f"ngf and n_blocks must be positive, got ngf={ngf}, n_blocks={n_blocks}")
+        self.ngf, self.n_blocks = ngf, n_blocks
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(3, ngf, kernel_size=7, padding=0, bias=True),
+            InstanceNorm2dFP32(ngf),
+            nn.ReLU(True),
+        ]
+        for i in range(N_DOWNSAMPLING):
+            ch = ngf * 2**i
+            layers += [
+                nn.Conv2d(ch, ch * 2, kernel_size=3, stride=2, padding=1, bias=True),
+                InstanceNorm2dFP32(ch * 2),
+                nn.ReLU(True),
+            ]
+        layers += [ResnetBlock(ngf * 2**N_DOWNSAMPLING) for _ in range(n_blocks)]
+        for i in range(N_DOWNSAMPLING):
+            ch = ngf * 2 ** (N_DOWNSAMPLING - i)
+            layers += [
+                nn.ConvTranspose2d(
+                    ch, ch // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=True
+                ),
+                InstanceNorm2dFP32(ch // 2),
+                nn.ReLU(True),
+            ]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, kernel_size=7, padding=0), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """The 70x70 PatchGAN (official ``NLayerDiscriminator`` with n_layers=3, InstanceNorm).
+
+    ``(B, 3, H, W)`` -> ``(B, 1, H/8 - 2, W/8 - 2)`` real/fake scores, one per 70x70 receptive field.
+    """
+
+    def __init__(self, ndf: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, ndf, kernel_size=4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, True),
+        ]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, kernel_size=4, stride=stride, padding=1, bias=True),
+                InstanceNorm2dFP32(ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        layers += [nn.Conv2d(ndf * mult, 1, kernel_size=4, stride=1, padding=1)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
+    """The paper's initialisation: conv weights ~ N(0, 0.02), biases 0."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return net
+
+
+def count_macs(ngf: int, n_blocks: int, height: int, width: int) -> int:
+    """Multiply-accumulates of one generator forward at ``height x width`` (convs only).
+
+    ngf 64, 9 blocks, 256x256 -> ~56.8 G, the figure benchmarks use for GMAC/s.
+    """
+    macs = 0
+    h, w = height, width
+    macs += h * w * ngf * 3 * 49
+    ch = ngf
+    for _ in range(N_DOWNSAMPLING):
+        h, w = h // 2, w // 2
+        macs += h * w * ch * 2 * ch * 9
+        ch *= 2
+    macs += n_blocks * 2 * h * w * ch * ch * 9
+    for _ in range(N_DOWNSAMPLING):
+        # A transposed conv does in*out*9 MACs per *input* pixel.
+        macs += h * w * ch * (ch // 2) * 9
+        h, w, ch = h * 2, w * 2, ch // 2
+    macs += h * w * ch * 3 * 49
+    return macs

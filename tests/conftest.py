@@ -1,0 +1,37 @@
+"""Shared fixtures and the ``cuda`` marker's rule: skipped without CUDA, unless
+``GTACITY_REQUIRE_CUDA=1`` asks for the skip to be a failure (so a GPU run cannot pass by skipping)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from gtacity.nets import ResnetGenerator, init_weights
+
+REQUIRE_CUDA = os.environ.get("GTACITY_REQUIRE_CUDA") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if "cuda" in item.keywords:
+            if not REQUIRE_CUDA:
+                item.add_marker(
+                    pytest.mark.skip(reason="needs CUDA (GTACITY_REQUIRE_CUDA=1 makes this a failure)")
+                )
+
+
+@pytest.fixture(autouse=True)
+def _cuda_required(request):
+    if REQUIRE_CUDA and "cuda" in request.keywords and not torch.cuda.is_available():
+        pytest.fail("GTACITY_REQUIRE_CUDA=1 but torch.cuda.is_available() is False")
+
+
+@pytest.fixture
+def tiny_generator() -> ResnetGenerator:
+    """ngf 8, 2 blocks, seeded: fast enough for every CPU test."""
+    torch.manual_seed(0)
+    return init_weights(ResnetGenerator(ngf=8, n_blocks=2)).eval()
