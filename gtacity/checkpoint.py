@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from gtacity.errors import GtacityError
 from gtacity.nets import ResnetGenerator
 
 FORMAT = "gtacity-generator"
@@ -31,7 +32,7 @@ _STRAY_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
 _BLOCK_KEY = re.compile(r"^model\.(\d+)\.conv_block\.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GtacityError):
     """A file that cannot be used as a generator; the message names the file and the problem."""
 
 

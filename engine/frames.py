@@ -1,0 +1,61 @@
+"""What travels between the engine's stages: frames, and the source/sink protocols.
+
+A frame's pixels are always ``(H, W, 3)`` uint8 RGB in a numpy array; batches stack them to
+``(N, H, W, 3)``. Whatever a sink needs to put a translated frame back where its input came from
+(a video timestamp, an image's relative path) rides along in ``Frame.meta`` untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One image on its way through the pipeline.
+
+    Attributes:
+        image: ``(H, W, 3)`` uint8 RGB.
+        index: position in the source, from 0; output order follows it.
+        meta: source-specific and opaque to the pipeline (video: pts and time base; image folders:
+            the relative path). Sinks read it; nothing else does.
+    """
+
+    image: np.ndarray
+    index: int
+    meta: Any = None
+
+    def with_image(self, image: np.ndarray) -> "Frame":
+        """The same frame (index, meta) carrying translated pixels."""
+        return replace(self, image=image)
+
+
+class FrameSource(Protocol):
+    """Frames in input order. ``len()`` is the expected frame count for progress (may be an estimate
+    for video); iteration yields :class:`Frame` objects and stops at the end."""
+
+    kind: str  # "video" | "images" | "image"
+    path: Path
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None: ...
+
+
+class FrameSink(Protocol):
+    """Takes translated frames in input order. ``close()`` finishes the output and only then makes it
+    appear under its final name; ``abort()`` removes everything partial."""
+
+    path: Path
+
+    def write(self, frame: Frame) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...

@@ -1,0 +1,12 @@
+"""The one exception type the CLI turns into a single line and a non-zero exit.
+
+Every error a user can cause (missing input, corrupt video, weights that don't fit, ...) raises a
+subclass of :class:`GtacityError` whose message names the file, the problem and, where there is one,
+what to do. Anything else is a bug and keeps its traceback.
+"""
+
+
+class GtacityError(Exception):
+    """A problem with the user's input or environment, stated in one line."""
+
+    exit_code = 1
