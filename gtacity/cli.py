@@ -49,6 +49,38 @@ def cli(debug: bool) -> None:
     _DEBUG["on"] = debug
 
 
+@cli.group()
+def data() -> None:
+    """Get the datasets the trainer learns from."""
+
+
+@data.command("download", epilog="""\b
+Examples:
+  gtacity data download cityscapes2gta                      # into data/cityscapes2gta/
+  gtacity data download cityscapes2gta --to /mnt/big/data   # a disk with room
+  gtacity data download cityscapes2gta --url http://127.0.0.1:8000/cityscapes2gta.zip   # a mirror
+  gtacity data download cityscapes2gta --force --no-keep-zip   # fetch again, drop the .zip after
+""")
+@click.argument("name")
+@click.option("--to", "to", default="data/", show_default=True, type=click.Path(file_okay=False),
+              help="Folder that receives NAME.zip and the unpacked NAME/ folder.")
+@click.option("--url", default=None, help="Download from this mirror instead of the authors' server.")
+@click.option("--force", is_flag=True, help="Download and unpack again even when the dataset is already there.")
+@click.option("--keep-zip/--no-keep-zip", default=True, show_default=True, help="Keep the .zip after unpacking it.")
+def data_download(name: str, to: str, url: str | None, force: bool, keep_zip: bool) -> None:
+    """Download dataset NAME (known: cityscapes2gta), unpack it and check its layout.
+
+    An interrupted download resumes where it stopped when the same command runs again.
+    Prints, per folder (trainA, trainB, testA, testB), the image count and the domain
+    (gta or city) where the file names show it.
+    """
+    from gtacity.trainer.download import download_dataset
+
+    layout = download_dataset(name, to, url=url, force=force, keep_zip=keep_zip, progress=True)
+    for line in layout.summary_lines():
+        click.echo(line)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="gtacity")

@@ -1,0 +1,357 @@
+"""Download, resume, unpack and check the public unpaired datasets (``gtacity data download``).
+
+One table, :data:`DATASETS`, says where each archive lives and which folders it must unpack to;
+:func:`download_dataset` is the one call the command line makes. The transfer uses only
+:mod:`urllib`: a ``.partial`` file grows until its size matches the server's, an interrupted run
+resumes it with an HTTP ``Range`` request, and only a complete file is renamed to ``.zip``.
+
+Which side of ``cityscapes2gta.zip`` is GTA and which is Cityscapes is not stated by its authors
+(see :data:`DATASETS`), so a folder is labelled with a domain only when every image in it carries
+that dataset's own file-name pattern; otherwise its domain is ``None`` and the trainer asks.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import re
+import shutil
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from gtacity import __version__
+from gtacity.errors import GtacityError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SPLITS = ("trainA", "trainB", "testA", "testB")
+_CHUNK = 1 << 20
+
+# Cityscapes: <city>_<sequence>_<frame>_leftImg8bit.png; GTA5 (Playing for Data): 00001.png.
+_DOMAIN_NAMES = {
+    "city": re.compile(r"^[a-z-]+_\d{6}_\d{6}_leftImg8bit\.(png|jpg)$"),
+    "gta": re.compile(r"^\d{5}\.png$"),
+}
+_CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)")
+
+
+class DownloadError(GtacityError):
+    """The archive could not be fetched: network, HTTP status, size or disk space."""
+
+
+class ArchiveError(DownloadError):
+    """The downloaded archive is corrupt or unsafe to unpack."""
+
+
+class LayoutError(DownloadError):
+    """The archive unpacked, but not into the folders the trainer expects."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where one archive lives and what it must unpack to.
+
+    Attributes:
+        name: the name the command line takes.
+        url: the authors' download address (``--url`` replaces it with a mirror).
+        folder: the folder under ``--to`` that holds the unpacked splits.
+        size_bytes: the archive's size where a public source states it; ``None`` trusts the
+            server's ``Content-Length`` alone.
+        source: who publishes the archive, and what is known about its sides.
+    """
+
+    name: str
+    url: str
+    folder: str
+    size_bytes: int | None
+    source: str
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cityscapes2gta": DatasetSpec(
+        name="cityscapes2gta",
+        url="http://efrosgans.eecs.berkeley.edu/cyclegta/cityscapes2gta.zip",
+        folder="cityscapes2gta",
+        size_bytes=None,
+        source=(
+            "Berkeley CycleGAN/CyCADA server (efrosgans.eecs.berkeley.edu/cyclegta). Neither the "
+            "CycleGAN nor the CyCADA repository documents this archive's layout or which of A/B "
+            "is GTA; no public source states its size or file counts."
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class FolderSummary:
+    """One split folder: its name, how many images it holds, and its domain if the names show it."""
+
+    name: str
+    images: int
+    domain: str | None
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """What :func:`download_dataset` found on disk.
+
+    Attributes:
+        name: the dataset's name in :data:`DATASETS`.
+        root: the folder holding trainA/trainB/testA/testB.
+        folders: one summary per split, in SPLITS order.
+        fetched: True when this call downloaded or unpacked anything; False when all was in place.
+        zip_path: the kept archive, or ``None`` after ``keep_zip=False``.
+    """
+
+    name: str
+    root: Path
+    folders: tuple[FolderSummary, ...]
+    fetched: bool
+    zip_path: Path | None
+
+    def summary_lines(self) -> list[str]:
+        """The lines ``gtacity data download`` prints: a headline, then one line per folder."""
+        if self.fetched:
+            lines = [f"{self.name}: ready in {self.root}"]
+        else:
+            lines = [f"{self.name}: already downloaded and unpacked in {self.root} (--force fetches it again)"]
+        for f in self.folders:
+            domain = f"{f.domain} (from file names)" if f.domain else "unknown (not stated by the archive)"
+            lines.append(f"  {f.name:<7} {f.images:>6} images  domain: {domain}")
+        if any(f.domain is None for f in self.folders):
+            lines.append("  which side is GTA is not documented: state it when you train")
+        return lines
+
+
+def download_dataset(
+    name: str,
+    to: Path | str = "data",
+    url: str | None = None,
+    force: bool = False,
+    keep_zip: bool = True,
+    progress: bool = True,
+    timeout_s: float = 30.0,
+) -> DatasetLayout:
+    """Download a known dataset, resume a partial download, unpack it safely and check its layout.
+
+    Args:
+        name: a key of :data:`DATASETS`, e.g. ``"cityscapes2gta"``.
+        to: the folder that receives ``<name>.zip`` and the unpacked ``<folder>/``.
+        url: a mirror to fetch from instead of the authors' address.
+        force: fetch and unpack again even when the dataset is already in place.
+        keep_zip: keep the archive after a successful unpack.
+        progress: show a tqdm bar (bytes, rate, ETA) on stderr.
+        timeout_s: seconds a connection may stay silent before the download fails.
+
+    Returns:
+        The layout found on disk, with per-folder image counts and domains.
+
+    Raises:
+        DownloadError: unknown name, unreachable server, HTTP error, wrong size or a full disk.
+        ArchiveError: the archive is not a valid zip, or a member would land outside ``to``.
+        LayoutError: a split folder is missing or holds no images.
+    """
+    if name not in DATASETS:
+        raise DownloadError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    spec = DATASETS[name]
+    to = Path(to)
+    root, zip_path = to / spec.folder, to / f"{spec.name}.zip"
+    partial = zip_path.with_name(zip_path.name + ".partial")
+    if force:
+        shutil.rmtree(root, ignore_errors=True)
+        zip_path.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+    elif root.exists():
+        folders = _check_layout(root, f"{root} exists but", "pass --force to fetch it again")
+        return DatasetLayout(spec.name, root, folders, False, zip_path if zip_path.exists() else None)
+    to.mkdir(parents=True, exist_ok=True)
+    if not zip_path.exists():
+        _fetch(url or spec.url, partial, spec, progress, timeout_s)
+        partial.replace(zip_path)
+    _unpack(zip_path, root, spec.folder)
+    folders = _check_layout(root, f"{zip_path} unpacked but", "check that the URL serves this dataset")
+    if not keep_zip:
+        zip_path.unlink()
+    return DatasetLayout(spec.name, root, folders, True, zip_path if keep_zip else None)
+
+
+def _fetch(url: str, partial: Path, spec: DatasetSpec, progress: bool, timeout_s: float) -> None:
+    """Grow ``partial`` to the server's full file, resuming what is already there."""
+    start = partial.stat().st_size if partial.exists() else 0
+    resp, offset, total = _open(url, start, timeout_s)
+    if resp is not None:
+        if total is not None:
+            _ensure_space(partial.parent, total - offset, url)
+        with resp, open(partial, "ab" if offset else "wb") as out:
+            with tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=partial.name.removesuffix(".partial"), disable=not progress) as bar:
+                _copy(resp, out, bar, url, partial)
+    size = partial.stat().st_size
+    if total is not None and size > total:
+        partial.unlink()
+        raise DownloadError(f"{url} sent {size} bytes, more than the {total} it announced; run again to start over")
+    if total is not None and size < total:
+        raise DownloadError(
+            f"download of {url} stopped at {size} of {total} bytes; run the same command again to resume"
+        )
+    if spec.size_bytes is not None and size != spec.size_bytes:
+        partial.unlink()
+        raise DownloadError(
+            f"{url} served {size} bytes but {spec.name} is {spec.size_bytes} bytes; "
+            "the partial file was deleted, check --url"
+        )
+
+
+def _open(url: str, start: int, timeout_s: float):
+    """Open ``url`` from byte ``start``; returns (response or None, body offset, total size or None).
+
+    A ``None`` response means the partial file is already the whole file (HTTP 416 whose total
+    equals ``start``). An offset of 0 after asking for ``start > 0`` means the server sent the whole
+    file (it ignored the Range header, or the partial did not fit): the caller starts over.
+    """
+    headers = {"User-Agent": f"gtacity/{__version__}"}
+    if start:
+        headers["Range"] = f"bytes={start}-"
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s)
+    except urllib.error.HTTPError as e:
+        with e:
+            if e.code == 416 and start:
+                total = _parse_content_range(e.headers.get("Content-Range"))[1]
+                if total == start:
+                    return None, start, total
+                return _open(url, 0, timeout_s)
+            raise DownloadError(f"{url}: HTTP {e.code} {e.reason}; check the URL or pass --url to a mirror") from e
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise DownloadError(f"cannot reach {url} ({reason}); check your connection or pass --url to a mirror") from e
+    if resp.status == 206:
+        first, total = _parse_content_range(resp.headers.get("Content-Range"))
+        if first == start:
+            return resp, start, total
+        resp.close()
+        return _open(url, 0, timeout_s)
+    length = resp.headers.get("Content-Length")
+    return resp, 0, int(length) if length and length.isdigit() else None
+
+
+def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
+    """``bytes 10-99/100`` -> (10, 100); ``bytes */100`` -> (None, 100); unparsable -> (None, None)."""
+    m = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if not m:
+        return None, None
+    first, total = m.groups()
+    return (int(first) if first else None), (int(total) if total != "*" else None)
+
+
+def _copy(resp, out, bar: tqdm, url: str, partial: Path) -> None:
+    """Stream the body into ``out``; a broken connection keeps what arrived, for the next resume."""
+    while True:
+        try:
+            chunk = resp.read(_CHUNK)
+        except (OSError, http.client.HTTPException) as e:
+            out.flush()
+            raise DownloadError(
+                f"download of {url} broke off at {partial.stat().st_size} bytes ({e}); "
+                "run the same command again to resume"
+            ) from e
+        if not chunk:
+            return
+        try:
+            out.write(chunk)
+        except OSError as e:
+            _raise_if_disk_full(e, partial)
+            raise
+        bar.update(len(chunk))
+
+
+def _ensure_space(folder: Path, need: int, what: str) -> None:
+    """Fail before writing when the disk cannot hold ``need`` more bytes."""
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise DownloadError(
+            f"{what} needs {need / 2**30:.2f} GiB but {folder} has {free / 2**30:.2f} GiB free; "
+            "free some space or pass --to another disk"
+        )
+
+
+def _raise_if_disk_full(e: OSError, path: Path) -> None:
+    """A full disk is the user's to fix, so it becomes one line; other write errors keep their traceback."""
+    if e.errno == errno.ENOSPC:
+        raise DownloadError(f"disk full while writing {path}; free some space or pass --to another disk") from e
+
+
+def _unpack(zip_path: Path, root: Path, folder: str) -> None:
+    """Unpack ``zip_path`` so that the splits end up in ``root``, refusing unsafe member names.
+
+    Everything lands in a staging folder first and is renamed into place at the end, so an
+    interrupted or refused unpack never leaves a ``root`` that looks finished.
+    """
+    staging = root.with_name(f".{root.name}.unpacking")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            members = zf.infolist()
+            for info in members:
+                _refuse_unsafe(info.filename, zip_path)
+            _ensure_space(root.parent, sum(i.file_size for i in members), f"unpacking {zip_path}")
+            zf.extractall(staging, members)
+        _layout_root(staging, folder, zip_path).replace(root)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise ArchiveError(f"{zip_path} is not a valid zip archive ({e}); delete it and run again") from e
+    except OSError as e:
+        _raise_if_disk_full(e, root)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _refuse_unsafe(member: str, zip_path: Path) -> None:
+    """Members must stay inside the target: no absolute paths, drive letters or ``..`` parts."""
+    name = member.replace("\\", "/")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in PurePosixPath(name).parts:
+        raise ArchiveError(
+            f"{zip_path}: member {member!r} points outside the target folder; refusing to unpack "
+            "(delete the file and check --url)"
+        )
+
+
+def _layout_root(staging: Path, folder: str, zip_path: Path) -> Path:
+    """The unpacked folder that holds every split: ``<folder>/`` inside the archive, or its top."""
+    for candidate in (staging / folder, staging):
+        if all((candidate / s).is_dir() for s in SPLITS):
+            return candidate
+    base = staging / folder if (staging / folder).is_dir() else staging
+    missing = [f"{s}/" for s in SPLITS if not (base / s).is_dir()]
+    found = sorted(f"{p.name}/" for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    raise LayoutError(
+        f"{zip_path} has no {', '.join(missing)} (found {', '.join(found) or 'no folders'}); "
+        "check that the URL serves this dataset"
+    )
+
+
+def _check_layout(root: Path, context: str, advice: str) -> tuple[FolderSummary, ...]:
+    """Count the images of every split under ``root`` and read their domain from the file names."""
+    summaries = []
+    for split in SPLITS:
+        folder = root / split
+        if not folder.is_dir():
+            raise LayoutError(f"{context} has no {split}/; {advice}")
+        names = [p.name for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        if not names:
+            raise LayoutError(f"{context} {split}/ holds no images; {advice}")
+        summaries.append(FolderSummary(split, len(names), _domain_of(names)))
+    return tuple(summaries)
+
+
+def _domain_of(names: list[str]) -> str | None:
+    """'city' or 'gta' when every name follows that dataset's own pattern, else None."""
+    for domain, pattern in _DOMAIN_NAMES.items():
+        if all(pattern.match(n) for n in names):
+            return domain
+    return None
