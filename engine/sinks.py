@@ -1,0 +1,376 @@
+"""Where translated frames go: a video (audio copied), a mirrored image folder, or one image.
+
+:func:`open_sink` picks the sink that matches the source and refuses, in one line, anything that
+could lose the user's data: writing over the input, replacing an existing output without
+``overwrite``, a file name whose extension cannot hold the result. Outputs appear atomically: a
+video or image is written under a hidden ``.NAME.partial-XXXXXXXX.EXT`` name next to its final
+path and renamed only once complete, so a crash or :meth:`abort` never leaves a finished-looking
+file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+from av.video.reformatter import VideoReformatter
+
+from gtacity.engine.frames import Frame, FrameSource
+from gtacity.engine.sources import IMAGE_EXTENSIONS, VideoSource, ffmpeg_reason
+from gtacity.errors import GtacityError
+
+# Containers libx264 output can live in.
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov")
+# Audio codecs each container takes as a plain copy (Matroska takes anything). Checked up front:
+# a misfit stream (PCM in .mp4) is only refused when the trailer is written, after all the work.
+_PCM = {"pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_f32le"}
+_COPYABLE_AUDIO = {
+    ".mp4": {"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"},
+    ".mov": {"aac", "mp3", "ac3", "eac3", "alac"} | _PCM,
+}
+
+
+class SinkError(GtacityError):
+    """An output that cannot or must not be written; the message names the file and what to do."""
+
+
+def open_sink(
+    path: str | Path,
+    source: FrameSource,
+    *,
+    overwrite: bool = False,
+    crf: int = 18,
+    preset: str = "medium",
+    codec: str = "libx264",
+) -> VideoSink | ImageFolderSink | ImageSink:
+    """Open the sink for ``source.kind``: video -> video file, images -> folder, image -> image.
+
+    Args:
+        path: output file (video: .mp4/.mkv/.mov; image: an image extension) or folder (images).
+        source: the open source whose frames will be written; a video sink takes its size, frame
+            rate, time base, colour and audio from it.
+        overwrite: replace an existing output (files in an output folder are replaced one by one;
+            nothing else there is touched). The input is never replaced, whatever this says.
+        crf: constant rate factor of the video encoder (lower = better; 18 is visually lossless).
+        preset: encoder speed/size trade-off (``ultrafast`` ... ``veryslow``).
+        codec: video encoder name (an FFmpeg encoder PyAV has, e.g. ``libx264``).
+
+    Raises:
+        SinkError: the output would be the input, lies inside/around the input folder, exists
+            without ``overwrite``, has the wrong extension, or the encoder/container refuses it.
+    """
+    path = Path(path)
+    if source.kind == "video":
+        _check_file_output(path, source.path, VIDEO_EXTENSIONS, overwrite)
+        return VideoSink(path, source, crf=crf, preset=preset, codec=codec)
+    if source.kind == "images":
+        _check_folder_output(path, source.path, overwrite)
+        return ImageFolderSink(path)
+    if source.kind == "image":
+        _check_file_output(path, source.path, IMAGE_EXTENSIONS, overwrite)
+        return ImageSink(path)
+    raise ValueError(f"unknown source kind {source.kind!r}")
+
+
+def _check_file_output(
+    path: Path, input_path: Path, extensions: tuple[str, ...], overwrite: bool
+) -> None:
+    if path.suffix.lower() not in extensions:
+        got = f"'{path.suffix}'" if path.suffix else "no extension"
+        raise SinkError(
+            f"{path}: {got} is not a supported output type; name it {', '.join(extensions)}"
+        )
+    if _same_file(path, input_path):
+        raise SinkError(
+            f"{path}: is the input file, which gtacity never replaces; choose another output path"
+        )
+    if path.is_dir():
+        raise SinkError(f"{path}: is a folder; name an output file inside it instead")
+    if path.exists() and not overwrite:
+        raise SinkError(f"{path}: already exists; pass --overwrite to replace it")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    # samefile also catches hard links and case-insensitive file systems that resolve() misses.
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def _check_folder_output(out: Path, input_root: Path, overwrite: bool) -> None:
+    out_r, in_r = out.resolve(), input_root.resolve()
+    if out_r == in_r:
+        raise SinkError(
+            f"{out}: is the input folder, which gtacity never writes into; "
+            "choose another output folder"
+        )
+    if out_r.is_relative_to(in_r):
+        raise SinkError(
+            f"{out}: is inside the input folder {input_root}; choose an output folder outside it"
+        )
+    if in_r.is_relative_to(out_r):
+        raise SinkError(
+            f"{out}: contains the input folder {input_root}; choose an output folder outside it"
+        )
+    if out.exists() and not out.is_dir():
+        raise SinkError(
+            f"{out}: exists and is not a folder; an image-folder input needs an output folder"
+        )
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise SinkError(f"{out}: already exists and is not empty; pass --overwrite to replace it")
+
+
+def _partial_path(path: Path) -> Path:
+    # The real extension stays last: FFmpeg and OpenCV choose the format from it.
+    return path.with_name(f".{path.name}.partial-{secrets.token_hex(4)}{path.suffix}")
+
+
+class _AudioCopy:
+    """Remuxes every audio stream of the input into the output, packet by packet, never decoding.
+
+    Packets are written as the video catches up with them (``write_until``), so memory stays flat
+    and the file is interleaved the way players expect.
+    """
+
+    def __init__(self, input_path: Path, output: av.container.OutputContainer, out_path: Path):
+        self._input = av.open(str(input_path))
+        self._output = output
+        self._pending: av.Packet | None = None
+        self._map = {}
+        copyable = _COPYABLE_AUDIO.get(out_path.suffix.lower())
+        streams = list(self._input.streams.audio)
+        for stream in streams:
+            name = stream.codec_context.codec.canonical_name  # "mp3", not the decoder "mp3float"
+            if copyable is not None and name not in copyable:
+                self._input.close()
+                raise SinkError(
+                    f"{out_path}: the input's {name} audio cannot be copied into "
+                    f"{out_path.suffix.lower()}; name the output .mkv"
+                )
+            self._map[stream.index] = output.add_stream_from_template(stream)
+        # demux() of no streams would mean every stream, the video included.
+        self._packets = self._input.demux(streams) if streams else iter(())
+
+    def write_until(self, seconds: Fraction | None) -> None:
+        """Mux input audio packets up to ``seconds`` (all remaining ones for None)."""
+        while True:
+            if self._pending is None:
+                self._pending = next(self._packets, None)
+                if self._pending is None:
+                    return
+            packet = self._pending
+            if packet.size == 0:  # the demuxer's end-of-stream marker, not data
+                self._pending = None
+                continue
+            stamp = packet.dts if packet.dts is not None else packet.pts
+            if seconds is not None and stamp is not None and stamp * packet.time_base > seconds:
+                return
+            packet.stream = self._map[packet.stream.index]
+            self._output.mux(packet)
+            self._pending = None
+
+    def close(self) -> None:
+        self._input.close()
+
+
+class VideoSink:
+    """Encodes frames to H.264 (by default) with the input's timestamps, colour and audio.
+
+    - pixel format yuv420p, or yuv444p when a side is odd (4:2:0 cannot hold odd sizes and the
+      output size always equals the input size);
+    - the stream time base is the input's and each frame keeps its input pts, so variable frame
+      rates and non-zero start times survive;
+    - RGB -> YUV uses the matrix and range the source decoded with, and the stream is tagged like
+      the input (see :mod:`gtacity.engine.colour`);
+    - every audio stream is copied bit for bit.
+    """
+
+    def __init__(self, path: Path, source: VideoSource, *, crf: int, preset: str, codec: str):
+        self.path = path
+        self._colour = source.colour
+        self._size = (source.width, source.height)
+        self._partial = _partial_path(path)
+        self._out = self._audio = None
+        self._last_pts: int | None = None
+        self._reformatter = VideoReformatter()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._out = av.open(str(self._partial), "w")
+            self._video = self._add_video_stream(source, crf=crf, preset=preset, codec=codec)
+            self._audio = _AudioCopy(source.path, self._out, path)
+            # Writing the header now makes encoder/container refusals surface before any work.
+            self._out.start_encoding()
+        except av.FFmpegError as e:
+            self.abort()
+            raise SinkError(
+                f"{path}: could not start writing ({ffmpeg_reason(e)}); "
+                f"check the {codec} crf/preset settings and that the folder is writable"
+            ) from None
+        except OSError as e:
+            self.abort()
+            raise SinkError(
+                f"{path}: could not create the output ({e.strerror}); check the folder is writable"
+            ) from None
+        except BaseException:
+            self.abort()
+            raise
+
+    def _add_video_stream(self, source: VideoSource, *, crf: int, preset: str, codec: str):
+        try:
+            stream = self._out.add_stream(
+                codec, rate=source.rate, options={"crf": str(crf), "preset": preset}
+            )
+        except (av.codec.codec.UnknownCodecError, ValueError) as e:
+            raise SinkError(
+                f"{self.path}: cannot encode with {codec!r} here ({e}); use codec libx264"
+            ) from None
+        width, height = self._size
+        stream.width, stream.height = width, height
+        self._pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        stream.pix_fmt = self._pix_fmt
+        stream.time_base = source.time_base
+        stream.codec_context.time_base = source.time_base
+        if source.sample_aspect_ratio:
+            stream.codec_context.sample_aspect_ratio = source.sample_aspect_ratio
+        ctx = stream.codec_context
+        ctx.colorspace = self._colour.output_matrix
+        ctx.color_range = self._colour.range
+        ctx.color_primaries = self._colour.primaries
+        ctx.color_trc = self._colour.transfer
+        return stream
+
+    def write(self, frame: Frame) -> None:
+        """Encode one translated frame at its input timestamp (``frame.meta``: VideoFrameMeta)."""
+        height, width = frame.image.shape[:2]
+        if (width, height) != self._size:
+            size = "x".join(map(str, self._size))
+            raise ValueError(f"frame {frame.index} is {width}x{height}, the video is {size}")
+        yuv = self._colour.from_rgb(frame.image, self._pix_fmt, self._reformatter)
+        pts = frame.meta.pts
+        # Damaged inputs can repeat a timestamp; the muxer rejects that, so nudge it forward.
+        if self._last_pts is not None and pts <= self._last_pts:
+            pts = self._last_pts + 1
+        yuv.pts, yuv.time_base = pts, frame.meta.time_base
+        self._last_pts = pts
+        try:
+            self._mux(self._video.encode(yuv))
+        except av.FFmpegError as e:
+            raise SinkError(
+                f"{self.path}: writing frame {frame.index} failed ({ffmpeg_reason(e)}); "
+                "check free disk space"
+            ) from None
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            self._out.mux(packet)
+            if packet.dts is not None:
+                self._audio.write_until(packet.dts * packet.time_base)
+
+    def close(self) -> None:
+        """Flush the encoder and the rest of the audio, then move the file to its final name."""
+        try:
+            self._mux(self._video.encode(None))
+            self._audio.write_until(None)
+            self._audio.close()
+            self._out.close()
+        except av.FFmpegError as e:
+            self.abort()
+            raise SinkError(
+                f"{self.path}: finishing the video failed ({ffmpeg_reason(e)}); "
+                "check free disk space, or try an .mkv output"
+            ) from None
+        os.replace(self._partial, self.path)
+
+    def abort(self) -> None:
+        """Stop writing and delete the unfinished file; the final path is never created."""
+        for closer in (self._audio, self._out):
+            if closer is not None:
+                # The file is deleted next, so a trailer that fails to write changes nothing.
+                with contextlib.suppress(av.FFmpegError):
+                    closer.close()
+        self._partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoSink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _imwrite(path: Path, image) -> None:
+    # JPEG quality 95 keeps the translation's detail; PNG and BMP are lossless and OpenCV writes
+    # WebP lossless when no quality is given. (OpenCV 5 warns about options a format does not use.)
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if jpeg else []
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), bgr, params):
+        raise SinkError(f"{path}: could not be written; check free disk space and permissions")
+
+
+class ImageFolderSink:
+    """Mirrors an image folder: each frame goes to ``root / frame.meta`` (same subfolders, name and
+    format as its input). Each file appears complete or not at all; ``abort()`` keeps the finished
+    ones."""
+
+    def __init__(self, root: Path):
+        self.path = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def write(self, frame: Frame) -> None:
+        """Write one translated image at its input's relative path."""
+        target = self.path / frame.meta
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = _partial_path(target)
+        try:
+            _imwrite(partial, frame.image)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Every file was finished as it was written."""
+
+    def abort(self) -> None:
+        """Finished files are complete and stay; no partial file can exist between writes."""
+
+    def __enter__(self) -> ImageFolderSink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ImageSink:
+    """One output image, in the format its extension names; it appears on ``close()``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._partial = _partial_path(path)
+
+    def write(self, frame: Frame) -> None:
+        """Write the image under its unfinished name."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _imwrite(self._partial, frame.image)
+
+    def close(self) -> None:
+        """Move the written image to its final name."""
+        os.replace(self._partial, self.path)
+
+    def abort(self) -> None:
+        """Delete the unfinished image."""
+        self._partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> ImageSink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,286 @@
+"""Where frames come from: a video file, a folder tree of images, or one image.
+
+:func:`open_source` looks at the path and returns the matching
+:class:`~gtacity.engine.frames.FrameSource`. Every source reads lazily (one frame in memory at a
+time) and turns anything a user can get wrong (missing path, corrupt file, a folder with no images)
+into a one-line :class:`SourceError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path, PurePosixPath
+
+import av
+import cv2
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from gtacity.engine.colour import VideoColour
+from gtacity.engine.frames import Frame
+from gtacity.errors import GtacityError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class SourceError(GtacityError):
+    """An input that cannot be read; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class VideoFrameMeta:
+    """Where a decoded video frame sits in time.
+
+    Attributes:
+        pts: presentation timestamp in ``time_base`` units, as stored in the input.
+        time_base: seconds per ``pts`` unit.
+    """
+
+    pts: int
+    time_base: Fraction
+
+    @property
+    def seconds(self) -> float:
+        """The presentation time in seconds."""
+        return float(self.pts * self.time_base)
+
+
+def open_source(path: str | Path) -> VideoSource | ImageFolderSource | ImageSource:
+    """Open a video, an image folder (searched recursively) or a single image.
+
+    Args:
+        path: a directory (-> :class:`ImageFolderSource`), a file with an image extension
+            (-> :class:`ImageSource`), or anything else (-> :class:`VideoSource`).
+
+    Raises:
+        SourceError: the path is missing or is not a readable video/image/image folder.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder; check the path")
+    if path.is_dir():
+        return ImageFolderSource(path)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageSource(path)
+    return VideoSource(path)
+
+
+def ffmpeg_reason(error: av.FFmpegError) -> str:
+    """FFmpeg's words for a failure: its last log line if PyAV captured one, else the errno text."""
+    if error.log:
+        return error.log[2].strip()
+    return error.strerror
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file -> ``(H, W, 3)`` uint8 RGB (grey and 16-bit converted, alpha dropped).
+
+    Raises:
+        SourceError: the file is missing, damaged or not an image OpenCV can decode.
+    """
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise SourceError(f"{path}: not a readable image; check the file opens in an image viewer")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class VideoSource:
+    """Decodes the first video stream of a file with PyAV (threaded), one RGB frame at a time.
+
+    The first frame is decoded on open, so a file that opens but cannot be decoded fails here, and
+    the colour (matrix, range, primaries, transfer) is known before the sink is made. A file cut
+    short after its index (Matroska, a "faststart" mp4) decodes up to the cut without an error:
+    FFmpeg sees an early end, not damage; ``len()`` then still reports the intended count.
+
+    Attributes:
+        kind: ``"video"``.
+        path: the input file (the video sink reopens it to copy the audio).
+        width, height: frame size in pixels.
+        rate: average frame rate (guessed from the timestamps when the file does not say).
+        time_base: seconds per timestamp unit of the video stream.
+        sample_aspect_ratio: pixel aspect ratio, or None when square/unknown.
+        colour: tags and the YUV <-> RGB conversion, shared with the sink.
+    """
+
+    kind = "video"
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._container = av.open(str(path))
+        except av.FFmpegError as e:
+            raise SourceError(
+                f"{path}: not a readable video ({ffmpeg_reason(e)}); "
+                "check the file plays in a media player"
+            ) from None
+        try:
+            self._open_stream()
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _open_stream(self) -> None:
+        # Cover art in an audio file is a one-picture "video" stream; it is not footage.
+        streams = [
+            s
+            for s in self._container.streams.video
+            if not s.disposition & av.stream.Disposition.attached_pic
+        ]
+        if not streams:
+            raise SourceError(
+                f"{self.path}: has no video stream; pass a video file or an image folder"
+            )
+        stream = streams[0]
+        stream.thread_type = "AUTO"
+        self._stream = stream
+        # Only x264's rate control and the length estimate use the rate; timestamps come from the
+        # file. 25 covers a stream that states no rate at all.
+        self.rate: Fraction = stream.average_rate or stream.guessed_rate or Fraction(25)
+        self.time_base: Fraction = stream.time_base
+        self._frames = self._container.decode(stream)
+        self._reformatter = VideoReformatter()
+        self._first = self._decode_next(0)
+        if self._first is None:
+            raise SourceError(
+                f"{self.path}: no video frame could be decoded; "
+                "the file may be truncated or damaged"
+            )
+        self.width, self.height = self._first.width, self._first.height
+        self.sample_aspect_ratio = stream.sample_aspect_ratio
+        self.colour = VideoColour.of_frame(self._first)
+
+    def _decode_next(self, index: int) -> av.VideoFrame | None:
+        try:
+            return next(self._frames, None)
+        except av.FFmpegError as e:
+            raise SourceError(
+                f"{self.path}: decoding failed at frame {index} ({ffmpeg_reason(e)}); "
+                "the file may be truncated or damaged"
+            ) from None
+
+    def __len__(self) -> int:
+        """Frame count from the container, else estimated from the duration and frame rate."""
+        if self._stream.frames:
+            return self._stream.frames
+        if self._stream.duration is not None:
+            seconds = self._stream.duration * self.time_base
+        elif self._container.duration is not None:
+            seconds = Fraction(self._container.duration, av.time_base)
+            # Matroska reports the end time, not the length, when the video starts late; other
+            # formats report the length. Subtract the start only where that leaves a length.
+            start = Fraction(self._container.start_time or 0, av.time_base)
+            if seconds > start:
+                seconds -= start
+        else:
+            return 0
+        return max(1, round(seconds * self.rate))
+
+    def __iter__(self) -> Iterator[Frame]:
+        """Yield every frame once, in presentation order (a source is read once)."""
+        frame, self._first = self._first, None
+        index, pts = 0, None
+        step = max(1, round(1 / (self.rate * self.time_base)))  # one frame, in time_base units
+        while frame is not None:
+            # Raw elementary streams (.h264) carry no timestamps: count on at the nominal rate.
+            if frame.pts is not None:
+                pts = frame.pts
+            else:
+                pts = 0 if pts is None else pts + step
+            image = self.colour.to_rgb(frame, self._reformatter)  # (H, W, 3)
+            yield Frame(image=image, index=index, meta=VideoFrameMeta(pts, self.time_base))
+            index += 1
+            frame = self._decode_next(index)
+
+    def close(self) -> None:
+        """Release the file."""
+        self._container.close()
+
+    def __enter__(self) -> VideoSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ImageFolderSource:
+    """Every image under a folder, recursively, in sorted relative-path order.
+
+    Files are found by extension (png, jpg, jpeg, webp, bmp; any case). Hidden files are skipped:
+    they are editor/OS debris (macOS ``._x.jpg``) or another run's unfinished outputs, never frames.
+    ``Frame.meta`` is the file's path relative to the folder (a ``PurePosixPath``), which the folder
+    sink mirrors.
+    """
+
+    kind = "images"
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.files = _list_images(path)
+        if not self.files:
+            raise SourceError(
+                f"{path}: no images ({' '.join(IMAGE_EXTENSIONS)}) found in this folder or below; "
+                "check the path"
+            )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __iter__(self) -> Iterator[Frame]:
+        """Yield each image in order; a damaged one raises :class:`SourceError` naming it."""
+        for index, relative in enumerate(self.files):
+            yield Frame(image=read_image(self.path / relative), index=index, meta=relative)
+
+    def close(self) -> None:
+        """Nothing is held open between frames."""
+
+    def __enter__(self) -> ImageFolderSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _list_images(root: Path) -> list[PurePosixPath]:
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        relative_folder = PurePosixPath(Path(folder).relative_to(root).as_posix())
+        found += [
+            relative_folder / name
+            for name in files
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        ]
+    return sorted(found)
+
+
+class ImageSource:
+    """A single image file; it is read on open so a bad file fails before any work starts.
+
+    ``Frame.meta`` is the file name (a ``PurePosixPath``).
+    """
+
+    kind = "image"
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._image = read_image(path)
+        self.width, self.height = self._image.shape[1], self._image.shape[0]
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[Frame]:
+        yield Frame(image=self._image, index=0, meta=PurePosixPath(self.path.name))
+
+    def close(self) -> None:
+        """Drop the decoded image."""
+        self._image = None
+
+    def __enter__(self) -> ImageSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
