@@ -2,4 +2,6 @@
 
 from gtacity.cli import main
 
-main()
+# Guarded: DataLoader workers are spawned and re-import the main module under another name.
+if __name__ == "__main__":
+    main()

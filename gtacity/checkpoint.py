@@ -169,7 +169,13 @@ def _read_ours(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
     return state, info
 
 
-def _read_official(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain PyTorch state dict (official CycleGAN ``.pth``), read without unpickling code.
+
+    ``module.`` prefixes (DataParallel) and InstanceNorm running stats written by old PyTorch
+    versions are dropped. Works for generators and discriminators alike.
+    """
+    path = Path(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file; all mean "unreadable"
@@ -181,11 +187,15 @@ def _read_official(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
-    state = {
+    return {
         k.removeprefix("module."): v
         for k, v in obj.items()
         if not k.endswith(_STRAY_SUFFIXES)
     }
+
+
+def _read_official(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
+    state = read_state_dict(path)
     return state, _infer_info(path, state, source_format="pth")
 
 

@@ -49,6 +49,85 @@ def cli(debug: bool) -> None:
     _DEBUG["on"] = debug
 
 
+@cli.command(epilog="""\b
+Examples:
+  gtacity train --data data/cityscapes2gta --out runs/exp1 --gta-side B   # trainA/ trainB/ layout
+  gtacity train --gta GTA5/ --city cityscapes/ --out runs/exp1      # raw trees or image folders
+  gtacity train --resume runs/exp1                                  # continue exactly where it stopped
+  gtacity train --data data/cityscapes2gta --out runs/hd \\
+      --preprocess scale_width_and_crop --load-size 1024 --crop-size 360
+  torchrun --nproc-per-node 4 -m gtacity train --data ... --out runs/ddp   # data-parallel
+  tensorboard --logdir runs/exp1
+""")
+@click.option("--gta", "gta", multiple=True, type=click.Path(), help="GTA5 images: a GTA5 tree (images/) or any image folder. Repeatable.")
+@click.option("--city", "city", multiple=True, type=click.Path(), help="Cityscapes images: a Cityscapes tree (leftImg8bit/train) or any image folder. Repeatable.")
+@click.option("--data", type=click.Path(), help="A CycleGAN unaligned folder (trainA/ trainB/), e.g. the cityscapes2gta archive.")
+@click.option("--gta-side", type=click.Choice(["A", "B"]), default=None,
+              help="Which letter of --data (and of an official --init-from run) is GTA5.  [default: read from the file names]")
+@click.option("--out", type=click.Path(), help="Run folder for checkpoints, generators, logs and samples.")
+@click.option("--resume", type=click.Path(), help="Continue the run in this folder with its saved settings.")
+@click.option("--init-from", type=click.Path(), help="Start from weights: a gtacity run/checkpoint or an official CycleGAN run folder.")
+@click.option("--ngf", default=64, show_default=True, help="Generator width.")
+@click.option("--n-blocks", default=9, show_default=True, help="Residual blocks in each generator.")
+@click.option("--ndf", default=64, show_default=True, help="Discriminator width.")
+@click.option("--preprocess", default="resize_and_crop", show_default=True,
+              type=click.Choice(["resize_and_crop", "scale_width_and_crop", "scale_width", "crop", "none"]))
+@click.option("--load-size", default=286, show_default=True, help="Resize target (side, or width for scale_width*).")
+@click.option("--crop-size", default=256, show_default=True, help="Square training crop.")
+@click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
+@click.option("--batch-size", default=1, show_default=True, help="Images per domain per step (per process).")
+@click.option("--epochs", default=100, show_default=True, help="Epochs at the initial learning rate.")
+@click.option("--epochs-decay", default=100, show_default=True, help="Epochs of linear decay to zero.")
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--beta1", default=0.5, show_default=True)
+@click.option("--lambda-cycle", default=10.0, show_default=True, help="Weight of the cycle-consistency loss.")
+@click.option("--lambda-identity", default=0.5, show_default=True, help="Identity loss weight, relative to --lambda-cycle.")
+@click.option("--pool-size", default=50, show_default=True, help="Generated images remembered for the discriminators.")
+@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]),
+              help="Mixed precision (auto: bf16 on CPU; bf16, else fp16 with grad scaling, on CUDA).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", default=2, show_default=True, help="DataLoader worker processes.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--checkpoint-every", default=1000, show_default=True, help="Steps between checkpoints.")
+@click.option("--log-every", default=50, show_default=True, help="Steps between metrics lines.")
+@click.option("--sample-every", default=500, show_default=True, help="Steps between sample grids.")
+@click.option("--stop-after", type=int, default=None,
+              help="Stop (with a checkpoint) after this many steps; --resume continues. For time-boxed jobs.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(resume, no_progress, stop_after, **opts) -> None:
+    """Train GTA5 <-> Cityscapes generators (CycleGAN) and export both directions.
+
+    Writes, in the run folder: gta2city.safetensors and city2gta.safetensors (what
+    `gtacity translate --weights` takes), checkpoints/latest.pt, metrics.jsonl,
+    TensorBoard logs and samples/*.png.
+    """
+    from gtacity.trainer.data import Preprocess
+    from gtacity.trainer.loop import TrainConfig
+    from gtacity.trainer.loop import train as run_training
+    from gtacity.trainer.step import StepConfig
+
+    if resume:
+        given = [k for k in ("out", "data", "init_from") if opts[k]] + [k for k in ("gta", "city") if opts[k]]
+        if given:
+            raise click.UsageError(f"--resume continues with the run's saved settings; drop --{given[0].replace('_', '-')}")
+        run_training(TrainConfig(out=resume), resume=True, progress_bar=not no_progress, stop_after=stop_after)
+        return
+    if not opts["out"]:
+        raise click.UsageError("--out is required (the run folder), or --resume a run")
+    cfg = TrainConfig(
+        out=opts["out"], gta=opts["gta"], city=opts["city"], data=opts["data"],
+        gta_side=opts["gta_side"],
+        ngf=opts["ngf"], n_blocks=opts["n_blocks"], ndf=opts["ndf"],
+        preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"]),
+        step=StepConfig(opts["lambda_cycle"], opts["lambda_identity"], opts["lr"], opts["beta1"], opts["pool_size"]),
+        batch_size=opts["batch_size"], epochs=opts["epochs"], epochs_decay=opts["epochs_decay"],
+        amp=opts["amp"], device=opts["device"], workers=opts["workers"], seed=opts["seed"],
+        checkpoint_every=opts["checkpoint_every"], log_every=opts["log_every"],
+        sample_every=opts["sample_every"], init_from=opts["init_from"],
+    )
+    run_training(cfg, progress_bar=not no_progress, stop_after=stop_after)
+
+
 @cli.group()
 def data() -> None:
     """Get the datasets the trainer learns from."""

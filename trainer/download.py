@@ -27,16 +27,12 @@ from tqdm import tqdm
 
 from gtacity import __version__
 from gtacity.errors import GtacityError
+from gtacity.trainer.data import domain_from_names
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("trainA", "trainB", "testA", "testB")
 _CHUNK = 1 << 20
 
-# Cityscapes: <city>_<sequence>_<frame>_leftImg8bit.png; GTA5 (Playing for Data): 00001.png.
-_DOMAIN_NAMES = {
-    "city": re.compile(r"^[a-z-]+_\d{6}_\d{6}_leftImg8bit\.(png|jpg)$"),
-    "gta": re.compile(r"^\d{5}\.png$"),
-}
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)")
 
 
@@ -345,13 +341,5 @@ def _check_layout(root: Path, context: str, advice: str) -> tuple[FolderSummary,
         names = [p.name for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
         if not names:
             raise LayoutError(f"{context} {split}/ holds no images; {advice}")
-        summaries.append(FolderSummary(split, len(names), _domain_of(names)))
+        summaries.append(FolderSummary(split, len(names), domain_from_names(names)))
     return tuple(summaries)
-
-
-def _domain_of(names: list[str]) -> str | None:
-    """'city' or 'gta' when every name follows that dataset's own pattern, else None."""
-    for domain, pattern in _DOMAIN_NAMES.items():
-        if all(pattern.match(n) for n in names):
-            return domain
-    return None

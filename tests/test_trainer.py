@@ -1,0 +1,189 @@
+"""Training: the paper's losses, exact resume, data-parallel replicas, learning on toy domains."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import socket
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from click.testing import CliRunner
+
+from gtacity.checkpoint import load_generator
+from gtacity.cli import cli
+from gtacity.trainer.data import DataError, Preprocess, unaligned_files
+from gtacity.trainer.loop import TrainConfig, lr_factor, train
+from gtacity.trainer.step import CycleGAN, Precision, StepConfig, train_step
+
+
+def make_domains(root, n_gta=6, n_city=8, size=48, seed=0):
+    """Two toy domains: shapes on reddish backgrounds ("gta") and bluish ones ("city")."""
+    rng = np.random.default_rng(seed)
+    for name, n, tint in (("gta", n_gta, (200, 60, 40)), ("city", n_city, (40, 80, 200))):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = np.full((size, size, 3), tint, np.uint8)
+            img = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+            x, y, r = (int(v) for v in rng.integers(8, size - 8, 3))
+            cv2.circle(img, (x, y), r // 2, (230, 230, 230), -1)
+            cv2.imwrite(str(folder / f"{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return root / "gta", root / "city"
+
+
+def tiny_config(tmp_path, out="run", **kw) -> TrainConfig:
+    gta, city = make_domains(tmp_path / "data")
+    base = dict(out=str(tmp_path / out), gta=(str(gta),), city=(str(city),), ngf=8, n_blocks=2, ndf=8,
+                preprocess=Preprocess("crop", 48, 32), epochs=2, epochs_decay=1, workers=0,
+                checkpoint_every=1000, log_every=1, sample_every=1000, amp="off")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_one_step_matches_the_paper_by_hand():
+    torch.manual_seed(0)
+    model = CycleGAN(8, 2, 8, StepConfig())
+    before = copy.deepcopy(model)
+    gta, city = torch.rand(2, 1, 3, 32, 32) * 2 - 1
+    losses = train_step(model, gta, city, Precision())
+
+    G, Fn, D_city, D_gta = before.G_gta2city, before.G_city2gta, before.D_city, before.D_gta
+    mse = lambda p, t: ((p - t) ** 2).mean()  # noqa: E731
+    with torch.no_grad():
+        fake_city, fake_gta = G(gta), Fn(city)
+        expected = {
+            "G_gta2city": mse(D_city(fake_city), 1.0),
+            "G_city2gta": mse(D_gta(fake_gta), 1.0),
+            "cycle_gta": 10 * (Fn(fake_city) - gta).abs().mean(),
+            "cycle_city": 10 * (G(fake_gta) - city).abs().mean(),
+            "idt_gta2city": 5 * (G(city) - city).abs().mean(),
+            "idt_city2gta": 5 * (Fn(gta) - gta).abs().mean(),
+        }
+        expected["G_total"] = sum(expected.values())
+        # The discriminators are updated after the generators, on fakes of the pre-update generators
+        # (an empty pool returns its input), so they score those fakes with their own old weights.
+        expected["D_city"] = 0.5 * (mse(D_city(city), 1.0) + mse(D_city(fake_city), 0.0))
+        expected["D_gta"] = 0.5 * (mse(D_gta(gta), 1.0) + mse(D_gta(fake_gta), 0.0))
+    for name, value in expected.items():
+        torch.testing.assert_close(losses[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    # Both optimisers stepped: every net moved.
+    for name in ("G_gta2city", "G_city2gta", "D_city", "D_gta"):
+        w0 = next(getattr(before, name).parameters())
+        assert not torch.equal(w0, next(getattr(model, name).parameters())), name
+
+
+def test_lr_schedule_is_constant_then_linear_to_zero():
+    assert lr_factor(0, 10, 2, 2) == 1.0 and lr_factor(20, 10, 2, 2) == 1.0
+    assert lr_factor(30, 10, 2, 2) == pytest.approx(0.5)
+    assert lr_factor(40, 10, 2, 2) == 0.0
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
+    cfg = tiny_config(tmp_path, "full")
+    full = train(cfg, progress_bar=False)
+    part = tiny_config(tmp_path, "part")
+    train(part, progress_bar=False, stop_after=5)  # stops mid-epoch (8 items per epoch)
+    resumed = train(TrainConfig(out=part.out), resume=True, progress_bar=False)
+    assert full.step == resumed.step == 24
+    a, b = read_metrics(full.run_dir), read_metrics(resumed.run_dir)
+    assert [r["step"] for r in b] == list(range(1, 25))
+    for ra, rb in zip(a, b):
+        for key in ("G_total", "D_city", "D_gta", "cycle_gta", "lr"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-7), (ra["step"], key)
+    for name, p in full.model.G_gta2city.state_dict().items():
+        torch.testing.assert_close(p, resumed.model.G_gta2city.state_dict()[name], rtol=1e-5, atol=1e-6)
+
+
+def test_run_folder_holds_generators_translate_can_use(tmp_path):
+    result = train(tiny_config(tmp_path, sample_every=12, checkpoint_every=12), progress_bar=False)
+    for direction in ("gta2city", "city2gta"):
+        net, info = load_generator(result.run_dir / f"{direction}.safetensors", direction=direction)
+        assert (info.ngf, info.n_blocks, info.trained_resolution) == (8, 2, 32)
+    assert sorted(p.name for p in (result.run_dir / "samples").iterdir()) == [
+        "step_00000012.png", "step_00000024.png"]
+    record = read_metrics(result.run_dir)[-1]
+    assert {"G_gta2city", "G_city2gta", "cycle_gta", "cycle_city", "idt_gta2city", "idt_city2gta",
+            "D_city", "D_gta", "lr", "step", "epoch"} <= set(record)
+    assert list(result.run_dir.glob("events.out.tfevents.*"))
+
+
+def test_translation_moves_toward_the_target_domain(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=40, epochs_decay=0, step=StepConfig(lr=1e-3), log_every=50)
+    gta_images = torch.stack([
+        torch.from_numpy(cv2.imread(str(p))[..., ::-1].copy()).permute(2, 0, 1).float() / 127.5 - 1
+        for p in sorted((tmp_path / "data" / "gta").glob("*.png"))
+    ])
+    torch.manual_seed(0)
+    result = train(cfg, progress_bar=False)  # 320 steps
+    with torch.no_grad():
+        out = result.model.G_gta2city(gta_images)
+    blue_minus_red = lambda x: (x[:, 2] - x[:, 0]).mean().item()  # noqa: E731
+    # gta is red (blue - red ~ -1.2 in [-1, 1] units), city is blue (+1.3).
+    assert blue_minus_red(gta_images) < -1.0
+    assert blue_minus_red(out) > 0.5, blue_minus_red(out)
+
+
+def test_bad_image_is_skipped_with_a_warning(tmp_path, caplog):
+    cfg = tiny_config(tmp_path, epochs=1, epochs_decay=0)
+    (tmp_path / "data" / "gta" / "000.png").write_bytes(b"not a png")
+    with caplog.at_level(logging.WARNING):
+        result = train(cfg, progress_bar=False)
+    assert result.step == 8
+    assert any("skipping unreadable image" in r.message and "000.png" in r.message for r in caplog.records)
+
+
+def test_unaligned_layout_reads_sides_from_names_or_asks(tmp_path):
+    for side, names in (("A", ["aachen_000000_000019_leftImg8bit.png"]), ("B", ["00001.png", "00002.png"])):
+        (tmp_path / f"train{side}").mkdir()
+        for n in names:
+            cv2.imwrite(str(tmp_path / f"train{side}" / n), np.zeros((8, 8, 3), np.uint8))
+    gta, city, side = unaligned_files(tmp_path)
+    assert side == "B" and [p.name for p in gta] == ["00001.png", "00002.png"] and len(city) == 1
+    (tmp_path / "trainA" / "aachen_000000_000019_leftImg8bit.png").rename(tmp_path / "trainA" / "street.png")
+    (tmp_path / "trainB" / "00001.png").rename(tmp_path / "trainB" / "frame.png")
+    with pytest.raises(DataError, match="pass --gta-side A or --gta-side B"):
+        unaligned_files(tmp_path)
+    assert unaligned_files(tmp_path, "B")[2] == "B"
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["train", "--gta", str(tmp_path / "nope"), "--city", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and r.stderr.strip().count("\n") == 0
+    assert "nope: no such folder for the gta images" in r.stderr
+    r = runner.invoke(cli, ["train", "--resume", str(tmp_path / "o2")])
+    assert r.exit_code == 1 and "no training checkpoint here" in r.stderr
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, results: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    result = train(cfg, progress_bar=False)
+    torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, f"{results}/rank{rank}.pt")
+
+
+def test_two_process_gloo_training_keeps_replicas_equal(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=1, epochs_decay=1, checkpoint_every=4, device="cpu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, cfg, str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # 8 items per epoch, 4 per process: 2 epochs -> 8 steps, and the replicas did learn.
+    steps = [r["step"] for r in read_metrics(tmp_path / "run")]
+    assert steps[-1] == 8
+    torch.manual_seed(cfg.seed)
+    initial = CycleGAN(8, 2, 8, StepConfig()).state_dict()
+    assert not torch.equal(a["G_gta2city.model.1.weight"], initial["G_gta2city.model.1.weight"])

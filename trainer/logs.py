@@ -1,0 +1,76 @@
+"""What a run leaves to read: printed config, ``metrics.jsonl``, TensorBoard scalars and sample grids.
+
+``metrics.jsonl`` has one JSON object per logged step with every loss term by name
+(``G_gta2city``, ``cycle_gta``, ``D_city``, ...), the step, epoch and learning rate, so a run can be
+plotted without TensorBoard. Sample grids show, per row, real -> translated -> reconstructed for
+a fixed set of images: GTA5 rows first, then Cityscapes rows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
+
+
+class RunLogger:
+    """Writes a run's logs; a disabled logger (ranks other than 0) does nothing."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.run_dir, self.enabled = run_dir, enabled
+        self._writer = None
+        self._t0 = time.perf_counter()
+
+    def start(self, config: dict, resumed_at: int | None, device: str, precision) -> None:
+        """Print the config and where the run starts; write ``config.json``."""
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        self._writer = SummaryWriter(str(self.run_dir))
+        amp = "fp32" if precision.dtype is None else str(precision.dtype).removeprefix("torch.")
+        where = f"resuming at step {resumed_at}" if resumed_at is not None else "starting"
+        tqdm.write(f"gtacity train: {where}; device {device}, autocast {amp}; run folder {self.run_dir}")
+        tqdm.write(json.dumps(config, indent=2, sort_keys=True))
+
+    def scalars(self, step: int, epoch: int, lr: float, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Log every loss term at ``step``; returns them as floats."""
+        values = {k: float(v) for k, v in losses.items()}
+        if self.enabled:
+            record = {"step": step, "epoch": epoch, "lr": lr, **values,
+                      "elapsed_s": round(time.perf_counter() - self._t0, 2)}
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            for k, v in values.items():
+                self._writer.add_scalar(f"loss/{k}", v, step)
+            self._writer.add_scalar("lr", lr, step)
+        return values
+
+    @torch.no_grad()
+    def samples(self, step: int, model, batch: dict[str, torch.Tensor], precision) -> Path | None:
+        """Translate the fixed sample images both ways; save ``samples/step_XXXXXXXX.png``."""
+        if not self.enabled:
+            return None
+        G, F = model.G_gta2city, model.G_city2gta
+        with precision.autocast():
+            fake_city = G(batch["gta"])
+            fake_gta = F(batch["city"])
+            rows = [(batch["gta"], fake_city, F(fake_city)), (batch["city"], fake_gta, G(fake_gta))]
+        # (B * 3 columns per row) images, interleaved real | translated | reconstructed
+        images = torch.cat([torch.stack(r, 1).flatten(0, 1) for r in rows]).float().clamp(-1, 1)
+        grid = make_grid(images * 0.5 + 0.5, nrow=3, padding=2)
+        path = self.run_dir / "samples" / f"step_{step:08d}.png"
+        path.parent.mkdir(exist_ok=True)
+        save_image(grid, path)
+        self._writer.add_image("samples", grid, step)
+        return path
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,253 @@
+"""The training loop: data, schedule, mixed precision, data parallelism, checkpoints, logging.
+
+Read :func:`train` top to bottom: set up processes and device, build data and nets, maybe resume,
+then ``for step: batch -> lr -> train_step -> log -> sample -> checkpoint``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from gtacity.trainer.data import (
+    DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files,
+    unaligned_files,
+)
+from gtacity.trainer.logs import RunLogger
+from gtacity.trainer.state import Progress, init_from, read_checkpoint, restore, save_checkpoint
+from gtacity.trainer.step import CycleGAN, Precision, StepConfig, train_step
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; saved inside every checkpoint and printed at start.
+
+    Attributes:
+        out: run folder (checkpoints, generator files, TensorBoard logs, samples, metrics.jsonl).
+        gta, city: folders of each domain (raw GTA5 / Cityscapes trees or plain image folders).
+        data: a CycleGAN unaligned folder (trainA/trainB/...) instead of ``gta``/``city``.
+        gta_side: which letter of ``data`` (and of an official ``init_from`` run) is GTA5; None reads
+            it from the file names and refuses to guess when they don't tell.
+        ngf, n_blocks, ndf: network sizes (paper: 64, 9, 64).
+        epochs, epochs_decay: epochs at the initial lr, then epochs of linear decay to zero.
+        amp: ``auto`` (bf16 on CPU; bf16 or fp16 + grad scaling on CUDA), ``bf16``, ``fp16``, ``off``.
+        checkpoint_every, log_every, sample_every: in optimiser steps.
+        init_from: weights to start from (a gtacity run or checkpoint, or an official run folder).
+    """
+
+    out: str
+    gta: tuple[str, ...] = ()
+    city: tuple[str, ...] = ()
+    data: str | None = None
+    gta_side: str | None = None
+    ngf: int = 64
+    n_blocks: int = 9
+    ndf: int = 64
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    step: StepConfig = field(default_factory=StepConfig)
+    batch_size: int = 1
+    epochs: int = 100
+    epochs_decay: int = 100
+    amp: str = "auto"
+    device: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    sample_every: int = 500
+    init_from: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["preprocess"] = Preprocess(**d.get("preprocess", {}))
+        d["step"] = StepConfig(**d.get("step", {}))
+        d["gta"], d["city"] = tuple(d.get("gta", ())), tuple(d.get("city", ()))
+        return cls(**d)
+
+
+def lr_factor(step: int, steps_per_epoch: int, epochs: int, epochs_decay: int) -> float:
+    """The paper's schedule: constant for ``epochs``, then linear to zero over ``epochs_decay``."""
+    if epochs_decay <= 0:
+        return 1.0
+    done = step / steps_per_epoch
+    return max(0.0, 1.0 - max(0.0, done - epochs) / epochs_decay)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` leaves: the run folder, the step it stopped at and the trained nets."""
+
+    run_dir: Path
+    step: int
+    model: CycleGAN
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress_bar: bool = True,
+          stop_after: int | None = None) -> TrainResult:
+    """Run (or continue) a training run.
+
+    Args:
+        cfg: the run's settings. With ``resume`` only ``cfg.out`` is used: the run continues from
+            ``<out>/checkpoints/latest.pt`` with its saved config, exactly where it stopped.
+        stop_after: stop (with a checkpoint) after this many steps of this invocation, e.g. to fit
+            a time-boxed job; ``resume`` continues later as if nothing had happened.
+
+    Under ``torchrun`` each process trains on its own share of the data and gradients are averaged.
+    """
+    rank, world, device = _setup_processes(cfg.device)
+    run_dir = Path(cfg.out)
+    state = read_checkpoint(run_dir) if resume else None
+    if state is not None:
+        cfg = TrainConfig.from_dict({**state["config"], "out": cfg.out})
+    elif (run_dir / "checkpoints" / "latest.pt").exists():
+        raise DataError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
+    dataset, gta_side = _dataset(cfg)
+    spe = ResumableSampler.per_rank(len(dataset), world) // cfg.batch_size
+    if spe == 0:
+        raise DataError(f"{len(dataset)} images per domain are too few for batch size {cfg.batch_size} x {world} processes")
+
+    torch.manual_seed(cfg.seed)
+    model = CycleGAN(cfg.ngf, cfg.n_blocks, cfg.ndf, cfg.step, seed=cfg.seed * 1000 + rank).to(device)
+    prec = _precision(cfg.amp, device)
+    progress = restore(model, prec, state, device) if state is not None else Progress()
+    if state is None and cfg.init_from:
+        loaded = init_from(model, Path(cfg.init_from), gta_side)
+        _print(rank, f"initialised {', '.join(loaded)} from {cfg.init_from}")
+    _broadcast_parameters(model)
+
+    logger = RunLogger(run_dir, enabled=rank == 0)
+    logger.start(cfg.to_dict(), resumed_at=progress.step if state else None, device=str(device), precision=prec)
+    total = (cfg.epochs + cfg.epochs_decay) * spe
+    stop = total if stop_after is None else min(total, progress.step + stop_after)
+    _run_steps(cfg, model, prec, progress, dataset, logger, spe, total, stop, rank, world, device, progress_bar)
+    logger.close()
+    if progress.step == total:
+        _print(rank, f"done: {total} steps; generators: {run_dir}/gta2city.safetensors, {run_dir}/city2gta.safetensors")
+    else:
+        _print(rank, f"stopped at step {progress.step} of {total}; continue with: gtacity train --resume {run_dir}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return TrainResult(run_dir, progress.step, model)
+
+
+def _run_steps(cfg, model, prec, progress, dataset, logger, spe, total, stop, rank, world, device, show_bar):
+    """``for step: batch -> lr -> train_step -> log -> sample -> checkpoint`` until ``stop``."""
+    samples = _sample_batch(dataset, device)
+    bar = tqdm(total=total, initial=progress.step, disable=not show_bar or rank != 0, unit="step",
+               dynamic_ncols=True)
+    sampler = ResumableSampler(len(dataset), cfg.seed, progress.epoch, progress.position, rank, world)
+    loader = _loader(dataset, sampler, cfg, device)
+    while progress.step < stop:
+        sampler.set_position(progress.epoch, progress.position)
+        for batch in loader:
+            lr = cfg.step.lr * lr_factor(progress.step, spe, cfg.epochs, cfg.epochs_decay)
+            for opt in (model.opt_G, model.opt_D):
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            losses = train_step(model, batch["gta"].to(device, non_blocking=True),
+                                batch["city"].to(device, non_blocking=True), prec)
+            progress.step += 1
+            progress.position += cfg.batch_size
+            bar.update(1)
+            last = progress.step == stop
+            if progress.step % cfg.log_every == 0 or last:
+                values = logger.scalars(progress.step, progress.epoch, lr, losses)
+                bar.set_postfix({k: f"{values[k]:.3f}" for k in ("G_total", "D_city", "D_gta")})
+            if progress.step % cfg.sample_every == 0 or last:
+                logger.samples(progress.step, model, samples, prec)
+            if progress.position >= spe * cfg.batch_size:
+                progress.epoch, progress.position = progress.epoch + 1, 0
+            if progress.step % cfg.checkpoint_every == 0 or last:
+                save_checkpoint(Path(cfg.out), model, prec, progress, cfg.to_dict(), cfg.preprocess.crop_size)
+            if last:
+                break
+    bar.close()
+
+
+def _dataset(cfg: TrainConfig) -> tuple[UnpairedDataset, str | None]:
+    """The training set, and which side (A/B) is GTA5 where the data or the user says so."""
+    gta_side = cfg.gta_side
+    if cfg.data:
+        if cfg.gta or cfg.city:
+            raise DataError("give either --data (an unaligned trainA/trainB folder) or --gta and --city, not both")
+        gta, city, gta_side = unaligned_files(cfg.data, cfg.gta_side)
+    elif cfg.gta and cfg.city:
+        gta = [p for root in cfg.gta for p in domain_files(root, "gta")]
+        city = [p for root in cfg.city for p in domain_files(root, "city")]
+    else:
+        raise DataError("no training data: pass --gta DIR and --city DIR, or --data DIR (cityscapes2gta layout)")
+    return UnpairedDataset(gta, city, cfg.preprocess, seed=cfg.seed), gta_side
+
+
+def _loader(dataset, sampler: ResumableSampler, cfg: TrainConfig, device) -> DataLoader:
+    # Spawned, not forked: OpenCV's thread pool deadlocks in a child forked after the parent used it
+    # (seen here: cv2.setNumThreads hangs in pthread_cond_destroy). Persistent, so spawning is paid once.
+    workers = {"multiprocessing_context": "spawn", "persistent_workers": True} if cfg.workers else {}
+    return DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, num_workers=cfg.workers,
+        pin_memory=device.type == "cuda", worker_init_fn=_worker_init if cfg.workers else None, **workers,
+    )
+
+
+def _worker_init(_: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # each worker decodes one image at a time; don't fight the training threads
+
+
+def _sample_batch(dataset: UnpairedDataset, device) -> dict[str, torch.Tensor]:
+    """A fixed set of pairs (epoch 0, first indices) so sample grids are comparable across steps."""
+    items = [dataset[(0, i)] for i in range(min(4, len(dataset)))]
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in ("gta", "city")}
+
+
+def _precision(amp: str, device: torch.device) -> Precision:
+    if amp == "off":
+        return Precision(device.type)
+    if amp == "auto":
+        amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "bf16":
+        return Precision(device.type, torch.bfloat16)
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise DataError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or --amp off")
+        return Precision(device.type, torch.float16, torch.amp.GradScaler("cuda"))
+    raise DataError(f"unknown --amp {amp!r}; choose auto, bf16, fp16 or off")
+
+
+def _setup_processes(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if world == 1:
+        return 0, 1, torch.device("cuda" if use_cuda else "cpu") if device == "auto" else torch.device(device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank(), world, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+def _broadcast_parameters(model: CycleGAN) -> None:
+    """Start every replica from rank 0's weights (their inits differ by seed)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def _print(rank: int, message: str) -> None:
+    if rank == 0:
+        tqdm.write(message)
+

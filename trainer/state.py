@@ -1,0 +1,181 @@
+"""Training checkpoints: everything needed to resume exactly, and starting from other runs' weights.
+
+``<run>/checkpoints/latest.pt`` holds the four nets, both optimisers, the grad scaler, every
+process's image pools, the RNG state, the step and the position inside the epoch, and the run's
+config. It is loaded with ``weights_only=True``: only tensors and plain containers, no pickled code.
+Beside it, each checkpoint writes the two generators as generator files that
+``gtacity translate --weights`` reads directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from gtacity.checkpoint import CheckpointError, read_generator_file, read_state_dict, save_generator
+from gtacity.trainer.data import DataError
+from gtacity.trainer.step import CycleGAN, Precision
+
+NET_NAMES = ("G_gta2city", "G_city2gta", "D_city", "D_gta")
+
+
+@dataclass
+class Progress:
+    """Where a run stands: optimiser steps done, the epoch, and items consumed in that epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0
+
+
+def save_checkpoint(
+    run_dir: Path, model: CycleGAN, prec: Precision, progress: Progress, config: dict,
+    trained_resolution: int,
+) -> Path:
+    """Write ``latest.pt`` and the step's two generator files (rank 0 writes; all ranks must call).
+
+    Under data parallelism it first checks that every process holds the same weights: replicas
+    that drifted apart would make the saved run a lie about what the other processes trained.
+    """
+    pools = [{"city": model.pool_city.state_dict(), "gta": model.pool_gta.state_dict()}]
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world > 1:
+        _check_replicas_equal(model, world)
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, pools[0])
+        pools = gathered
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return run_dir / "checkpoints" / "latest.pt"
+    state = {
+        "config": config,
+        "progress": vars(progress).copy(),
+        "world_size": world,
+        "nets": {name: getattr(model, name).state_dict() for name in NET_NAMES},
+        "opt_G": model.opt_G.state_dict(),
+        "opt_D": model.opt_D.state_dict(),
+        "scaler": prec.scaler.state_dict() if prec.scaler else None,
+        "pools": pools,
+        "rng": {"torch": torch.get_rng_state()},
+    }
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / "latest.pt.partial"
+    torch.save(state, tmp)
+    tmp.replace(ckpt_dir / "latest.pt")
+    export_generators(run_dir, model, progress.step, trained_resolution)
+    return ckpt_dir / "latest.pt"
+
+
+def _check_replicas_equal(model: CycleGAN, world: int) -> None:
+    sums = torch.stack([
+        torch.cat([p.detach().double().flatten() for p in getattr(model, name).parameters()]).sum()
+        for name in NET_NAMES
+    ])
+    gathered = [torch.zeros_like(sums) for _ in range(world)]
+    dist.all_gather(gathered, sums)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"data-parallel replicas diverged: parameter sums per process {gathered}")
+
+
+def export_generators(run_dir: Path, model: CycleGAN, step: int, trained_resolution: int) -> list[Path]:
+    """``<run>/gta2city.safetensors`` and ``city2gta.safetensors`` (latest) plus a per-step copy."""
+    written = []
+    gen_dir = run_dir / "generators"
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    for direction in ("gta2city", "city2gta"):
+        net = getattr(model, f"G_{direction}")
+        extra = {"training_step": str(step)}
+        for path in (gen_dir / f"step_{step:08d}_{direction}.safetensors", run_dir / f"{direction}.safetensors"):
+            written.append(
+                save_generator(net, path, direction=direction, trained_resolution=trained_resolution, extra=extra)
+            )
+    return written
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load a training checkpoint (``latest.pt``) safely, with one-line errors."""
+    if path.is_dir():
+        path = path / "checkpoints" / "latest.pt"
+    if not path.is_file():
+        raise DataError(f"{path}: no training checkpoint here (expected <run>/checkpoints/latest.pt)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle means the same thing to the user
+        raise DataError(f"{path}: not a readable gtacity training checkpoint ({str(e).splitlines()[0][:160]})") from e
+    if not isinstance(state, dict) or "nets" not in state:
+        raise DataError(f"{path}: not a gtacity training checkpoint")
+    return state
+
+
+def restore(model: CycleGAN, prec: Precision, state: dict, device: torch.device) -> Progress:
+    """Put a run back exactly as ``state`` left it; returns where it stood."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if state["world_size"] != world:
+        raise DataError(
+            f"this run was trained with {state['world_size']} processes; resume it with the same number "
+            f"(now {world}) so every process gets its own data position and image pools back"
+        )
+    for name in NET_NAMES:
+        getattr(model, name).load_state_dict(state["nets"][name])
+    model.opt_G.load_state_dict(state["opt_G"])
+    model.opt_D.load_state_dict(state["opt_D"])
+    if prec.scaler and state["scaler"]:
+        prec.scaler.load_state_dict(state["scaler"])
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    model.pool_city.load_state_dict(state["pools"][rank]["city"], device)
+    model.pool_gta.load_state_dict(state["pools"][rank]["gta"], device)
+    torch.set_rng_state(state["rng"]["torch"])
+    return Progress(**state["progress"])
+
+
+def init_from(model: CycleGAN, source: Path, gta_side: str | None) -> list[str]:
+    """Load weights (not optimiser state) from a gtacity run/checkpoint or an official run folder.
+
+    An official CycleGAN run folder holds ``latest_net_{G_A,G_B,D_A,D_B}.pth``. G_A maps A -> B and
+    D_A judges domain B (the official code scores ``netD_A(fake_B)``), so with GTA on side A:
+    G_A = G_gta2city, G_B = G_city2gta, D_A = D_city, D_B = D_gta; swapped when GTA is side B.
+
+    Returns:
+        The names of the nets that were loaded.
+    """
+    official = source / "latest_net_G_A.pth"
+    if source.is_dir() and official.is_file():
+        if gta_side is None:
+            raise DataError(f"{source}: an official run names its domains A and B; pass --gta-side to say which was GTA5")
+        a2b, b2a = ("gta2city", "city2gta") if gta_side == "A" else ("city2gta", "gta2city")
+        d_b, d_a = ("city", "gta") if gta_side == "A" else ("gta", "city")
+        mapping = {"G_A": f"G_{a2b}", "G_B": f"G_{b2a}", "D_A": f"D_{d_b}", "D_B": f"D_{d_a}"}
+        loaded = []
+        for theirs, ours in mapping.items():
+            path = source / f"latest_net_{theirs}.pth"
+            if path.is_file():
+                _load_net(model, ours, read_state_dict(path), path)
+                loaded.append(ours)
+        return loaded
+    if source.suffix == ".safetensors":
+        state, info = read_generator_file(source)
+        if info.direction is None:
+            raise CheckpointError(f"{source}: the file does not say its direction; use a run folder instead")
+        _load_net(model, f"G_{info.direction}", state, source)
+        return [f"G_{info.direction}"]
+    nets = read_checkpoint(source)["nets"]
+    for name in NET_NAMES:
+        _load_net(model, name, nets[name], source)
+    return list(NET_NAMES)
+
+
+def _load_net(model: CycleGAN, name: str, state: dict[str, torch.Tensor], source: Path) -> None:
+    net = getattr(model, name)
+    expected = net.state_dict()
+    bad = sorted(set(expected) ^ set(state)) or [
+        k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{source}: weights for {name} do not fit this run's architecture at {bad[0]} "
+            "(check --ngf / --n-blocks / --ndf)"
+        )
+    net.load_state_dict({k: v.float() for k, v in state.items()})
