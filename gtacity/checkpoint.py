@@ -137,6 +137,12 @@ def load_generator(
     return net.to(map_location).eval(), info
 
 
+def bundled_generator(direction: str) -> Path | None:
+    """The demo generator shipped inside the package for ``direction``, or None if absent."""
+    path = Path(__file__).parent / "models" / f"{direction}_demo.safetensors"
+    return path if path.is_file() else None
+
+
 def _read_ours(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
     try:
         state = load_file(str(path))

@@ -51,6 +51,45 @@ def cli(debug: bool) -> None:
 
 @cli.command(epilog="""\b
 Examples:
+  gtacity translate drive.mp4 -o out.mp4                        # GTA5 -> Cityscapes look
+  gtacity translate city.mp4 -o gta.mp4 --direction city2gta    # and back
+  gtacity translate frames/ -o frames_city/                     # folder tree, mirrored
+  gtacity translate shot.png -o shot_city.png
+  gtacity translate drive.mp4 -o out.mp4 --weights latest_net_G_A.pth   # official CycleGAN weights
+  gtacity translate drive.mp4 -o out.mp4 --weights runs/exp1/gta2city.safetensors --crf 14
+""")
+@click.argument("input", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Video file (.mp4/.mkv/.mov), folder (for a folder input) or image file.")
+@click.option("--direction", default=None, metavar="gta2city|city2gta",
+              help="Translation direction.  [default: the generator file's own, else gta2city]")
+@click.option("--weights", type=click.Path(), default=None,
+              help="Generator file: ours (.safetensors) or an official latest_net_G_*.pth.  [default: bundled demo]")
+@click.option("--backend", default="auto", show_default=True, metavar="auto|torch|openvino",
+              help="Inference backend (auto: openvino on CPU, torch on CUDA).")
+@click.option("--precision", default="auto", show_default=True, metavar="auto|fp32|fp16|bf16",
+              help="Inference precision (auto: bf16 on CPUs that have it via openvino, fp16 on CUDA).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=int, default=None, help="Frames per inference call.  [default: 1 on CPU, 8 on CUDA]")
+@click.option("--crf", default=18, show_default=True, help="Video quality (libx264 CRF; lower = better, bigger).")
+@click.option("--preset", default="medium", show_default=True, help="libx264 preset (ultrafast ... veryslow).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (never the input).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def translate(input, output, quiet, **opts) -> None:
+    """Translate a video, a folder of images or an image between GTA5 and Cityscapes looks.
+
+    Videos keep their frame rate, timestamps, colours and audio; folders are mirrored with the
+    same relative paths, names and formats; every output has the size of its input.
+    """
+    from gtacity.engine.translate import TranslateConfig
+    from gtacity.engine.translate import translate as run_translate
+
+    report = run_translate(TranslateConfig(input=input, output=output, progress=not quiet, **opts))
+    click.echo(report.summary())
+
+
+@cli.command(epilog="""\b
+Examples:
   gtacity train --data data/cityscapes2gta --out runs/exp1 --gta-side B   # trainA/ trainB/ layout
   gtacity train --gta GTA5/ --city cityscapes/ --out runs/exp1      # raw trees or image folders
   gtacity train --resume runs/exp1                                  # continue exactly where it stopped
