@@ -88,6 +88,37 @@ def translate(input, output, quiet, **opts) -> None:
     click.echo(report.summary())
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use WIDTHxHEIGHT, e.g. 512x288") from None
+    return width, height
+
+
+@cli.command("demo-clip", epilog="""\b
+Examples:
+  gtacity demo-clip drive.mp4 && gtacity translate drive.mp4 -o drive_city.mp4
+  gtacity demo-clip long.mp4 --seconds 60 --size 1280x720
+""")
+@click.argument("output", type=click.Path())
+@click.option("--seconds", default=6.0, show_default=True, help="Clip length.")
+@click.option("--size", default="512x288", show_default=True, help="WIDTHxHEIGHT, both even.")
+@click.option("--fps", default=25, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+def demo_clip(output, seconds, size, fps, seed, overwrite) -> None:
+    """Render a synthetic game-style driving clip (H.264 + AAC) to try gtacity on.
+
+    The street is drawn by gtacity itself (no game footage ships with it), flat-shaded the way
+    older games look, so a fresh install has something to translate.
+    """
+    from gtacity.democlip import write_demo_clip
+
+    path = write_demo_clip(output, seconds=seconds, size=_size(size), fps=fps, seed=seed, overwrite=overwrite)
+    click.echo(f"wrote {path} ({seconds:g} s, {size}, {fps} fps, with audio)")
+
+
 @cli.command(epilog="""\b
 Examples:
   gtacity train --data data/cityscapes2gta --out runs/exp1 --gta-side B   # trainA/ trainB/ layout
