@@ -14,6 +14,7 @@ inferred from the tensors, and InstanceNorm running stats written by old PyTorch
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -90,6 +91,9 @@ def save_generator(
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
     tmp = path.with_name(path.name + ".partial")
     save_file(tensors, str(tmp), metadata=meta)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)  # a normal file's mode, not the private one the writer may create
     tmp.replace(path)
     return path
 

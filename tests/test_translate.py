@@ -173,3 +173,13 @@ def test_real_command_line_prints_progress_and_summary(tmp_path, weights):
     assert "40/40" in done.stderr and "frame/s" in done.stderr  # progress bar: done/total and rate
     assert done.stdout.startswith("translated 40 frames in ") and "fps) with openvino" in done.stdout
     assert video_info(tmp_path / "out.mp4")["frames"] == 40
+
+
+def test_without_weights_the_bundled_demo_generators_are_used(tmp_path):
+    make_image(tmp_path / "a.png", size=(64, 40))
+    for direction in ("gta2city", "city2gta"):
+        report = translate(TranslateConfig(tmp_path / "a.png", tmp_path / f"{direction}.png",
+                                           direction=direction, backend="torch", progress=False))
+        g = report.generator
+        assert (g.ngf, g.n_blocks, g.direction, g.trained_resolution) == (32, 6, direction, 128)
+        assert next(iter(open_source(tmp_path / f"{direction}.png"))).image.shape == (40, 64, 3)
