@@ -59,3 +59,27 @@ class FrameSink(Protocol):
     def close(self) -> None: ...
 
     def abort(self) -> None: ...
+
+
+class SourceContext:
+    """``with source:`` closes the source however the block ends."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SinkContext:
+    """``with sink:`` finishes the output when the block succeeds and aborts it when it raises,
+    so an exception never leaves a finished-looking file behind."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

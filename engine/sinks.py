@@ -20,7 +20,7 @@ import av
 import cv2
 from av.video.reformatter import VideoReformatter
 
-from gtacity.engine.frames import Frame, FrameSource
+from gtacity.engine.frames import Frame, FrameSource, SinkContext
 from gtacity.engine.sources import IMAGE_EXTENSIONS, VideoSource, ffmpeg_reason
 from gtacity.errors import GtacityError
 
@@ -176,7 +176,7 @@ class _AudioCopy:
         self._input.close()
 
 
-class VideoSink:
+class VideoSink(SinkContext):
     """Encodes frames to H.264 (by default) with the input's timestamps, colour and audio.
 
     - pixel format yuv420p, or yuv444p when a side is odd (4:2:0 cannot hold odd sizes and the
@@ -293,15 +293,6 @@ class VideoSink:
                     closer.close()
         self._partial.unlink(missing_ok=True)
 
-    def __enter__(self) -> VideoSink:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 def _imwrite(path: Path, image) -> None:
     # JPEG quality 95 keeps the translation's detail; PNG and BMP are lossless and OpenCV writes
@@ -313,7 +304,7 @@ def _imwrite(path: Path, image) -> None:
         raise SinkError(f"{path}: could not be written; check free disk space and permissions")
 
 
-class ImageFolderSink:
+class ImageFolderSink(SinkContext):
     """Mirrors an image folder: each frame goes to ``root / frame.meta`` (same subfolders, name and
     format as its input). Each file appears complete or not at all; ``abort()`` keeps the finished
     ones."""
@@ -339,14 +330,8 @@ class ImageFolderSink:
     def abort(self) -> None:
         """Finished files are complete and stay; no partial file can exist between writes."""
 
-    def __enter__(self) -> ImageFolderSink:
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class ImageSink:
+class ImageSink(SinkContext):
     """One output image, in the format its extension names; it appears on ``close()``."""
 
     def __init__(self, path: Path):
@@ -365,12 +350,3 @@ class ImageSink:
     def abort(self) -> None:
         """Delete the unfinished image."""
         self._partial.unlink(missing_ok=True)
-
-    def __enter__(self) -> ImageSink:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

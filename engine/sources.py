@@ -20,7 +20,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from gtacity.engine.colour import VideoColour
-from gtacity.engine.frames import Frame
+from gtacity.engine.frames import Frame, SourceContext
 from gtacity.errors import GtacityError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -87,7 +87,7 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-class VideoSource:
+class VideoSource(SourceContext):
     """Decodes the first video stream of a file with PyAV (threaded), one RGB frame at a time.
 
     The first frame is decoded on open, so a file that opens but cannot be decoded fails here, and
@@ -198,14 +198,8 @@ class VideoSource:
         """Release the file."""
         self._container.close()
 
-    def __enter__(self) -> VideoSource:
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class ImageFolderSource:
+class ImageFolderSource(SourceContext):
     """Every image under a folder, recursively, in sorted relative-path order.
 
     Files are found by extension (png, jpg, jpeg, webp, bmp; any case). Hidden files are skipped:
@@ -236,12 +230,6 @@ class ImageFolderSource:
     def close(self) -> None:
         """Nothing is held open between frames."""
 
-    def __enter__(self) -> ImageFolderSource:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def _list_images(root: Path) -> list[PurePosixPath]:
     found = []
@@ -256,7 +244,7 @@ def _list_images(root: Path) -> list[PurePosixPath]:
     return sorted(found)
 
 
-class ImageSource:
+class ImageSource(SourceContext):
     """A single image file; it is read on open so a bad file fails before any work starts.
 
     ``Frame.meta`` is the file name (a ``PurePosixPath``).
@@ -278,9 +266,3 @@ class ImageSource:
     def close(self) -> None:
         """Drop the decoded image."""
         self._image = None
-
-    def __enter__(self) -> ImageSource:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
