@@ -130,7 +130,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress_bar: bool = True,
     logger.start(cfg.to_dict(), resumed_at=progress.step if state else None, device=str(device), precision=prec)
     total = (cfg.epochs + cfg.epochs_decay) * spe
     stop = total if stop_after is None else min(total, progress.step + stop_after)
-    _run_steps(cfg, model, prec, progress, dataset, logger, spe, total, stop, rank, world, device, progress_bar)
+    run = _Run(cfg, model, prec, progress, dataset, logger, spe, rank, world, device)
+    _run_steps(run, total, stop, progress_bar)
     logger.close()
     if progress.step == total:
         _print(rank, f"done: {total} steps; generators: {run_dir}/gta2city.safetensors, {run_dir}/city2gta.safetensors")
@@ -141,8 +142,26 @@ def train(cfg: TrainConfig, resume: bool = False, progress_bar: bool = True,
     return TrainResult(run_dir, progress.step, model)
 
 
-def _run_steps(cfg, model, prec, progress, dataset, logger, spe, total, stop, rank, world, device, show_bar):
+@dataclass
+class _Run:
+    """The parts of a run the step loop works with."""
+
+    cfg: TrainConfig
+    model: CycleGAN
+    prec: Precision
+    progress: Progress
+    dataset: UnpairedDataset
+    logger: RunLogger
+    steps_per_epoch: int
+    rank: int
+    world: int
+    device: torch.device
+
+
+def _run_steps(run: _Run, total: int, stop: int, show_bar: bool) -> None:
     """``for step: batch -> lr -> train_step -> log -> sample -> checkpoint`` until ``stop``."""
+    cfg, model, prec, progress, logger = run.cfg, run.model, run.prec, run.progress, run.logger
+    dataset, rank, world, device, spe = run.dataset, run.rank, run.world, run.device, run.steps_per_epoch
     samples = _sample_batch(dataset, device)
     bar = tqdm(total=total, initial=progress.step, disable=not show_bar or rank != 0, unit="step",
                dynamic_ncols=True)
