@@ -230,6 +230,60 @@ def data_download(name: str, to: str, url: str | None, force: bool, keep_zip: bo
         click.echo(line)
 
 
+@cli.command(epilog="""\b
+Examples:
+  gtacity bench                                  # best backends for this machine, sensible sizes
+  gtacity bench --fp16                           # each backend's reduced-precision paths (fp16/bf16)
+  gtacity bench --backend torch,openvino --size 512x256,1024x512 --batch-size 1,4 --json out.json
+  gtacity bench --e2e drive.mp4                  # the whole decode -> translate -> encode path
+  gtacity bench --weights runs/exp1/gta2city.safetensors --device all
+""")
+@click.option("--backend", "backends", default="", metavar="NAME[,NAME...]",
+              help="Backends to run.  [default: every registered one]")
+@click.option("--precision", default="auto", show_default=True, metavar="auto|reduced|fp32|fp16|bf16[,...]",
+              help="auto: each backend's default; reduced: every fp16/bf16 path it has.")
+@click.option("--fp16", is_flag=True, help="Bench the reduced-precision paths (fp16 and/or bf16); adds --precision reduced.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present, else CPU), all, cpu, cuda or cuda:N.")
+@click.option("--size", "sizes", default="", metavar="WxH[,WxH...]",
+              help="Frame sizes, multiples of 4.  [default: 256x256,512x256 on CPU; 1024x512,1920x1080 on CUDA]")
+@click.option("--batch-size", "batch_sizes", default="", metavar="N[,N...]",
+              help="Frames per call.  [default: 1 on CPU; 1,8 on CUDA]")
+@click.option("--weights", type=click.Path(), default=None,
+              help="Generator file.  [default: seeded random weights; speed does not depend on them]")
+@click.option("--ngf", default=64, show_default=True, help="Generator width (random weights).")
+@click.option("--n-blocks", default=9, show_default=True, help="Residual blocks (random weights).")
+@click.option("--warmup", default=1, show_default=True, help="Untimed calls after the agreement check.")
+@click.option("--repeats", default=10, show_default=True, help="Timed calls per configuration (medians reported).")
+@click.option("--e2e", type=click.Path(), default=None, help="Time decode -> translate -> encode over this video instead.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
+def bench(backends, precision, fp16, sizes, batch_sizes, quiet, **opts) -> None:
+    """Measure how fast each backend translates here, after checking they all agree.
+
+    Every configuration (backend x precision x size x batch) is first compared with torch fp32 on
+    the CPU; one outside its precision's tolerance is reported and not timed, and the command
+    fails. Prints machine, versions and settings with frames/s, ms per frame (p50, p95), peak
+    memory and GMAC/s; with --e2e, the seconds each stage worked and the stage that bounds the run.
+    """
+    from gtacity.engine.bench import BenchConfig, BenchError, parse_ints, parse_sizes, run_bench
+    from gtacity.engine.benchstats import describe_disagreement
+
+    precisions = tuple(p.strip() for p in precision.split(",") if p.strip())
+    if fp16:
+        precisions = ("reduced",) if precisions == ("auto",) else (*precisions, "reduced")
+    cfg = BenchConfig(
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()), precisions=precisions,
+        sizes=parse_sizes(sizes) if sizes else (), batch_sizes=parse_ints(batch_sizes) if batch_sizes else (),
+        **opts,
+    )
+    report = run_bench(cfg, log=lambda line: None if quiet else click.echo(line, err=True))
+    click.echo(report.format())
+    if not report.ok:
+        bad = report.disagreements()
+        raise BenchError(f"{len(bad)} configuration(s) disagree with torch fp32 on the CPU and were "
+                         f"not timed: {'; '.join(map(describe_disagreement, bad))}")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="gtacity")

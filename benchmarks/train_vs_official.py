@@ -1,0 +1,156 @@
+"""CycleGAN training iterations/s: ours vs a step written the way the official code does it.
+
+Both train the paper's networks (generators ngf 64 with 9 blocks, 70x70 PatchGANs ndf 64) on
+256x256 crops, batch 1, with the same losses (LSGAN, cycle x10, identity x0.5), Adam (2e-4, 0.5)
+and 50-image pools, on the CPU.
+
+- ours: :func:`gtacity.trainer.step.train_step` with ``Precision("cpu", torch.bfloat16)``, what
+  ``gtacity train`` uses on a CPU by default (``--amp auto``).
+- baseline: ``optimize_parameters`` of the official ``cycle_gan_model.py`` (forward, G step with the
+  discriminators frozen, then D_A and D_B on pooled fakes) in eager fp32, with its ``GANLoss``
+  (MSE against expanded label tensors), ``L1Loss`` and ``ImagePool``.
+
+Inputs are seeded random images in [-1, 1] (dense convolutions take the same time on any pixels).
+Steps alternate ours / baseline after a few warm-up steps of each; medians are reported.
+
+    python benchmarks/train_vs_official.py [--steps 5] [--warmup 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+from gtacity.engine.benchstats import machine_info, versions
+from gtacity.nets import PatchDiscriminator, ResnetGenerator, init_weights
+from gtacity.trainer.step import CycleGAN, Precision, StepConfig, train_step
+
+
+class OfficialImagePool:
+    """``util/image_pool.py``: return a fake, or with probability 1/2 swap it for an older one."""
+
+    def __init__(self, size: int = 50):
+        self.size, self.images = size, []
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for image in images:
+            image = torch.unsqueeze(image.data, 0)
+            if len(self.images) < self.size:
+                self.images.append(image)
+                out.append(image)
+            elif random.uniform(0, 1) > 0.5:
+                slot = random.randint(0, self.size - 1)
+                out.append(self.images[slot].clone())
+                self.images[slot] = image
+            else:
+                out.append(image)
+        return torch.cat(out, 0)
+
+
+class OfficialCycleGAN:
+    """``models/cycle_gan_model.py``'s training step, names kept (A = GTA5, B = Cityscapes)."""
+
+    def __init__(self, lambda_A: float = 10.0, lambda_B: float = 10.0, lambda_identity: float = 0.5):
+        self.netG_A, self.netG_B = (init_weights(ResnetGenerator(64, 9)) for _ in range(2))
+        self.netD_A, self.netD_B = (init_weights(PatchDiscriminator(64)) for _ in range(2))
+        self.lambda_A, self.lambda_B, self.lambda_idt = lambda_A, lambda_B, lambda_identity
+        self.criterionGAN, self.criterionCycle, self.criterionIdt = nn.MSELoss(), nn.L1Loss(), nn.L1Loss()
+        self.optimizer_G = torch.optim.Adam(
+            itertools.chain(self.netG_A.parameters(), self.netG_B.parameters()), lr=2e-4, betas=(0.5, 0.999))
+        self.optimizer_D = torch.optim.Adam(
+            itertools.chain(self.netD_A.parameters(), self.netD_B.parameters()), lr=2e-4, betas=(0.5, 0.999))
+        self.fake_A_pool, self.fake_B_pool = OfficialImagePool(), OfficialImagePool()
+
+    def gan_loss(self, prediction: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+        target = torch.tensor(1.0 if target_is_real else 0.0).expand_as(prediction)
+        return self.criterionGAN(prediction, target)
+
+    def optimize_parameters(self, real_A: torch.Tensor, real_B: torch.Tensor) -> None:
+        self.fake_B = self.netG_A(real_A)
+        self.rec_A = self.netG_B(self.fake_B)
+        self.fake_A = self.netG_B(real_B)
+        self.rec_B = self.netG_A(self.fake_A)
+        self.set_requires_grad([self.netD_A, self.netD_B], False)
+        self.optimizer_G.zero_grad()
+        self.backward_G(real_A, real_B)
+        self.optimizer_G.step()
+        self.set_requires_grad([self.netD_A, self.netD_B], True)
+        self.optimizer_D.zero_grad()
+        self.backward_D_basic(self.netD_A, real_B, self.fake_B_pool.query(self.fake_B))
+        self.backward_D_basic(self.netD_B, real_A, self.fake_A_pool.query(self.fake_A))
+        self.optimizer_D.step()
+
+    def backward_G(self, real_A: torch.Tensor, real_B: torch.Tensor) -> None:
+        loss_idt_A = self.criterionIdt(self.netG_A(real_B), real_B) * self.lambda_B * self.lambda_idt
+        loss_idt_B = self.criterionIdt(self.netG_B(real_A), real_A) * self.lambda_A * self.lambda_idt
+        loss_G_A = self.gan_loss(self.netD_A(self.fake_B), True)
+        loss_G_B = self.gan_loss(self.netD_B(self.fake_A), True)
+        loss_cycle_A = self.criterionCycle(self.rec_A, real_A) * self.lambda_A
+        loss_cycle_B = self.criterionCycle(self.rec_B, real_B) * self.lambda_B
+        (loss_G_A + loss_G_B + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B).backward()
+
+    def backward_D_basic(self, netD: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> None:
+        loss_D = (self.gan_loss(netD(real), True) + self.gan_loss(netD(fake.detach()), False)) * 0.5
+        loss_D.backward()
+
+    @staticmethod
+    def set_requires_grad(nets: list[nn.Module], requires_grad: bool) -> None:
+        for net in nets:
+            for param in net.parameters():
+                param.requires_grad = requires_grad
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps of each")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each first")
+    parser.add_argument("--size", type=int, default=256, help="square crop side")
+    args = parser.parse_args()
+    print(f"command: python {' '.join(sys.argv)}")
+    machine = machine_info()
+    print(f"machine: {machine['cpu']}, {machine['cpu_cores_usable']} cores, {machine['memory_gib']} GiB; "
+          f"torch threads {machine['torch_threads']}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+
+    torch.manual_seed(0)
+    random.seed(0)
+    gta, city = torch.rand(2, 1, 3, args.size, args.size) * 2 - 1  # (1, 3, S, S) each
+    ours = CycleGAN(64, 9, 64, StepConfig(), seed=0)
+    precision = Precision("cpu", torch.bfloat16)
+    official = OfficialCycleGAN()
+    steps = {
+        "ours": lambda: train_step(ours, gta, city, precision),
+        "baseline": lambda: official.optimize_parameters(gta, city),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(args.warmup + args.steps):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if i >= args.warmup:
+                seconds[name].append(time.perf_counter() - start)
+        if i >= args.warmup:
+            print(f"  step {i + 1 - args.warmup}: " + ", ".join(f"{n} {s[-1]:.2f} s" for n, s in seconds.items()),
+                  file=sys.stderr)
+
+    ours_s, base_s = statistics.median(seconds["ours"]), statistics.median(seconds["baseline"])
+    print(f"\n{args.size}x{args.size} crops, batch 1, ngf 64 / 9 blocks, ndf 64; {args.warmup} warm-up steps each, "
+          f"median of {args.steps} alternating steps\n")
+    print("| | baseline (official-style, eager fp32) | ours (train_step, bf16 autocast) | ratio |")
+    print("|---|---|---|---|")
+    print(f"| iterations/s | {1 / base_s:.3f} | {1 / ours_s:.3f} | {base_s / ours_s:.2f}x |")
+    print(f"| seconds per iteration (median) | {base_s:.2f} | {ours_s:.2f} | |")
+    print(f"| seconds per iteration (min-max) | {min(seconds['baseline']):.2f}-{max(seconds['baseline']):.2f} "
+          f"| {min(seconds['ours']):.2f}-{max(seconds['ours']):.2f} | |")
+
+
+if __name__ == "__main__":
+    main()

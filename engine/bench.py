@@ -1,0 +1,426 @@
+"""``gtacity bench``: how fast every backend runs the generator here, checked for agreement first.
+
+::
+
+    from gtacity.engine.bench import BenchConfig, run_bench
+    report = run_bench(BenchConfig(sizes=((512, 256),), batch_sizes=(1, 4)))
+    print(report.format())
+
+Everything is driven by the backend registry (:data:`gtacity.engine.backends.BACKENDS`): each
+registered backend is run on each device type it declares, at the precisions asked for (``auto``:
+the backend's own default; ``reduced``: every fp16/bf16 path it has there). A backend joins the
+bench by registering. Backends or devices that cannot run here are listed with the reason.
+
+Method. The generator is the chosen architecture with seeded random weights (speed does not depend
+on the weights) or a generator file. Per configuration (backend x precision x size x batch):
+``prepare`` (timed as ``build_s``: compilation, engine build, autotuning), one call whose output is
+compared with torch fp32 on the CPU against :data:`TOLERANCES` (a configuration outside it is
+reported and not timed), ``warmup`` more calls (``warmup_s``), then ``repeats`` timed calls:
+``perf_counter`` around each call on the CPU, CUDA events after a synchronisation on a GPU.
+Frames/s is ``batch / median call time``. Host memory is the process's peak resident size during
+the configuration (Linux ``VmHWM``, reset per configuration through ``/proc/self/clear_refs``).
+
+The report and its JSON fields: :mod:`gtacity.engine.benchstats`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+
+import torch
+
+from gtacity.checkpoint import load_generator
+from gtacity.engine.backends import (
+    BACKENDS, PRECISIONS, Backend, BackendError, backend_class, create_backend,
+)
+from gtacity.engine.backends.base import MIN_SIZE
+from gtacity.engine.benchstats import (
+    Agreement, BenchReport, E2EResult, HostPeak, ModelResult, Target, describe_disagreement,
+    device_peak_mib, machine_info, matmul_rate, percentile, reset_device_peak, synchronize,
+    time_calls, versions,
+)
+from gtacity.engine.pipeline import run_pipeline
+from gtacity.engine.sinks import VIDEO_EXTENSIONS, open_sink
+from gtacity.engine.sources import open_source
+from gtacity.errors import GtacityError
+from gtacity.nets import SIZE_MULTIPLE, ResnetGenerator, count_macs, init_weights
+
+REDUCED = ("fp16", "bf16")
+# Sizes (width, height) and batches when none are given: the CPU default run stays under two
+# minutes on 2 cores; a GPU gets Cityscapes and 1080p frames.
+DEFAULT_SIZES = {"cpu": ((256, 256), (512, 256)), "cuda": ((1024, 512), (1920, 1080))}
+DEFAULT_BATCHES = {"cpu": (1,), "cuda": (1, 8)}
+Size = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Largest allowed difference from torch fp32 on the CPU, in [-1, 1] units."""
+
+    max_abs: float
+    mean_abs: float
+
+
+# Measured against torch fp32 on the CPU with the bench's own input (uniform random in [-1, 1]),
+# 256x256 to 1024x512, batch 1 and 4. ngf 64 / 9 blocks, seeded random weights (the worst case
+# seen): openvino fp32 max 1.3e-5, mean 1.2e-6; bf16 (openvino, torch) max 0.062-0.088, mean
+# 0.0070-0.0087. The trained demo generator (ngf 32 / 6): bf16 max 0.014-0.026, mean 0.0008-0.0011.
+# Bounds: ~8x fp32's error, ~3x bf16's (the max grows slowly with pixel count). fp16 keeps 3 more
+# mantissa bits than bf16 (1/8 the rounding error); no GPU was at hand to measure it, so its bound
+# is bf16's / 4. "tf32" is fp32 on CUDA, where cuDNN (and TensorRT) run fp32 convolutions in TF32
+# (fp16's mantissa) by default.
+TOLERANCES: Mapping[str, Tolerance] = MappingProxyType({
+    "fp32": Tolerance(max_abs=1e-4, mean_abs=1e-5),
+    "tf32": Tolerance(max_abs=0.06, mean_abs=0.006),
+    "fp16": Tolerance(max_abs=0.06, mean_abs=0.006),
+    "bf16": Tolerance(max_abs=0.25, mean_abs=0.025),
+})
+
+
+class BenchError(GtacityError):
+    """A bench that cannot run as asked."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One bench run.
+
+    Attributes:
+        backends: registry names to run; empty = every registered backend.
+        precisions: any of ``auto`` (each backend's default), ``reduced`` (its fp16/bf16 paths),
+            ``fp32``, ``fp16``, ``bf16``.
+        device: ``auto`` (CUDA if present, else the CPU), ``all`` (every device type), ``cpu``,
+            ``cuda`` or ``cuda:N``.
+        sizes: ``(width, height)`` pairs, multiples of 4; empty = :data:`DEFAULT_SIZES` per device.
+        batch_sizes: frames per call; empty = :data:`DEFAULT_BATCHES` per device.
+        weights: a generator file; None = seeded random weights of ``ngf`` / ``n_blocks``.
+        warmup, repeats: untimed calls after the agreement check, then timed calls.
+        e2e: a video (or image folder / image): time the whole pipeline over it instead.
+        json_path: also write the report there.
+        tolerances: precision (or ``tf32``) -> :class:`Tolerance` for the agreement check.
+        seed: of the random weights and the input.
+    """
+
+    backends: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ("auto",)
+    device: str = "auto"
+    sizes: tuple[Size, ...] = ()
+    batch_sizes: tuple[int, ...] = ()
+    weights: str | Path | None = None
+    ngf: int = 64
+    n_blocks: int = 9
+    warmup: int = 1
+    repeats: int = 10
+    e2e: str | Path | None = None
+    json_path: str | Path | None = None
+    tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: TOLERANCES)
+    seed: int = 0
+
+
+def parse_sizes(text: str) -> tuple[Size, ...]:
+    """``"512x256,1024x512"`` -> ``((512, 256), (1024, 512))`` (width x height)."""
+    sizes = [item.lower().split("x") for item in text.split(",") if item.strip()]
+    if not sizes or any(len(s) != 2 or not all(v.strip().isdigit() for v in s) for s in sizes):
+        raise BenchError(f"sizes are WIDTHxHEIGHT, comma-separated (e.g. 512x256,1024x512); got {text!r}")
+    return tuple((int(w), int(h)) for w, h in sizes)
+
+
+def parse_ints(text: str) -> tuple[int, ...]:
+    """``"1,4"`` -> ``(1, 4)``."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items or not all(item.isdigit() for item in items):
+        raise BenchError(f"expected comma-separated whole numbers, e.g. 1,4; got {text!r}")
+    return tuple(int(item) for item in items)
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda line: None) -> BenchReport:
+    """Check, then time, every selected backend; also writes ``cfg.json_path`` if set.
+
+    Args:
+        cfg: what to run.
+        log: receives a line per step as the run goes (each takes seconds to minutes).
+
+    Returns:
+        The report. ``report.ok`` is False when a configuration disagreed with the reference; it
+        is listed in ``report.agreement`` and not timed.
+
+    Raises:
+        BenchError: invalid sizes, batches, precisions or counts; an unknown backend name;
+            nothing selected can run here.
+        GtacityError: unreadable weights or ``e2e`` input.
+    """
+    _validate(cfg)
+    net = _generator(cfg)
+    runnable, unavailable, skipped = plan(cfg)
+    if not runnable:
+        why = "; ".join(f"{t.backend} on {t.device}: {t.reason}" for t in unavailable + skipped)
+        raise BenchError(f"nothing to run ({why})")
+    settings = {**_settings(cfg), "ngf": net.ngf, "n_blocks": net.n_blocks}
+    tolerances = {k: asdict(v) for k, v in cfg.tolerances.items()}
+    report = BenchReport(machine_info(), versions(), settings, tolerances)
+    report.unavailable, report.skipped = unavailable, skipped
+    for target in unavailable:
+        log(f"unavailable: {target.backend} on {target.device}: {target.reason}")
+    bench = _Bench(cfg, net, report, log)
+    if cfg.e2e is None:
+        bench.models(runnable)
+    else:
+        bench.e2e(runnable, Path(cfg.e2e))
+    if report.agreement and report.ok:
+        log(f"agreement: all {len(report.agreement)} configurations within tolerance")
+    if cfg.json_path is not None:
+        report.write_json(cfg.json_path)
+    return report
+
+
+def plan(cfg: BenchConfig) -> tuple[list[Target], list[Target], list[Target]]:
+    """(runnable, unavailable, skipped) targets: registry x device types x precisions.
+
+    Raises:
+        BenchError: an unknown backend name.
+    """
+    runnable: list[Target] = []
+    unavailable: list[Target] = []
+    skipped: list[Target] = []
+    for name in cfg.backends or tuple(BACKENDS):
+        try:
+            cls = backend_class(name)
+        except BackendError as e:
+            raise BenchError(str(e)) from None
+        for device_type in cls.precisions:
+            device = _device_for(cfg.device, device_type)
+            reason = cls.unavailable_reason(torch.device(device or device_type))
+            if reason is not None:
+                unavailable.append(Target(name, device or device_type, reason=reason))
+            elif device is None:
+                why = f"--device {cfg.device} leaves {device_type} out"
+                skipped.append(Target(name, device_type, reason=why))
+            else:
+                _add_precisions(cls, torch.device(device), cfg.precisions, runnable, skipped)
+    return runnable, unavailable, skipped
+
+
+def _device_for(wanted: str, device_type: str) -> str | None:
+    """The device to run ``device_type`` on under ``--device wanted``; None if it is left out."""
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "all":
+        return device_type
+    return wanted if torch.device(wanted).type == device_type else None
+
+
+def _add_precisions(cls: type[Backend], device: torch.device, wanted: tuple[str, ...],
+                    runnable: list[Target], skipped: list[Target]) -> None:
+    supported = cls.supported_precisions(device)
+    chosen: list[str] = []
+    for p in wanted:
+        if p == "auto":
+            chosen.append(cls.default_precision(device))
+        elif p == "reduced" and any(q in REDUCED for q in supported):
+            chosen += [q for q in supported if q in REDUCED]
+        elif p in supported:
+            chosen.append(p)
+        else:
+            has = f"it has {', '.join(supported)} on {device} here"
+            skipped.append(Target(cls.name, str(device), p, has))
+    runnable += [Target(cls.name, str(device), p) for p in dict.fromkeys(chosen)]
+
+
+def _validate(cfg: BenchConfig) -> None:
+    for p in cfg.precisions:
+        if p not in ("auto", "reduced", *PRECISIONS):
+            raise BenchError(f"unknown precision {p!r}; use auto, reduced, {', '.join(PRECISIONS)}")
+    for width, height in cfg.sizes:
+        if min(width, height) < MIN_SIZE or width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
+            raise BenchError(f"size {width}x{height}: each side must be a multiple of "
+                             f"{SIZE_MULTIPLE}, at least {MIN_SIZE}")
+    if any(b < 1 for b in cfg.batch_sizes) or cfg.repeats < 1 or cfg.warmup < 0:
+        raise BenchError("batch sizes and repeats must be at least 1, warm-up calls at least 0")
+    if cfg.device not in ("auto", "all"):
+        try:
+            torch.device(cfg.device)
+        except (RuntimeError, TypeError):
+            raise BenchError(f"unknown device {cfg.device!r}; use auto, all, cpu, cuda, cuda:N") from None
+    if cfg.json_path is not None and not Path(cfg.json_path).parent.is_dir():
+        raise BenchError(f"{cfg.json_path}: its folder does not exist")
+
+
+def _generator(cfg: BenchConfig) -> ResnetGenerator:
+    if cfg.weights is not None:
+        return load_generator(cfg.weights)[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return init_weights(ResnetGenerator(cfg.ngf, cfg.n_blocks)).eval()
+
+
+def _settings(cfg: BenchConfig) -> dict:
+    skip = ("tolerances", "ngf", "n_blocks")  # in the report's own fields, or read from the weights
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in skip}
+    values["sizes"] = [f"{w}x{h}" for w, h in cfg.sizes]
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+
+
+class _Bench:
+    """One run's shared state: the generator, inputs and references per size, the report."""
+
+    def __init__(self, cfg: BenchConfig, net: ResnetGenerator, report: BenchReport,
+                 log: Callable[[str], None]):
+        self.cfg, self.net, self.report, self.log = cfg, net, report, log
+        self.host = HostPeak()
+        report.machine["host_peak_per_config"] = self.host.per_config
+        self._inputs: dict[Size, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def models(self, targets: list[Target]) -> None:
+        """Time ``infer`` alone for every target x size x batch."""
+        configs = {t: [(s, b) for s in self._sizes(t) for b in self._batches(t)] for t in targets}
+        needs: dict[Size, int] = {}
+        for size, batch in (c for cs in configs.values() for c in cs):
+            needs[size] = max(needs.get(size, 0), batch)
+        self._references(needs)
+        for target, target_configs in configs.items():
+            backend = self._backend(target)
+            for size, batch in target_configs if backend else ():
+                self._model_config(backend, size, batch)
+
+    def e2e(self, targets: list[Target], path: Path) -> None:
+        """Run the whole pipeline over ``path`` once per target x batch, after warm-up."""
+        width, height = _first_frame_size(path)
+        padded = (width + -width % SIZE_MULTIPLE, height + -height % SIZE_MULTIPLE)
+        batches = {t: self._batches(t) for t in targets}
+        self._references({padded: max((max(b) for b in batches.values()), default=1)})
+        for target, target_batches in batches.items():
+            backend = self._backend(target)
+            for batch in target_batches if backend else ():
+                prepared = self._prepared(backend, padded, batch)
+                if prepared is not None:
+                    self._e2e_config(backend, path, f"{width}x{height}", batch, *prepared)
+
+    def _sizes(self, target: Target) -> tuple[Size, ...]:
+        device_type = torch.device(target.device).type
+        return self.cfg.sizes or DEFAULT_SIZES.get(device_type, DEFAULT_SIZES["cpu"])
+
+    def _batches(self, target: Target) -> tuple[int, ...]:
+        return self.cfg.batch_sizes or DEFAULT_BATCHES.get(torch.device(target.device).type, (1,))
+
+    def _references(self, needs: dict[Size, int]) -> None:
+        """Seeded inputs in [-1, 1] and torch fp32 CPU outputs, made before anything is timed."""
+        for (width, height), n in needs.items():
+            generator = torch.Generator().manual_seed(self.cfg.seed)
+            x = torch.rand(n, 3, height, width, generator=generator) * 2 - 1  # (N, 3, H, W)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                self._inputs[(width, height)] = (x, self.net(x))
+            seconds = time.perf_counter() - start
+            self.log(f"reference: torch fp32 cpu, {n} x {width}x{height} in {seconds:.1f} s")
+
+    def _backend(self, target: Target) -> Backend | None:
+        start = time.perf_counter()
+        try:
+            backend = create_backend(target.backend, self.net, target.precision, target.device)
+        except BackendError as e:
+            self.report.unavailable.append(replace(target, reason=str(e)))
+            self.log(f"unavailable: {target.backend} {target.precision} on {target.device}: {e}")
+            return None
+        self.log(f"{backend.describe()}: set up in {time.perf_counter() - start:.1f} s")
+        return backend
+
+    def _prepared(self, backend: Backend, size: Size, batch: int) -> tuple[float, torch.Tensor] | None:
+        """Reset the memory peaks, prepare, check agreement: (build seconds, input) or None."""
+        width, height = size
+        self.host.reset()
+        reset_device_peak(backend.device)
+        start = time.perf_counter()
+        backend.prepare(batch, height, width)
+        build_s = time.perf_counter() - start
+        x_cpu, ref = self._inputs[size]
+        x = x_cpu[:batch].to(backend.device)
+        diff = (backend.infer(x).float().cpu() - ref[:batch]).abs()
+        cuda_fp32 = backend.device.type == "cuda" and backend.precision == "fp32"
+        key = "tf32" if cuda_fp32 else backend.precision
+        if key not in self.cfg.tolerances:
+            has = ", ".join(self.cfg.tolerances)
+            raise BenchError(f"no {key} tolerance in the table (it has {has})")
+        tol = self.cfg.tolerances[key]
+        max_abs, mean_abs = diff.max().item(), diff.mean().item()
+        agreement = Agreement(
+            backend.name, str(backend.device), backend.precision, f"{width}x{height}", batch,
+            max_abs, mean_abs, f"{key}: max {tol.max_abs:g}, mean {tol.mean_abs:g}",
+            ok=max_abs <= tol.max_abs and mean_abs <= tol.mean_abs,
+        )
+        self.report.agreement.append(agreement)
+        if not agreement.ok:
+            self.log(f"DISAGREES, not timed: {describe_disagreement(agreement)}")
+            return None
+        return build_s, x
+
+    def _warm_up(self, backend: Backend, x: torch.Tensor) -> float:
+        start = time.perf_counter()
+        for _ in range(self.cfg.warmup):
+            backend.infer(x)
+        synchronize(backend.device)
+        return time.perf_counter() - start
+
+    def _model_config(self, backend: Backend, size: Size, batch: int) -> None:
+        # Measured before the peaks are reset: the matmul's buffers are not the model's.
+        rate = matmul_rate(backend.device, backend.precision)
+        if rate is not None:
+            self.report.machine.setdefault("matmul_tflops", {})[rate[0]] = rate[1]
+        prepared = self._prepared(backend, size, batch)
+        if prepared is None:
+            return
+        build_s, x = prepared
+        warmup_s = self._warm_up(backend, x)
+        ms = [1000 * s / batch for s in time_calls(backend, x, self.cfg.repeats)]
+        p50 = percentile(ms, 50)
+        gmacs = count_macs(self.net.ngf, self.net.n_blocks, size[1], size[0]) / 1e9
+        result = ModelResult(
+            backend.name, str(backend.device), backend.precision, backend.describe(),
+            f"{size[0]}x{size[1]}", batch, fps=1000 / p50, ms_per_frame_p50=p50,
+            ms_per_frame_p95=percentile(ms, 95), repeats=len(ms), build_s=build_s,
+            warmup_s=warmup_s, peak_host_mib=self.host.peak_mib(),
+            peak_device_mib=device_peak_mib(backend.device), gmacs_per_frame=gmacs,
+            gmac_per_s=gmacs * 1000 / p50,
+            matmul_share=None if rate is None else gmacs * 2 / p50 / rate[1],  # GFLOP/ms = TFLOP/s
+        )
+        self.report.results.append(result)
+        self.log(f"{backend.describe()} {result.size} batch {batch}: {result.fps:.2f} frames/s")
+
+    def _e2e_config(self, backend: Backend, path: Path, size: str, batch: int, build_s: float,
+                    x: torch.Tensor) -> None:
+        self._warm_up(backend, x)
+        with tempfile.TemporaryDirectory(prefix="gtacity-bench-") as tmp, open_source(path) as src:
+            sink = open_sink(_output_path(src, Path(tmp)), src)
+            times = run_pipeline(src, sink, backend, batch_size=batch)
+        result = E2EResult(
+            backend.name, str(backend.device), backend.precision, backend.describe(), size, batch,
+            frames=times.frames, wall_s=times.wall, fps=times.fps, stage_s=dict(times.busy),
+            bound_by=times.bound_by, build_s=build_s, peak_host_mib=self.host.peak_mib(),
+            peak_device_mib=device_peak_mib(backend.device),
+        )
+        self.report.e2e.append(result)
+        self.log(f"e2e {backend.describe()} batch {batch}: {result.fps:.2f} frames/s, "
+                 f"bound by {result.bound_by}")
+
+
+def _first_frame_size(path: Path) -> Size:
+    with open_source(path) as source:
+        frame = next(iter(source), None)
+    if frame is None:
+        raise BenchError(f"{path}: no frame to translate")
+    height, width = frame.image.shape[:2]
+    return width, height
+
+
+def _output_path(source, folder: Path) -> Path:
+    """A throw-away output of the kind ``source`` makes: a video, an image folder or an image."""
+    if source.kind == "images":
+        return folder / "out"
+    suffix = source.path.suffix.lower()
+    if source.kind == "video" and suffix not in VIDEO_EXTENSIONS:
+        suffix = ".mp4"
+    return folder / f"out{suffix}"
