@@ -30,6 +30,12 @@ def _cuda_required(request):
         pytest.fail("GTACITY_REQUIRE_CUDA=1 but torch.cuda.is_available() is False")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Converted models are cached on disk; the tests use their own cache, never the user's."""
+    os.environ["GTACITY_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture
 def tiny_generator() -> ResnetGenerator:
     """ngf 8, 2 blocks, seeded: fast enough for every CPU test."""

@@ -15,6 +15,7 @@ the bf16 ones divided by 3, still several times the expected error.
 
 from __future__ import annotations
 
+import copy
 import pytest
 import torch
 
@@ -215,3 +216,21 @@ def test_auto_on_cuda_is_torch_fp16_and_keeps_shapes(tiny_generator):
             x = frames(n, height, width, device="cuda")
             assert backend.infer(x).shape == x.shape
     assert backend.builds == len(SHAPES)
+
+
+def test_openvino_conversion_is_cached_by_weights(tiny_generator, tmp_path):
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    outputs = []
+    for expect_cached in (False, True):
+        backend = create_backend("openvino", tiny_generator, precision="fp32", cache_dir=str(tmp_path))
+        assert backend.from_cache is expect_cached
+        backend.prepare(1, 32, 32)
+        outputs.append(backend.infer(x))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    assert [p.name for p in (tmp_path / "openvino").iterdir() if "partial" in p.name] == []
+    changed = copy.deepcopy(tiny_generator)
+    with torch.no_grad():
+        changed.model[1].bias += 0.5  # other weights: another entry, never the cached model
+    other = create_backend("openvino", changed, precision="fp32", cache_dir=str(tmp_path))
+    assert other.from_cache is False and len(list((tmp_path / "openvino").iterdir())) == 2
+    assert create_backend("openvino", changed, precision="fp32", cache_dir="").from_cache is False
