@@ -264,8 +264,8 @@ class Agreement:
 
 
 @dataclass(frozen=True)
-class ModelResult:
-    """Timed ``infer`` calls of one backend x precision x size x batch (fields: module docs)."""
+class _Configuration:
+    """Which backend x device x precision x size x batch a result is for (fields: module docs)."""
 
     backend: str
     device: str
@@ -273,6 +273,12 @@ class ModelResult:
     describe: str
     size: str
     batch: int
+
+
+@dataclass(frozen=True)
+class ModelResult(_Configuration):
+    """Timed ``infer`` calls of one backend x precision x size x batch (fields: module docs)."""
+
     fps: float
     ms_per_frame_p50: float
     ms_per_frame_p95: float
@@ -287,15 +293,9 @@ class ModelResult:
 
 
 @dataclass(frozen=True)
-class E2EResult:
+class E2EResult(_Configuration):
     """One pass of the whole decode -> translate -> encode pipeline (fields: module docs)."""
 
-    backend: str
-    device: str
-    precision: str
-    describe: str
-    size: str
-    batch: int
     frames: int
     wall_s: float
     fps: float
