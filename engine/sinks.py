@@ -21,8 +21,9 @@ import cv2
 from av.video.reformatter import VideoReformatter
 
 from gtacity.engine.frames import Frame, FrameSource, SinkContext
-from gtacity.engine.sources import IMAGE_EXTENSIONS, VideoSource, ffmpeg_reason
+from gtacity.engine.sources import VideoSource, ffmpeg_reason
 from gtacity.errors import GtacityError
+from gtacity.images import IMAGE_EXTENSIONS
 
 # Containers libx264 output can live in.
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov")

@@ -15,15 +15,13 @@ from fractions import Fraction
 from pathlib import Path, PurePosixPath
 
 import av
-import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from gtacity.engine.colour import VideoColour
 from gtacity.engine.frames import Frame, SourceContext
 from gtacity.errors import GtacityError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from gtacity.images import IMAGE_EXTENSIONS, decode_rgb
 
 
 class SourceError(GtacityError):
@@ -81,10 +79,10 @@ def read_image(path: Path) -> np.ndarray:
     Raises:
         SourceError: the file is missing, damaged or not an image OpenCV can decode.
     """
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
+    image = decode_rgb(path)
+    if image is None:
         raise SourceError(f"{path}: not a readable image; check the file opens in an image viewer")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return image
 
 
 class VideoSource(SourceContext):

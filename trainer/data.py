@@ -30,11 +30,11 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from gtacity.errors import GtacityError
+from gtacity.images import IMAGE_EXTENSIONS, decode_rgb
 from gtacity.nets import SIZE_MULTIPLE
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 PREPROCESS_MODES = ("resize_and_crop", "scale_width_and_crop", "scale_width", "crop", "none")
 # Cityscapes: <city>_<sequence>_<frame>_leftImg8bit.png; GTA5 (Playing for Data): 00001.png.
 # Which letter of an unaligned folder is GTA5 is not documented for the cityscapes2gta archive, so it
@@ -182,13 +182,6 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
-def read_rgb(path: Path) -> np.ndarray | None:
-    """The image at ``path`` as ``(H, W, 3)`` uint8 RGB, or None when it cannot be decoded."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 class UnpairedDataset(Dataset):
     """Item ``i`` of epoch ``e``: ``{"gta": (3, h, w), "city": (3, h, w)}`` in [-1, 1].
 
@@ -216,7 +209,7 @@ class UnpairedDataset(Dataset):
     def _load(self, files: list[Path], start: int, rng: np.random.Generator) -> torch.Tensor:
         for k in range(len(files)):
             path = files[(start + k) % len(files)]
-            image = None if path in self._bad else read_rgb(path)
+            image = None if path in self._bad else decode_rgb(path)
             if image is not None:
                 return to_tensor(self.preprocess(image, rng))
             if path not in self._bad:
