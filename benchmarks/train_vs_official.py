@@ -28,7 +28,7 @@ import time
 import torch
 from torch import nn
 
-from gtacity.engine.benchstats import machine_info, versions
+from gtacity.engine.benchstats import describe_machine, describe_versions, machine_info, versions
 from gtacity.nets import PatchDiscriminator, ResnetGenerator, init_weights
 from gtacity.trainer.step import CycleGAN, Precision, StepConfig, train_step
 
@@ -115,10 +115,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="square crop side")
     args = parser.parse_args()
     print(f"command: python {' '.join(sys.argv)}")
-    machine = machine_info()
-    print(f"machine: {machine['cpu']}, {machine['cpu_cores_usable']} cores, {machine['memory_gib']} GiB; "
-          f"torch threads {machine['torch_threads']}")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    print(f"machine: {describe_machine(machine_info())}")
+    print(f"versions: {describe_versions(versions())}")
 
     torch.manual_seed(0)
     random.seed(0)

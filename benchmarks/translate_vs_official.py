@@ -35,7 +35,7 @@ from torchvision import transforms
 
 from gtacity.checkpoint import bundled_generator, load_generator, save_generator
 from gtacity.engine.backends import create_backend
-from gtacity.engine.benchstats import machine_info, versions
+from gtacity.engine.benchstats import describe_machine, describe_versions, machine_info, versions
 from gtacity.engine.pipeline import to_batch, to_frames
 from gtacity.engine.sources import open_source
 from gtacity.engine.translate import TranslateConfig, translate
@@ -181,10 +181,8 @@ def main() -> None:
                         help="another generator file to compare with (repeatable)")
     args = parser.parse_args()
     print(f"command: python {' '.join(sys.argv)}")
-    machine = machine_info()
-    print(f"machine: {machine['cpu']}, {machine['cpu_cores_usable']} cores, {machine['memory_gib']} GiB; "
-          f"GPU: {', '.join(machine['gpus']) or 'none'}")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    print(f"machine: {describe_machine(machine_info())}")
+    print(f"versions: {describe_versions(versions())}")
     with tempfile.TemporaryDirectory(prefix="gtacity-translate-bench-") as folder:
         tmp = Path(folder)
         make_clip(tmp / "clip.mp4", args.frames)

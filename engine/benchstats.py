@@ -77,6 +77,19 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def describe_machine(machine: dict[str, Any]) -> str:
+    """One line: CPU, usable cores, memory, torch threads, GPUs (what every quoted number needs)."""
+    return (
+        f"{machine['cpu']}, {machine['cpu_cores_usable']} cores, {machine['memory_gib']} GiB, "
+        f"torch threads {machine['torch_threads']}; GPU: {', '.join(machine['gpus']) or 'none'}"
+    )
+
+
+def describe_versions(found: dict[str, str]) -> str:
+    """One line: ``python 3.11.7, gtacity 0.1.0, torch ...``."""
+    return ", ".join(f"{k} {v}" for k, v in found.items())
+
+
 def versions() -> dict[str, str]:
     """Python, gtacity and every installed library among torch, openvino, onnx, tensorrt, PyAV..."""
     found = {"python": platform.python_version(), "gtacity": gtacity.__version__}
@@ -345,9 +358,8 @@ class BenchReport:
     def format(self) -> str:
         """The human-readable report: machine, versions, settings, then the tables."""
         lines = [
-            f"machine   {self.machine['cpu']}, {self.machine['cpu_cores_usable']} cores, "
-            f"{self.machine['memory_gib']} GiB; GPU: {', '.join(self.machine['gpus']) or 'none'}",
-            "versions  " + ", ".join(f"{k} {v}" for k, v in self.versions.items()),
+            f"machine   {describe_machine(self.machine)}",
+            f"versions  {describe_versions(self.versions)}",
             "settings  " + ", ".join(f"{k}={_setting(v)}" for k, v in self.settings.items()),
             f"date      {self.date}",
         ]
