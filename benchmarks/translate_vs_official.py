@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torchvision import transforms
 
-from gtacity.checkpoint import bundled_generator, load_generator, save_generator
+from gtacity.checkpoint import bundled_generator, load_generator, read_generator_file, save_generator
 from gtacity.engine.backends import create_backend
 from gtacity.engine.benchstats import describe_machine, describe_versions, machine_info, versions
 from gtacity.engine.pipeline import to_batch, to_frames
@@ -138,7 +138,7 @@ def levels(a: list[np.ndarray], b: list[np.ndarray]) -> str:
 
 
 def compare(name: str, weights: Path, clip: Path, frames: int, rounds: int, tmp: Path) -> None:
-    _, info = load_generator(weights)
+    _, info = read_generator_file(weights)  # metadata only; no network to build
     gmacs = count_macs(info.ngf, info.n_blocks, SIZE, SIZE) / 1e9
     runs: dict[str, list[tuple[float, float]]] = {"baseline": [], "ours": []}
     for r in range(rounds):
