@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from gtacity.errors import GtacityError
 from gtacity.nets import ResnetGenerator
@@ -149,9 +149,9 @@ def bundled_generator(direction: str) -> Path | None:
 
 def _read_ours(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
     try:
-        state = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            state = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
     if meta.get("format") != FORMAT:
