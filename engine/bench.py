@@ -8,8 +8,10 @@
 
 Everything is driven by the backend registry (:data:`gtacity.engine.backends.BACKENDS`): each
 registered backend is run on each device type it declares, at the precisions asked for (``auto``:
-the backend's own default; ``reduced``: every fp16/bf16 path it has there). A backend joins the
-bench by registering. Backends or devices that cannot run here are listed with the reason.
+the backend's own default; ``reduced``: every fp16/bf16 path it has there that the CPU runs
+natively, see :mod:`gtacity.hardware`; an emulated one is listed as skipped and timed only when
+named, e.g. ``--precision bf16``). A backend joins the bench by registering. Backends or devices
+that cannot run here are listed with the reason.
 
 Method. The generator is the chosen architecture with seeded random weights (speed does not depend
 on the weights) or a generator file. Per configuration (backend x precision x size x batch):
@@ -34,6 +36,7 @@ from types import MappingProxyType
 
 import torch
 
+from gtacity import hardware
 from gtacity.checkpoint import load_generator
 from gtacity.engine.backends import (
     BACKENDS, PRECISIONS, Backend, BackendError, backend_class, create_backend,
@@ -100,6 +103,8 @@ class BenchConfig:
         batch_sizes: frames per call; empty = :data:`DEFAULT_BATCHES` per device.
         weights: a generator file; None = seeded random weights of ``ngf`` / ``n_blocks``.
         warmup, repeats: untimed calls after the agreement check, then timed calls.
+        budget_s: timed calls of one configuration stop after this many seconds (at least 3
+            calls): the default CPU run stays under two minutes even on a slow or busy CPU.
         e2e: a video (or image folder / image): time the whole pipeline over it instead.
         json_path: also write the report there.
         tolerances: precision (or ``tf32``) -> :class:`Tolerance` for the agreement check.
@@ -116,6 +121,7 @@ class BenchConfig:
     n_blocks: int = 9
     warmup: int = 1
     repeats: int = 10
+    budget_s: float = 5.0
     e2e: str | Path | None = None
     json_path: str | Path | None = None
     tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: TOLERANCES)
@@ -222,13 +228,22 @@ def _add_precisions(cls: type[Backend], device: torch.device, wanted: tuple[str,
         if p == "auto":
             chosen.append(cls.default_precision(device))
         elif p == "reduced" and any(q in REDUCED for q in supported):
-            chosen += [q for q in supported if q in REDUCED]
+            chosen += [q for q in supported if q in REDUCED and not _emulated(cls, device, q, skipped)]
         elif p in supported:
             chosen.append(p)
         else:
             has = f"it has {', '.join(supported)} on {device} here"
             skipped.append(Target(cls.name, str(device), p, has))
     runnable += [Target(cls.name, str(device), p) for p in dict.fromkeys(chosen)]
+
+
+def _emulated(cls: type[Backend], device: torch.device, precision: str, skipped: list[Target]) -> bool:
+    """Whether ``precision`` is emulated on this CPU: then listed as skipped, timed only by name."""
+    reason = device.type == "cpu" and hardware.emulation_reason(hardware.cpu_capabilities(), precision)
+    if reason:
+        why = f"{precision} emulated here: slow, not timed ({reason}); --precision {precision} times it"
+        skipped.append(Target(cls.name, str(device), precision, why))
+    return bool(reason)
 
 
 def _validate(cfg: BenchConfig) -> None:
@@ -239,8 +254,9 @@ def _validate(cfg: BenchConfig) -> None:
         if min(width, height) < MIN_SIZE or width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
             raise BenchError(f"size {width}x{height}: each side must be a multiple of "
                              f"{SIZE_MULTIPLE}, at least {MIN_SIZE}")
-    if any(b < 1 for b in cfg.batch_sizes) or cfg.repeats < 1 or cfg.warmup < 0:
-        raise BenchError("batch sizes and repeats must be at least 1, warm-up calls at least 0")
+    if any(b < 1 for b in cfg.batch_sizes) or cfg.repeats < 1 or cfg.warmup < 0 or cfg.budget_s <= 0:
+        raise BenchError("batch sizes and repeats must be at least 1, warm-up calls at least 0, "
+                         "the time budget above 0")
     if cfg.device not in ("auto", "all"):
         try:
             torch.device(cfg.device)
@@ -375,7 +391,7 @@ class _Bench:
             return
         build_s, x = prepared
         warmup_s = self._warm_up(backend, x)
-        ms = [1000 * s / batch for s in time_calls(backend, x, self.cfg.repeats)]
+        ms = [1000 * s / batch for s in time_calls(backend, x, self.cfg.repeats, self.cfg.budget_s)]
         p50 = percentile(ms, 50)
         gmacs = count_macs(self.net.ngf, self.net.n_blocks, size[1], size[0]) / 1e9
         result = ModelResult(

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 import gtacity
+from gtacity import hardware
 from gtacity.engine.backends import Backend
 from gtacity.engine.pipeline import STAGES
 
@@ -71,6 +72,7 @@ def machine_info() -> dict[str, Any]:
         "memory_gib": _memory_gib(),
         "gpus": [],
         "os": platform.platform(),
+        "cpu_precisions": hardware.cpu_capabilities().describe(),
     }
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -82,6 +84,7 @@ def describe_machine(machine: dict[str, Any]) -> str:
     return (
         f"{machine['cpu']}, {machine['cpu_cores_usable']} cores, {machine['memory_gib']} GiB, "
         f"torch threads {machine['torch_threads']}; GPU: {', '.join(machine['gpus']) or 'none'}"
+        + (f"; CPU {machine['cpu_precisions']}" if machine.get("cpu_precisions") else "")
     )
 
 
@@ -209,8 +212,15 @@ def matmul_rate(device: torch.device, precision: str) -> tuple[str, float] | Non
     return f"{device} {label}", 2 * n**3 / statistics.median(seconds) / 1e12
 
 
-def time_calls(backend: Backend, x: torch.Tensor, repeats: int) -> list[float]:
+MIN_REPEATS = 3
+
+
+def time_calls(backend: Backend, x: torch.Tensor, repeats: int,
+               budget_s: float | None = None) -> list[float]:
     """Seconds of each of ``repeats`` ``backend.infer(x)`` calls.
+
+    With ``budget_s``, calls stop early once they have taken that long in all and at least
+    :data:`MIN_REPEATS` are done: a slow CPU gets fewer samples, never a crawling bench.
 
     On CUDA each call sits between two events recorded on the current stream after a
     synchronisation (the GPU's own clock, no host launch jitter at the end); on the CPU
@@ -222,6 +232,8 @@ def time_calls(backend: Backend, x: torch.Tensor, repeats: int) -> list[float]:
         torch.cuda.synchronize(backend.device)
         stream = torch.cuda.current_stream(backend.device)  # the stream infer runs on
     for _ in range(repeats):
+        if budget_s is not None and len(seconds) >= MIN_REPEATS and sum(seconds) >= budget_s:
+            break
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record(stream)

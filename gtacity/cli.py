@@ -154,7 +154,7 @@ Examples:
 @click.option("--lambda-identity", default=0.5, show_default=True, help="Identity loss weight, relative to --lambda-cycle.")
 @click.option("--pool-size", default=50, show_default=True, help="Generated images remembered for the discriminators.")
 @click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]),
-              help="Mixed precision (auto: bf16 on CPU; bf16, else fp16 with grad scaling, on CUDA).")
+              help="Mixed precision (auto: bf16 on CPUs with native bf16, else fp32; bf16, else fp16 with grad scaling, on CUDA).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--workers", default=2, show_default=True, help="DataLoader worker processes.")
 @click.option("--seed", default=0, show_default=True)
@@ -242,7 +242,7 @@ Examples:
               help="Backends to run.  [default: every registered one]")
 @click.option("--precision", default="auto", show_default=True, metavar="auto|reduced|fp32|fp16|bf16[,...]",
               help="auto: each backend's default; reduced: every fp16/bf16 path it has.")
-@click.option("--fp16", is_flag=True, help="Bench the reduced-precision paths (fp16 and/or bf16); adds --precision reduced.")
+@click.option("--fp16", is_flag=True, help="Also bench the reduced-precision paths (fp16/bf16) this CPU or GPU runs natively; adds --precision reduced.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present, else CPU), all, cpu, cuda or cuda:N.")
 @click.option("--size", "sizes", default="", metavar="WxH[,WxH...]",
               help="Frame sizes, multiples of 4.  [default: 256x256,512x256 on CPU; 1024x512,1920x1080 on CUDA]")
@@ -253,7 +253,7 @@ Examples:
 @click.option("--ngf", default=64, show_default=True, help="Generator width (random weights).")
 @click.option("--n-blocks", default=9, show_default=True, help="Residual blocks (random weights).")
 @click.option("--warmup", default=1, show_default=True, help="Untimed calls after the agreement check.")
-@click.option("--repeats", default=10, show_default=True, help="Timed calls per configuration (medians reported).")
+@click.option("--repeats", default=10, show_default=True, help="Timed calls per configuration (medians reported); fewer (at least 3) once they take 5 s.")
 @click.option("--e2e", type=click.Path(), default=None, help="Time decode -> translate -> encode over this video instead.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
@@ -269,8 +269,8 @@ def bench(backends, precision, fp16, sizes, batch_sizes, quiet, **opts) -> None:
     from gtacity.engine.benchstats import describe_disagreement
 
     precisions = tuple(p.strip() for p in precision.split(",") if p.strip())
-    if fp16:
-        precisions = ("reduced",) if precisions == ("auto",) else (*precisions, "reduced")
+    if fp16:  # next to each backend's default, the reference they are read against
+        precisions = (*precisions, "reduced")
     cfg = BenchConfig(
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()), precisions=precisions,
         sizes=parse_sizes(sizes) if sizes else (), batch_sizes=parse_ints(batch_sizes) if batch_sizes else (),

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from gtacity import hardware
 from gtacity.engine.backends.base import MIN_SIZE, Backend, BackendError, Precision
 from gtacity.nets import SIZE_MULTIPLE
 
@@ -37,9 +38,9 @@ _MAX_BATCH, _MAX_SIDE = 1024, 16384
 class OpenVINOConfig:
     """Options of the openvino backend.
 
-    Precision: ``"auto"`` lets OpenVINO choose, which is bf16 on CPUs with AVX512-BF16 or AMX and
-    fp32 elsewhere; the precision it really uses is read back from the compiled model. fp16 is
-    offered only where the CPU reports it (AVX512-FP16 / AMX-FP16, ARM).
+    Precision: ``"auto"`` is bf16 on CPUs with native bf16 (AVX512-BF16 or AMX) and fp32 elsewhere,
+    decided by :mod:`gtacity.hardware`; the precision it really uses is read back from the compiled
+    model. fp16 is offered only where the CPU reports it (AVX512-FP16 / AMX-FP16, ARM).
 
     Measured with torch 2.14.1 and OpenVINO 2026.4.1 on a 2-core AMD EPYC with AVX512-BF16 (no
     AMX), ngf 64, 9 blocks, 256x256; frames/s relative to eager torch fp32 at the same batch, every
@@ -189,8 +190,7 @@ class OpenVINOBackend(Backend):
         config: OpenVINOConfig | None = None,
     ):
         super().__init__(net, precision=precision, device=device, config=config)
-        # None: leave the choice to OpenVINO, then report what it chose.
-        self._precision_hint = None if precision == "auto" else _OV_TYPE[self.precision]
+        self._precision_hint = _OV_TYPE[self.precision]
         self._model, self.from_cache = _load_or_convert(net, self.config.cache_dir)
 
     @classmethod
@@ -208,8 +208,8 @@ class OpenVINOBackend(Backend):
 
     @classmethod
     def default_precision(cls, device: torch.device) -> Precision:
-        """OpenVINO's own default inference precision for the CPU."""
-        return _PRECISION[_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()]
+        """bf16 where the CPU has it natively, else fp32 (:func:`gtacity.hardware.default_precision`)."""
+        return hardware.default_precision(hardware.cpu_capabilities(), cls.name)  # type: ignore[return-value]
 
     def describe(self) -> str:
         """E.g. ``"openvino 2026.4.1 CPU, bf16, LATENCY"``."""
@@ -219,8 +219,7 @@ class OpenVINOBackend(Backend):
         model = self._model.clone()
         model.reshape([ov.Dimension(1, max_batch), 3, height, width])
         properties: dict[str, Any] = {"PERFORMANCE_HINT": self.config.performance_hint}
-        if self._precision_hint is not None:
-            properties["INFERENCE_PRECISION_HINT"] = self._precision_hint
+        properties["INFERENCE_PRECISION_HINT"] = self._precision_hint
         if self.config.num_threads:
             properties["INFERENCE_NUM_THREADS"] = self.config.num_threads
         compiled = _core().compile_model(model, "CPU", properties)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gtacity import hardware
 from gtacity.engine.backends.base import Backend, Precision
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -80,7 +81,9 @@ class TorchBackend(Backend):
     @classmethod
     def default_precision(cls, device: torch.device) -> Precision:
         """fp16 on CUDA; fp32 on CPU (see :class:`TorchConfig` for why not bf16)."""
-        return "fp16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda":
+            return "fp16"
+        return hardware.default_precision(hardware.cpu_capabilities(), cls.name)  # type: ignore[return-value]
 
     def describe(self) -> str:
         """E.g. ``"torch 2.14.1 CUDA (NVIDIA H100 80GB HBM3), fp16, channels_last"``."""
