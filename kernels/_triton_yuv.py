@@ -50,7 +50,11 @@ def _chroma_sum16(plane, s_h, s_w, row_near, row_far, col_near, col_far, mask):
 @triton.jit
 def _to_byte(fixed, SHIFT_OUT: tl.constexpr):
     """Fixed point with ``SHIFT_OUT`` fraction bits -> int32 0..255, rounded half up."""
-    value = (fixed + (1 << (SHIFT_OUT - 1))) >> SHIFT_OUT
+    return _clamp_byte((fixed + (1 << (SHIFT_OUT - 1))) >> SHIFT_OUT)
+
+
+@triton.jit
+def _clamp_byte(value):
     return tl.minimum(tl.maximum(value, 0), 255)
 
 
@@ -82,7 +86,7 @@ def _yuv420_to_model_input_kernel(
 @triton.jit
 def _model_output_to_yuv420_kernel(
     src, dst, H, W, s_n, s_c, s_h, s_w,
-    Y_R, Y_G, Y_B, U_R, U_G, U_B, V_R, V_G, V_B, Y_OFFSET,
+    Y_R, Y_G, Y_B, U_R, U_G, U_B, V_R, V_G, V_B, Y_OFFSET, CHROMA_ROUND,
     SHIFT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     # One program: a tile of chroma samples, the 2x2 luma under each, and the rows either side
@@ -114,10 +118,11 @@ def _model_output_to_yuv420_kernel(
                 luma = Y_R * r + Y_G * g + Y_B * b + (Y_OFFSET << SHIFT)
                 tl.store(frame + row * W + col, _to_byte(luma, SHIFT).to(tl.uint8), mask=mask)
     chroma = frame + H * W + rows_c * WC + cols_c
-    u = U_R * sum_r + U_G * sum_g + U_B * sum_b + (128 << (SHIFT + 4))
-    v = V_R * sum_r + V_G * sum_g + V_B * sum_b + (128 << (SHIFT + 4))
-    tl.store(chroma, _to_byte(u, SHIFT + 4).to(tl.uint8), mask=mask)
-    tl.store(chroma + HC * WC, _to_byte(v, SHIFT + 4).to(tl.uint8), mask=mask)
+    centre = (128 << (SHIFT + 4)) + CHROMA_ROUND
+    u = (U_R * sum_r + U_G * sum_g + U_B * sum_b + centre) >> (SHIFT + 4)
+    v = (V_R * sum_r + V_G * sum_g + V_B * sum_b + centre) >> (SHIFT + 4)
+    tl.store(chroma, _clamp_byte(u).to(tl.uint8), mask=mask)
+    tl.store(chroma + HC * WC, _clamp_byte(v).to(tl.uint8), mask=mask)
 
 
 def yuv420_to_model_input(
@@ -154,6 +159,7 @@ def model_output_to_yuv420(
         _model_output_to_yuv420_kernel[grid(height // 2, width // 2, n)](
             out, frames, height, width, *out.stride(),
             k.y_r, k.y_g, k.y_b, k.u_r, k.u_g, k.u_b, k.v_r, k.v_g, k.v_b, k.y_offset,
+            k.chroma_round,
             SHIFT=SHIFT, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=NUM_WARPS,
         )
     return frames

@@ -13,8 +13,10 @@ against it on real and synthetic frames:
   :func:`~gtacity.kernels.layout.from_model_output`; each chroma sample averages its two columns
   and filters four rows with weights 1, 3, 3, 1 (rows ``2k-1 .. 2k+2``, edges clamped).
 - Matrices are integer fixed point (16 fraction bits), so every implementation (torch, Triton
-  compiled, Triton interpreted) gives the same bytes; results are rounded to nearest. (swscale
-  truncates full-range chroma on the way to YUV, half a level lower on average; we round.)
+  compiled, Triton interpreted) gives the same bytes. Results are rounded to nearest, except
+  full-range chroma on the way to YUV, which swscale truncates (half a level low on average):
+  it is truncated here too, so a video comes out the same whether its colour was converted on
+  the CPU or the GPU.
 
 Each kernel's plain torch reference is here; the Triton bodies live in
 :mod:`gtacity.kernels._triton_yuv`, imported only for CUDA tensors.
@@ -52,6 +54,8 @@ class YuvCoefficients:
 
     ``y_*`` / ``u_*`` / ``v_*``: RGB -> YUV rows. ``r_v``, ``g_u``, ``g_v``, ``b_u``, ``luma``:
     YUV -> RGB (``g_u`` and ``g_v`` are subtracted). ``y_offset``: 16 (limited) or 0 (full).
+    ``chroma_round``: added before the RGB -> YUV chroma shift (half a level, or 0 where
+    swscale truncates).
     """
 
     y_r: int
@@ -69,6 +73,7 @@ class YuvCoefficients:
     g_v: int
     b_u: int
     y_offset: int
+    chroma_round: int
 
     @classmethod
     def of(cls, matrix: str, full_range: bool) -> YuvCoefficients:
@@ -93,6 +98,7 @@ class YuvCoefficients:
             g_v=fixed(2 * (1 - kr) * kr / kg / c_scale),
             b_u=fixed(2 * (1 - kb) / c_scale),
             y_offset=0 if full_range else 16,
+            chroma_round=0 if full_range else 1 << (SHIFT + 3),
         )
 
 
@@ -224,8 +230,8 @@ def rgb_to_yuv420p_reference(rgb: torch.Tensor, k: YuvCoefficients) -> torch.Ten
     rows = [(k2 + offset).clamp_(0, h - 1) for offset in (-1, 0, 1, 2)]
     s = sum(wt * pairs.index_select(1, i) for wt, i in zip((1, 3, 3, 1), rows))
     sr, sg, sb = s.unbind(-1)
-    half = (128 << (SHIFT + 4)) + (1 << (SHIFT + 3))
-    u = (k.u_r * sr + k.u_g * sg + k.u_b * sb + half) >> (SHIFT + 4)
-    v = (k.v_r * sr + k.v_g * sg + k.v_b * sb + half) >> (SHIFT + 4)
+    centre = (128 << (SHIFT + 4)) + k.chroma_round
+    u = (k.u_r * sr + k.u_g * sg + k.u_b * sb + centre) >> (SHIFT + 4)
+    v = (k.v_r * sr + k.v_g * sg + k.v_b * sb + centre) >> (SHIFT + 4)
     planes = [p.clamp(0, 255).to(torch.uint8).reshape(n, -1) for p in (y, u, v)]
     return torch.cat(planes, dim=1).view(n, h * 3 // 2, w)

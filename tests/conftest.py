@@ -12,6 +12,12 @@ from gtacity.nets import ResnetGenerator, init_weights
 
 REQUIRE_CUDA = os.environ.get("GTACITY_REQUIRE_CUDA") == "1"
 
+# Without CUDA the Triton kernels are tested under Triton's interpreter. Triton fixes compiled vs
+# interpreted when a function is decorated, its own library's included (torchvision imports it),
+# so this must be set before any test module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

@@ -1,0 +1,183 @@
+"""The Triton kernels against their torch references, and the colour kernels against the CPU path.
+
+On a CUDA machine the kernels are compiled and run on the GPU. Everywhere else they run under
+Triton's interpreter (``TRITON_INTERPRET=1``, on numpy), which is fixed when a function is
+decorated: tests/conftest.py sets it before any test imports Triton. Interpreted programs are slow, so the shapes stay small; every odd/even side, batch 1 and 5,
+padding of 0-3, a second column tile, and strided inputs are covered.
+
+Tolerances: every result is exact. The uint8 and YUV results by construction (integer arithmetic);
+the float model inputs because the kernel rounds ``(2x - 255) / 255`` once with IEEE division and
+rounds to bfloat16 on the bits, as torch does.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from gtacity.kernels import layout, yuv
+from kernel_cases import cpu_decode, cpu_encode, level_errors, real_frames, to_nv12
+
+triton = pytest.importorskip("triton", reason="Triton is not installed (Linux only)")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# (N, H, W): odd and even sides, pads of 0-3, batch 1 and 5, a width past one 128-column tile.
+SHAPES = ((1, 37, 45), (5, 9, 14), (1, 6, 130), (5, 3, 7), (1, 4, 4))
+_MODULES = ("gtacity.kernels._triton_layout", "gtacity.kernels._triton_yuv")
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """The Triton kernel modules: compiled on CUDA, interpreted on a CPU (tests/conftest.py sets
+    ``TRITON_INTERPRET=1`` before anything imports Triton)."""
+    modules = [importlib.import_module(m) for m in _MODULES]
+    if DEVICE == "cpu" and not triton.knobs.runtime.interpret:
+        pytest.fail("no CUDA and TRITON_INTERPRET is not 1: the kernels cannot run on this machine")
+    return modules
+
+
+def _seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _bytes(shape, seed: int) -> torch.Tensor:
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=_seeded(seed))
+
+
+def _on_device(*tensors):
+    return [t.to(DEVICE) for t in tensors]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_to_model_input_equals_reference(kernels, shape):
+    triton_layout, _ = kernels
+    pixels = _bytes((*shape, 3), seed=sum(shape))
+    for dtype in DTYPES:
+        got = triton_layout.to_model_input(*_on_device(pixels), dtype=dtype, multiple=4)
+        want = layout.to_model_input_reference(pixels, dtype=dtype, multiple=4)
+        assert got.shape == want.shape == (shape[0], 3, -(-shape[1] // 4) * 4, -(-shape[2] // 4) * 4)
+        assert got.dtype == dtype and got.is_contiguous()
+        assert torch.equal(got.cpu(), want), dtype
+
+
+def test_to_model_input_reads_strided_pixels(kernels):
+    """A transposed crop of a larger batch is a view, read in place without a copy."""
+    triton_layout, _ = kernels
+    frames = _bytes((2, 20, 12, 3), seed=1)
+    view = frames[:, 3:17, 1:10].transpose(1, 2)  # (2, 9, 14, 3), no unit stride but channels
+    got = triton_layout.to_model_input(*_on_device(view), dtype=torch.float32, multiple=4)
+    assert torch.equal(got.cpu(), layout.to_model_input_reference(view, multiple=4))
+
+
+def _model_values(shape, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Model outputs past [-1, 1] both ways, every half-level tie, and NaN / +-inf."""
+    n, h, w = shape
+    y = torch.randn((n, 3, h, w), generator=_seeded(seed)) * 1.2
+    flat = y.view(-1)
+    ties = torch.arange(511, dtype=torch.float32) / 255 - 1  # (k + 0.5) / 127.5 - 1 and whole ones
+    flat[: min(511, flat.numel())] = ties[: flat.numel()]
+    flat[-3:] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    return y.to(dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_from_model_output_equals_reference(kernels, shape):
+    triton_layout, _ = kernels
+    n, h, w = shape
+    for dtype in DTYPES:
+        y = _model_values((n, h + 3, w + 2), dtype, seed=h * w)
+        got = triton_layout.from_model_output(*_on_device(y), h, w)
+        want = layout.from_model_output_reference(y, h, w)
+        assert got.shape == (n, h, w, 3) and got.dtype == torch.uint8
+        assert torch.equal(got.cpu(), want), dtype
+
+
+# (N, H, W, matrix, full range, dtype): every matrix/range/dtype, odd sides, batch 1 and 5.
+YUV_CASES = (
+    (1, 36, 46, "bt709", False, torch.float32),
+    (5, 7, 13, "bt601", True, torch.float16),
+    (2, 6, 4, "bt709", True, torch.bfloat16),
+    (1, 10, 134, "bt601", False, torch.float16),
+)
+
+
+@pytest.mark.parametrize("case", YUV_CASES, ids=lambda c: "x".join(map(str, c[:3])) + f"-{c[3]}")
+def test_yuv420p_to_model_input_equals_reference(kernels, case):
+    _, triton_yuv = kernels
+    n, h, w, matrix, full_range, dtype = case
+    chroma = (n, (h + 1) // 2, (w + 1) // 2)
+    y, u, v = _bytes((n, h, w), 1), _bytes(chroma, 2), _bytes(chroma, 3)
+    k = yuv.YuvCoefficients.of(matrix, full_range)
+    got = triton_yuv.yuv420_to_model_input(*_on_device(y, u, v), k, dtype, 4)
+    want = yuv.yuv420p_to_model_input(y, u, v, matrix=matrix, full_range=full_range, dtype=dtype)
+    assert got.shape == want.shape and torch.equal(got.cpu(), want)
+
+
+def test_nv12_reads_interleaved_chroma(kernels):
+    """NV12's UV plane goes in as two strided views: the same result as separate planes."""
+    _, triton_yuv = kernels
+    y, uv = _bytes((2, 10, 12), 4), _bytes((2, 5, 6, 2), 5)
+    k = yuv.YuvCoefficients.of("bt709", False)
+    y_d, uv_d = _on_device(y, uv)
+    got = triton_yuv.yuv420_to_model_input(y_d, uv_d[..., 0], uv_d[..., 1], k, torch.float32, 4)
+    want = yuv.nv12_to_model_input(y, uv, matrix="bt709", full_range=False)
+    assert torch.equal(got.cpu(), want)
+    separate = yuv.yuv420p_to_model_input(
+        y, uv[..., 0].contiguous(), uv[..., 1].contiguous(), matrix="bt709", full_range=False
+    )
+    assert torch.equal(want, separate)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ((1, 36, 46, "bt709", False), (5, 8, 14, "bt601", True), (2, 6, 260, "bt601", False)),
+    ids=lambda c: "x".join(map(str, c[:3])) + f"-{c[3]}",
+)
+def test_model_output_to_yuv420p_equals_reference(kernels, case):
+    _, triton_yuv = kernels
+    n, h, w, matrix, full_range = case
+    out = _model_values((n, h + 2, w + 3), torch.float16, seed=w)
+    k = yuv.YuvCoefficients.of(matrix, full_range)
+    got = triton_yuv.model_output_to_yuv420(*_on_device(out), h, w, k)
+    want = yuv.model_output_to_yuv420p(out, h, w, matrix=matrix, full_range=full_range)
+    assert got.shape == (n, h * 3 // 2, w) and torch.equal(got.cpu(), want)
+
+
+def test_colour_kernels_match_the_cpu_path_on_real_frames(kernels):
+    """Crops of real GTA5 and Cityscapes frames: decode and encode within 1 level of swscale
+    (the full-frame numbers are in benchmarks/RESULTS.md, from benchmarks/kernels_colour.py)."""
+    _, triton_yuv = kernels
+    frames = real_frames(crop=(16, 128))
+    if not frames:
+        pytest.skip("no real frames (shared/data/real); the synthetic-frame tests still ran")
+    for name, rgb in frames.items():
+        for matrix, full_range in (("bt709", False), ("bt601", True)):
+            k = yuv.YuvCoefficients.of(matrix, full_range)
+            planes = cpu_encode(rgb, matrix, full_range)
+            y, u, v = yuv.split_yuv420p(torch.from_numpy(planes)[None])
+            x = triton_yuv.yuv420_to_model_input(*_on_device(y, u, v), k, torch.float32, 4)
+            decoded = layout.from_model_output_reference(x.cpu(), *rgb.shape[:2])[0].numpy()
+            worst, mean = level_errors(decoded, cpu_decode(planes, matrix, full_range))
+            assert worst <= 1 and mean <= 0.05, (name, matrix, worst, mean)
+            model = layout.to_model_input_reference(torch.from_numpy(rgb)[None])
+            encoded = triton_yuv.model_output_to_yuv420(*_on_device(model), *rgb.shape[:2], k)
+            worst, mean = level_errors(encoded.cpu()[0].numpy(), planes)
+            assert worst <= 1 and mean <= 0.05, (name, matrix, worst, mean)
+
+
+def test_nv12_from_a_real_decoder_layout(kernels):
+    """PyAV's NV12 array (luma rows, then interleaved UV rows) through the kernel == swscale."""
+    _, triton_yuv = kernels
+    rgb = np.ascontiguousarray(np.random.default_rng(7).integers(0, 256, (8, 24, 3), np.uint8))
+    nv12 = to_nv12(cpu_encode(rgb, "bt601", False))
+    packed = torch.from_numpy(nv12)[None]
+    y, uv = packed[:, :8], packed[:, 8:].reshape(1, 4, 12, 2)
+    k = yuv.YuvCoefficients.of("bt601", False)
+    y_d, uv_d = _on_device(y, uv)
+    x = triton_yuv.yuv420_to_model_input(y_d, uv_d[..., 0], uv_d[..., 1], k, torch.float32, 4)
+    decoded = layout.from_model_output_reference(x.cpu(), 8, 24)[0].numpy()
+    assert level_errors(decoded, cpu_decode(nv12, "bt601", False, pix_fmt="nv12"))[0] <= 1
