@@ -19,8 +19,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from gtacity import kernels
 from gtacity.engine.backends import Backend
 from gtacity.engine.frames import Frame, FrameSink, FrameSource
 from gtacity.nets import SIZE_MULTIPLE
@@ -47,28 +47,29 @@ class StageTimes:
         return self.frames / self.wall if self.wall > 0 else 0.0
 
 
-def to_batch(frames: list[Frame], device: torch.device) -> torch.Tensor:
-    """``N`` frames ``(H, W, 3)`` uint8 -> ``(N, 3, Hp, Wp)`` float32 in [-1, 1] on ``device``.
+def to_batch(
+    frames: list[Frame], device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``N`` frames ``(H, W, 3)`` uint8 -> ``(N, 3, Hp, Wp)`` ``dtype`` in [-1, 1] on ``device``.
 
-    The upload is uint8 (4x less traffic than float); normalising and reflect-padding to a multiple
-    of 4 happen on the device.
+    The upload is uint8 (4x less traffic than float); scaling, HWC -> CHW, reflect-padding to a
+    multiple of 4 and the cast happen on the device, in one Triton pass on CUDA
+    (:func:`gtacity.kernels.to_model_input`).
     """
     pixels = torch.from_numpy(np.stack([f.image for f in frames]))  # (N, H, W, 3) uint8
     if device.type == "cuda":
         pixels = pixels.pin_memory().to(device, non_blocking=True)
-    x = pixels.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (N, 3, H, W)
-    h, w = x.shape[-2:]
-    pad_h, pad_w = -h % SIZE_MULTIPLE, -w % SIZE_MULTIPLE
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
-    return x.contiguous()
+    return kernels.to_model_input(pixels, dtype=dtype, multiple=SIZE_MULTIPLE)
 
 
 def to_frames(y: torch.Tensor, frames: list[Frame]) -> list[Frame]:
-    """``(N, 3, Hp, Wp)`` in [-1, 1] -> the input frames carrying ``(H, W, 3)`` uint8 translations."""
+    """``(N, 3, Hp, Wp)`` in [-1, 1] -> the input frames carrying ``(H, W, 3)`` uint8 translations.
+
+    Cropping, rounding, CHW -> HWC and the cast to uint8 happen where ``y`` is (one Triton pass on
+    CUDA, :func:`gtacity.kernels.from_model_output`), so only bytes are downloaded.
+    """
     h, w = frames[0].image.shape[:2]
-    pixels = y[:, :, :h, :w].add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
-    pixels = pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (N, H, W, 3)
+    pixels = kernels.from_model_output(y, h, w).cpu().numpy()  # (N, H, W, 3)
     return [f.with_image(img) for f, img in zip(frames, pixels)]
 
 

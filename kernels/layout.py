@@ -98,8 +98,7 @@ def to_model_input_reference(
     pixels: torch.Tensor, *, dtype: torch.dtype = torch.float32, multiple: int = 4
 ) -> torch.Tensor:
     """The unfused torch sequence :func:`to_model_input` must equal (one pass per step)."""
-    x = pixels.permute(0, 3, 1, 2).float()  # (N, 3, H, W)
-    x = (x * 2 - 255) / 255
+    x = pixels.permute(0, 3, 1, 2).float().mul_(2).sub_(255).div_(255)  # (N, 3, H, W)
     h, w = x.shape[-2:]
     pad_h, pad_w = -h % multiple, -w % multiple
     if pad_h or pad_w:
@@ -137,6 +136,6 @@ def _check_output(y: torch.Tensor, height: int, width: int) -> None:
 
 def from_model_output_reference(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The unfused torch sequence :func:`from_model_output` must equal."""
-    v = (y[:, :, :height, :width].float() + 1) * 127.5
-    v = torch.nan_to_num(v, nan=0.0).clamp_(0, 255).round_()
+    v = y[:, :, :height, :width].float().add(1).mul_(127.5)
+    v = v.nan_to_num_(nan=0.0).clamp_(0, 255).round_()
     return v.to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # (N, H, W, 3)

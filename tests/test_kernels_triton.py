@@ -19,7 +19,14 @@ import pytest
 import torch
 
 from gtacity.kernels import layout, yuv
-from kernel_cases import cpu_decode, cpu_encode, level_errors, real_frames, to_nv12
+from kernel_cases import (
+    cpu_decode,
+    cpu_encode,
+    level_errors,
+    real_frames,
+    synthetic_frames,
+    to_nv12,
+)
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (Linux only)")
 
@@ -74,13 +81,14 @@ def test_to_model_input_reads_strided_pixels(kernels):
 
 
 def _model_values(shape, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Model outputs past [-1, 1] both ways, every half-level tie, and NaN / +-inf."""
+    """Model outputs past [-1, 1] both ways, every half level, two exact float32 ties (128.5 and
+    130.5 levels), and NaN / +-inf."""
     n, h, w = shape
     y = torch.randn((n, 3, h, w), generator=_seeded(seed)) * 1.2
     flat = y.view(-1)
     ties = torch.arange(511, dtype=torch.float32) / 255 - 1  # (k + 0.5) / 127.5 - 1 and whole ones
     flat[: min(511, flat.numel())] = ties[: flat.numel()]
-    flat[-3:] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    flat[-5:] = torch.tensor([1 / 127.5, 3 / 127.5, float("nan"), float("inf"), -float("inf")])
     return y.to(dtype)
 
 
@@ -147,26 +155,36 @@ def test_model_output_to_yuv420p_equals_reference(kernels, case):
     assert got.shape == (n, h * 3 // 2, w) and torch.equal(got.cpu(), want)
 
 
-def test_colour_kernels_match_the_cpu_path_on_real_frames(kernels):
-    """Crops of real GTA5 and Cityscapes frames: decode and encode within 1 level of swscale
-    (the full-frame numbers are in benchmarks/RESULTS.md, from benchmarks/kernels_colour.py)."""
-    _, triton_yuv = kernels
-    frames = real_frames(crop=(16, 128))
-    if not frames:
-        pytest.skip("no real frames (shared/data/real); the synthetic-frame tests still ran")
+def _check_against_cpu_path(triton_yuv, frames: dict) -> None:
+    """Decode and encode each frame with the kernels and with engine/colour.py (swscale): at most
+    1 level apart anywhere, 0.05 on average (the full-frame numbers are in benchmarks/RESULTS.md,
+    from benchmarks/kernels_colour.py)."""
     for name, rgb in frames.items():
+        h, w = rgb.shape[:2]
         for matrix, full_range in (("bt709", False), ("bt601", True)):
             k = yuv.YuvCoefficients.of(matrix, full_range)
             planes = cpu_encode(rgb, matrix, full_range)
             y, u, v = yuv.split_yuv420p(torch.from_numpy(planes)[None])
             x = triton_yuv.yuv420_to_model_input(*_on_device(y, u, v), k, torch.float32, 4)
-            decoded = layout.from_model_output_reference(x.cpu(), *rgb.shape[:2])[0].numpy()
+            decoded = layout.from_model_output_reference(x.cpu(), h, w)[0].numpy()
             worst, mean = level_errors(decoded, cpu_decode(planes, matrix, full_range))
-            assert worst <= 1 and mean <= 0.05, (name, matrix, worst, mean)
+            assert worst <= 1 and mean <= 0.05, (name, matrix, "decode", worst, mean)
             model = layout.to_model_input_reference(torch.from_numpy(rgb)[None])
-            encoded = triton_yuv.model_output_to_yuv420(*_on_device(model), *rgb.shape[:2], k)
+            encoded = triton_yuv.model_output_to_yuv420(*_on_device(model), h, w, k)
             worst, mean = level_errors(encoded.cpu()[0].numpy(), planes)
-            assert worst <= 1 and mean <= 0.05, (name, matrix, worst, mean)
+            assert worst <= 1 and mean <= 0.05, (name, matrix, "encode", worst, mean)
+
+
+def test_colour_kernels_match_the_cpu_path_on_synthetic_frames(kernels):
+    _check_against_cpu_path(kernels[1], synthetic_frames(64, 12))
+
+
+def test_colour_kernels_match_the_cpu_path_on_real_frames(kernels):
+    """Centre crops of a real GTA5 and a real Cityscapes frame."""
+    frames = real_frames(crop=(12, 128))
+    if not frames:
+        pytest.skip("no real frames (shared/data/real); the synthetic-frame test still ran")
+    _check_against_cpu_path(kernels[1], frames)
 
 
 def test_nv12_from_a_real_decoder_layout(kernels):
