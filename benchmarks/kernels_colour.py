@@ -1,4 +1,4 @@
-"""How far the colour kernels are from the CPU path (engine/colour.py, i.e. swscale), in 8-bit levels.
+"""How far the colour kernels are from the CPU path (engine/colour.py: swscale), in 8-bit levels.
 
 Each real frame (``shared/data/real``: GTA5 and Cityscapes, ``--per-folder`` of each) is converted
 to yuv420p by the CPU path, once per matrix (BT.601, BT.709) and range (limited, full), then:
@@ -73,9 +73,9 @@ def main() -> int:
     parser.add_argument("--per-folder", type=int, default=4)
     parser.add_argument("--data", type=Path, default=_real_data())
     args = parser.parse_args()
-    files = [
-        f for folder in FOLDERS for f in sorted((args.data / folder).glob("*.png"))[: args.per_folder]
-    ]
+    files = []
+    for folder in FOLDERS:
+        files += sorted((args.data / folder).glob("*.png"))[: args.per_folder]
     if not files:
         print(f"kernels_colour: no real frames under {args.data}; pass --data DIR")
         return 1

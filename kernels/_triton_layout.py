@@ -26,7 +26,7 @@ NUM_WARPS = 4
 
 @triton.jit
 def model_value(byte):
-    """uint8 (any int type) -> float32 ``(2x - 255) / 255``, correctly rounded like the reference."""
+    """Byte (any int type) -> float32 ``(2x - 255) / 255``, rounded once, like the reference."""
     return tl.math.div_rn(byte.to(tl.float32) * 2.0 - 255.0, 255.0)
 
 

@@ -129,7 +129,9 @@ def from_model_output(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def _check_output(y: torch.Tensor, height: int, width: int) -> None:
     if y.dtype not in FLOAT_DTYPES or y.dim() != 4 or y.shape[1] != 3:
-        raise ValueError(f"expected float model output (N, 3, H, W), got {y.dtype} {tuple(y.shape)}")
+        raise ValueError(
+            f"expected float model output (N, 3, H, W), got {y.dtype} {tuple(y.shape)}"
+        )
     if not (0 < height <= y.shape[2] and 0 < width <= y.shape[3]):
         raise ValueError(f"cannot crop {height}x{width} out of {y.shape[2]}x{y.shape[3]}")
 

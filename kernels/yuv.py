@@ -79,7 +79,9 @@ class YuvCoefficients:
     def of(cls, matrix: str, full_range: bool) -> YuvCoefficients:
         """Constants for ``matrix`` (a :data:`MATRICES` name) in full or limited range."""
         if matrix not in MATRICES:
-            raise ValueError(f"unknown colour matrix {matrix!r}; expected one of {sorted(MATRICES)}")
+            raise ValueError(
+                f"unknown colour matrix {matrix!r}; expected one of {sorted(MATRICES)}"
+            )
         kr, kb = MATRICES[matrix]
         kg = 1 - kr - kb
         y_scale, c_scale = (1.0, 1.0) if full_range else (219 / 255, 224 / 255)
@@ -170,7 +172,7 @@ def model_output_to_yuv420p(
 
 
 def split_yuv420p(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(N, H * 3 // 2, W)`` yuv420p frames -> views ``y (N, H, W)``, ``u``, ``v (N, H/2, W/2)``."""
+    """``(N, H * 3 // 2, W)`` yuv420p frames -> views ``y (N, H, W)``, ``u, v (N, H/2, W/2)``."""
     n, rows, width = frames.shape
     height = rows * 2 // 3
     flat = frames.reshape(n, rows * width)

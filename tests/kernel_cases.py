@@ -59,7 +59,7 @@ def cpu_encode(rgb: np.ndarray, matrix: str, full_range: bool) -> np.ndarray:
 
 
 def cpu_decode(yuv: np.ndarray, matrix: str, full_range: bool, pix_fmt: str = "yuv420p"):
-    """yuv420p / nv12 ``(H * 3 // 2, W)`` -> ``(H, W, 3)`` RGB the way the video source converts it."""
+    """yuv420p / nv12 ``(H * 3 // 2, W)`` -> ``(H, W, 3)`` RGB as the video source converts it."""
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(yuv), format=pix_fmt)
     return colour(matrix, full_range, frame.width, frame.height).to_rgb(frame, VideoReformatter())
 

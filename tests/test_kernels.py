@@ -32,7 +32,7 @@ def test_to_model_input_scales_and_reflect_pads(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_model_input_and_output_round_trip_exactly(dtype):
-    """Every byte survives bytes -> model values -> bytes, in each dtype (odd sizes cropped back)."""
+    """Every byte survives bytes -> model values -> bytes in each dtype (odd sizes cropped back)."""
     pixels = _frames(1, 3, 256)
     pixels[0, 0, :, 0] = torch.arange(256, dtype=torch.uint8)
     x = kernels.to_model_input(pixels, dtype=dtype)
@@ -42,7 +42,8 @@ def test_model_input_and_output_round_trip_exactly(dtype):
 def test_from_model_output_clamps_rounds_and_zeroes_nan():
     values = [-2.0, -1.0, 0.0, 1.0, 2.0, float("nan"), float("inf"), -float("inf")]
     y = torch.tensor(values).view(1, 1, 1, -1).expand(1, 3, 1, -1)
-    assert kernels.from_model_output(y, 1, 8)[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255, 0, 255, 0]
+    got = kernels.from_model_output(y, 1, 8)[0, 0, :, 0].tolist()
+    assert got == [0, 0, 128, 255, 255, 0, 255, 0]
     # Half a level rounds to even, like torch.round: 128.5 and 130.5 levels -> 128, 130.
     ties = torch.tensor([1 / 127.5, 3 / 127.5])
     assert ((ties + 1) * 127.5).tolist() == [128.5, 130.5]  # exact ties in float32
@@ -65,7 +66,9 @@ def test_bad_input_is_refused_in_one_clear_line():
     with pytest.raises(ValueError, match="do not fit luma"):
         kernels.yuv420p_to_model_input(y, u[:, :3], u, matrix="bt709", full_range=False)
     with pytest.raises(ValueError, match="even width and height"):
-        kernels.model_output_to_yuv420p(torch.zeros(1, 3, 8, 8), 7, 8, matrix="bt709", full_range=False)
+        kernels.model_output_to_yuv420p(
+            torch.zeros(1, 3, 8, 8), 7, 8, matrix="bt709", full_range=False
+        )
 
 
 def test_package_imports_nothing_else_of_gtacity():
@@ -122,11 +125,10 @@ def test_cuda_tensors_run_triton_and_agree_with_the_reference():
     x = kernels.to_model_input(pixels.cuda(), dtype=torch.float16)
     assert x.is_cuda and torch.equal(x.cpu(), kernels.to_model_input(pixels, dtype=torch.float16))
     assert torch.equal(kernels.from_model_output(x, 37, 45).cpu(), pixels)
-    encoded = kernels.model_output_to_yuv420p(x[..., :44], 36, 44, matrix="bt709", full_range=False)
-    want = kernels.model_output_to_yuv420p(x.cpu()[..., :44], 36, 44, matrix="bt709", full_range=False)
+    bt709 = {"matrix": "bt709", "full_range": False}
+    encoded = kernels.model_output_to_yuv420p(x[..., :44], 36, 44, **bt709)
+    want = kernels.model_output_to_yuv420p(x.cpu()[..., :44], 36, 44, **bt709)
     assert torch.equal(encoded.cpu(), want)
     planes = kernels.split_yuv420p(want)
-    got = kernels.yuv420p_to_model_input(*(p.cuda() for p in planes), matrix="bt709", full_range=False)
-    assert torch.equal(
-        got.cpu(), kernels.yuv420p_to_model_input(*planes, matrix="bt709", full_range=False)
-    )
+    got = kernels.yuv420p_to_model_input(*(p.cuda() for p in planes), **bt709)
+    assert torch.equal(got.cpu(), kernels.yuv420p_to_model_input(*planes, **bt709))

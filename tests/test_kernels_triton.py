@@ -2,8 +2,9 @@
 
 On a CUDA machine the kernels are compiled and run on the GPU. Everywhere else they run under
 Triton's interpreter (``TRITON_INTERPRET=1``, on numpy), which is fixed when a function is
-decorated: tests/conftest.py sets it before any test imports Triton. Interpreted programs are slow, so the shapes stay small; every odd/even side, batch 1 and 5,
-padding of 0-3, a second column tile, and strided inputs are covered.
+decorated: tests/conftest.py sets it before any test imports Triton. Interpreted programs are
+slow, so the shapes stay small; every odd/even side, batch 1 and 5, padding of 0-3, a second
+column tile, and strided inputs are covered.
 
 Tolerances: every result is exact. The uint8 and YUV results by construction (integer arithmetic);
 the float model inputs because the kernel rounds ``(2x - 255) / 255`` once with IEEE division and
@@ -66,7 +67,8 @@ def test_to_model_input_equals_reference(kernels, shape):
     for dtype in DTYPES:
         got = triton_layout.to_model_input(*_on_device(pixels), dtype=dtype, multiple=4)
         want = layout.to_model_input_reference(pixels, dtype=dtype, multiple=4)
-        assert got.shape == want.shape == (shape[0], 3, -(-shape[1] // 4) * 4, -(-shape[2] // 4) * 4)
+        padded = (shape[0], 3, layout.padded(shape[1], 4), layout.padded(shape[2], 4))
+        assert got.shape == want.shape == padded
         assert got.dtype == dtype and got.is_contiguous()
         assert torch.equal(got.cpu(), want), dtype
 
