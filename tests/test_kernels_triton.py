@@ -14,6 +14,9 @@ rounds to bfloat16 on the bits, as torch does.
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -201,3 +204,50 @@ def test_nv12_from_a_real_decoder_layout(kernels):
     x = triton_yuv.yuv420_to_model_input(y_d, uv_d[..., 0], uv_d[..., 1], k, torch.float32, 4)
     decoded = layout.from_model_output_reference(x.cpu(), 8, 24)[0].numpy()
     assert level_errors(decoded, cpu_decode(nv12, "bt601", False, pix_fmt="nv12"))[0] <= 1
+
+
+# Compiles each kernel the way a GPU run would (Triton -> PTX -> cubin with the ptxas Triton ships),
+# for an H100 (sm_90): catches what only the compiler rejects, on a machine without a GPU.
+_COMPILE_SCRIPT = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from gtacity.kernels import _triton_layout as L, _triton_yuv as Y
+
+POINTERS = {"src", "dst", "y_ptr", "u_ptr", "v_ptr"}
+blocks = {"BLOCK_H": L.BLOCK_H, "BLOCK_W": L.BLOCK_W}
+cases = [
+    (L._to_model_input_kernel, {"src": "*u8", "dst": "*i16"}, {**blocks, "BF16_BITS": True}),
+    (L._from_model_output_kernel, {"src": "*fp16", "dst": "*u8"}, blocks),
+    (Y._yuv420_to_model_input_kernel, {"y_ptr": "*u8", "u_ptr": "*u8", "v_ptr": "*u8",
+     "dst": "*fp16"}, {**blocks, "SHIFT": 16, "BF16_BITS": False}),
+    (Y._model_output_to_yuv420_kernel, {"src": "*fp32", "dst": "*u8"}, {**blocks, "SHIFT": 16}),
+]
+for kernel, pointers, constexprs in cases:
+    signature = {
+        name: "constexpr" if name in constexprs else pointers.get(name, "i32")
+        for name in kernel.arg_names
+    }
+    assert set(pointers) == POINTERS & set(kernel.arg_names), kernel
+    compiled = triton.compile(
+        ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": L.NUM_WARPS},
+    )
+    assert compiled.asm["cubin"], kernel
+    print(kernel.__name__, "compiled", len(compiled.asm["cubin"]), "bytes of sm_90 code")
+"""
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="on a GPU the tests above run the compiled kernels")
+def test_kernels_compile_for_a_cuda_gpu(tmp_path):
+    """The interpreter runs Python, not the compiler: compile every kernel for sm_90 here, in a
+    process without TRITON_INTERPRET, so a kernel only a GPU could reject fails on any CI."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("compiled") == 4, run.stdout
