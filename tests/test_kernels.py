@@ -132,3 +132,17 @@ def test_cuda_tensors_run_triton_and_agree_with_the_reference():
     planes = kernels.split_yuv420p(want)
     got = kernels.yuv420p_to_model_input(*(p.cuda() for p in planes), **bt709)
     assert torch.equal(got.cpu(), kernels.yuv420p_to_model_input(*planes, **bt709))
+
+
+@pytest.mark.cuda
+def test_pipeline_cuda_path_gives_the_cpu_path_bytes():
+    """The engine's to_batch / to_frames on CUDA (Triton) produce exactly what they do on the CPU."""
+    from gtacity.engine.frames import Frame
+    from gtacity.engine.pipeline import to_batch, to_frames
+
+    frames = [Frame(img, i) for i, img in enumerate(_frames(3, 37, 53).numpy())]
+    on_gpu = to_batch(frames, torch.device("cuda"))
+    assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), to_batch(frames, torch.device("cpu")))
+    translated = torch.tanh(on_gpu * 3)  # any model output in [-1, 1]
+    for gpu, cpu in zip(to_frames(translated, frames), to_frames(translated.cpu(), frames)):
+        assert np.array_equal(gpu.image, cpu.image)
