@@ -63,7 +63,8 @@ def _check_pixels(pixels: torch.Tensor) -> None:
         )
 
 
-def _check_dtype(dtype: torch.dtype) -> None:
+def check_dtype(dtype: torch.dtype) -> None:
+    """Raises ValueError unless ``dtype`` is a model dtype (float16, bfloat16, float32)."""
     if dtype not in FLOAT_DTYPES:
         raise ValueError(f"model dtype must be float16, bfloat16 or float32, got {dtype}")
 
@@ -85,7 +86,7 @@ def to_model_input(
         ValueError: wrong dtype/shape, or a side too small to reflect-pad.
     """
     _check_pixels(pixels)
-    _check_dtype(dtype)
+    check_dtype(dtype)
     check_pad(pixels.shape[1], pixels.shape[2], multiple)
     if use_triton(pixels):
         from gtacity.kernels import _triton_layout
@@ -119,7 +120,7 @@ def from_model_output(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     Raises:
         ValueError: wrong dtype/shape, or a crop larger than the output.
     """
-    _check_output(y, height, width)
+    check_output(y, height, width)
     if use_triton(y):
         from gtacity.kernels import _triton_layout
 
@@ -127,7 +128,8 @@ def from_model_output(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return from_model_output_reference(y, height, width)
 
 
-def _check_output(y: torch.Tensor, height: int, width: int) -> None:
+def check_output(y: torch.Tensor, height: int, width: int) -> None:
+    """Raises ValueError unless ``y`` is float ``(N, 3, H, W)`` with ``height x width`` inside."""
     if y.dtype not in FLOAT_DTYPES or y.dim() != 4 or y.shape[1] != 3:
         raise ValueError(
             f"expected float model output (N, 3, H, W), got {y.dtype} {tuple(y.shape)}"

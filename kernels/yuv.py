@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from gtacity.kernels.layout import (
-    _check_dtype,
-    _check_output,
+    check_dtype,
+    check_output,
     check_pad,
     from_model_output_reference,
     to_model_input_reference,
@@ -128,7 +128,7 @@ def yuv420p_to_model_input(
         ValueError: planes of the wrong dtype or shapes, an unknown matrix, a too small frame.
     """
     _check_planes(y, u, v)
-    _check_dtype(dtype)
+    check_dtype(dtype)
     check_pad(y.shape[1], y.shape[2], multiple)
     coefficients = YuvCoefficients.of(matrix, full_range)
     if use_triton(y):
@@ -159,7 +159,7 @@ def model_output_to_yuv420p(
     Raises:
         ValueError: wrong dtype/shape, odd ``height`` or ``width``, an unknown matrix.
     """
-    _check_output(out, height, width)
+    check_output(out, height, width)
     if height % 2 or width % 2:
         raise ValueError(f"yuv420p needs an even width and height, got {width}x{height}")
     coefficients = YuvCoefficients.of(matrix, full_range)
