@@ -1,12 +1,25 @@
-"""The stage graph: decode -> batch -> preprocess -> infer -> postprocess -> encode.
+"""The stage graph: decode -> batch + preprocess -> infer -> postprocess -> encode, batches in flight.
 
-Decoding and encoding run on their own threads (PyAV and OpenCV release the GIL while they work),
-inference on the calling thread, with bounded queues between them so memory stays flat however
-long the video is. One thread does all the batching and inference, so frames leave in the order
-they came. Frames of any size go in: the batch is reflect-padded to a multiple of 4 and the
-result cropped back, so output size == input size, always.
+Every stage runs on its own thread, so they all work at once: decoding (PyAV releases the GIL),
+batching and preprocessing (stacking frames, upload, normalising, padding), inference (the calling
+thread, the only one that calls the backend), postprocessing (denormalising, download, cropping)
+and encoding (libx264 with its own threads). Between them frames travel through bounded queues
+and batches through a fixed pool of slots (:mod:`gtacity.engine.slots`), so memory stays flat
+however long the video is: at most ``streams`` batches plus two queues of ``queue_frames`` frames
+exist at any time. Every queue is first in, first out and every stage has one thread, so frames
+leave in the order they came.
 
-Every stage's busy time is measured: the report says which stage bounds the run.
+On CUDA each slot is a CUDA stream with pinned upload/download buffers: ``streams`` batches are in
+flight on the GPU at once, the copies of one overlap the compute of another, and the host waits
+only for a batch's download event, never for the device as a whole. The backend runs on the slot's
+stream (``backend.infer`` is called inside ``torch.cuda.stream(slot)``) and does not synchronise.
+
+Frames of any size go in: the batch is reflect-padded to a multiple of 4 and the result cropped
+back, so output size == input size, always.
+
+Every stage's busy time is measured (host seconds; on CUDA plus the GPU seconds of its work on the
+slot's stream, from CUDA events; inference there is GPU time alone): the report says which stage
+bounds the run.
 """
 
 from __future__ import annotations
@@ -23,10 +36,15 @@ import torch
 from gtacity import kernels
 from gtacity.engine.backends import Backend
 from gtacity.engine.frames import Frame, FrameSink, FrameSource
+from gtacity.engine.slots import Slot, SlotPool
 from gtacity.nets import SIZE_MULTIPLE
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
+# Batches in flight when the caller does not say: one being preprocessed, one inferred, one
+# postprocessed, so the three overlap.
+DEFAULT_STREAMS = 3
 _END = object()
+_POLL_S = 0.1
 
 
 @dataclass
@@ -46,31 +64,61 @@ class StageTimes:
     def fps(self) -> float:
         return self.frames / self.wall if self.wall > 0 else 0.0
 
+    @property
+    def bound_share(self) -> float:
+        """The bounding stage's busy time / wall time: 1.0 when the pipeline hides every other stage."""
+        return self.busy[self.bound_by] / self.wall if self.wall > 0 else 0.0
+
 
 def to_batch(
-    frames: list[Frame], device: torch.device, dtype: torch.dtype = torch.float32
+    frames: list[Frame],
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    host: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``N`` frames ``(H, W, 3)`` uint8 -> ``(N, 3, Hp, Wp)`` ``dtype`` in [-1, 1] on ``device``.
 
     The upload is uint8 (4x less traffic than float); scaling, HWC -> CHW, reflect-padding to a
     multiple of 4 and the cast happen on the device, in one Triton pass on CUDA
     (:func:`gtacity.kernels.to_model_input`).
+
+    Args:
+        host: a pinned ``(>= N, H, W, 3)`` uint8 buffer to stack the frames into; the upload from
+            it is asynchronous on the current CUDA stream, so it must not be written again until
+            that stream has passed this point. None: a fresh buffer (pinned on the way to CUDA).
     """
-    pixels = torch.from_numpy(np.stack([f.image for f in frames]))  # (N, H, W, 3) uint8
+    images = [f.image for f in frames]
+    if host is None:
+        pixels = torch.from_numpy(np.stack(images))  # (N, H, W, 3) uint8
+        if device.type == "cuda":
+            pixels = pixels.pin_memory()
+    else:
+        pixels = host[: len(frames)]
+        np.stack(images, out=pixels.numpy())
     if device.type == "cuda":
-        pixels = pixels.pin_memory().to(device, non_blocking=True)
+        pixels = pixels.to(device, non_blocking=True)
     return kernels.to_model_input(pixels, dtype=dtype, multiple=SIZE_MULTIPLE)
 
 
-def to_frames(y: torch.Tensor, frames: list[Frame]) -> list[Frame]:
+def to_frames(y: torch.Tensor, frames: list[Frame], host: torch.Tensor | None = None) -> list[Frame]:
     """``(N, 3, Hp, Wp)`` in [-1, 1] -> the input frames carrying ``(H, W, 3)`` uint8 translations.
 
     Cropping, rounding, CHW -> HWC and the cast to uint8 happen where ``y`` is (one Triton pass on
     CUDA, :func:`gtacity.kernels.from_model_output`), so only bytes are downloaded.
+
+    Args:
+        host: a pinned ``(>= N, H, W, 3)`` uint8 buffer for a CUDA ``y``: the download into it is
+            queued on the current stream and the returned images are views of it, valid once
+            that stream has passed this point (wait on an event) and until the buffer is reused.
+            None: a synchronous download into new arrays.
     """
     h, w = frames[0].image.shape[:2]
-    pixels = kernels.from_model_output(y, h, w).cpu().numpy()  # (N, H, W, 3)
-    return [f.with_image(img) for f, img in zip(frames, pixels)]
+    pixels = kernels.from_model_output(y, h, w)  # (N, H, W, 3) uint8, where y is
+    if host is None:
+        pixels = pixels.cpu()
+    else:
+        pixels = host[: len(frames)].copy_(pixels, non_blocking=True)
+    return [f.with_image(img) for f, img in zip(frames, pixels.numpy())]
 
 
 def batches(frames: Iterable[Frame], max_batch: int) -> Iterator[list[Frame]]:
@@ -85,19 +133,76 @@ def batches(frames: Iterable[Frame], max_batch: int) -> Iterator[list[Frame]]:
         yield batch
 
 
-class _Worker(threading.Thread):
-    """A stage on its own thread; an exception is kept and re-raised where the pipeline waits."""
+class _Stopped(Exception):
+    """Raised inside a stage when the pipeline stops (another stage failed, or it was interrupted)."""
 
-    def __init__(self, name: str, target: Callable[[], None]):
-        super().__init__(name=f"gtacity-{name}", daemon=True)
-        self._target_fn = target
+
+class _Run:
+    """One pipeline run's shared state: queues, slot pool, timings, the stop flag and first error."""
+
+    def __init__(self, backend: Backend, batch_size: int, streams: int, queue_frames: int):
+        self.backend, self.batch_size = backend, batch_size
+        self.pool = SlotPool(streams, backend.device)
+        depth = max(queue_frames, batch_size)
+        self.decoded: queue.Queue = queue.Queue(maxsize=depth)  # frames
+        self.prepared: queue.Queue = queue.Queue()  # slots: bounded by the pool
+        self.inferred: queue.Queue = queue.Queue()  # slots
+        self.translated: queue.Queue = queue.Queue(maxsize=depth)  # frames
+        self.times = StageTimes()
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
         self.error: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        """Keep the first error and stop every stage."""
+        with self._lock:
+            if self.error is None:
+                self.error = error
+        self.stop.set()
+
+    def put(self, q: queue.Queue, item) -> None:
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                q.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def get(self, q: queue.Queue):
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+
+    def items(self, q: queue.Queue) -> Iterator:
+        """What ``q`` carries, up to the end marker."""
+        while (item := self.get(q)) is not _END:
+            yield item
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.times.busy[stage] += seconds
+
+
+class _Worker(threading.Thread):
+    """A stage on its own thread; an exception stops the run and is re-raised by the caller."""
+
+    def __init__(self, run: _Run, name: str, target: Callable[[], None]):
+        super().__init__(name=f"gtacity-{name}", daemon=True)
+        self._run_state, self._target_fn = run, target
 
     def run(self) -> None:
         try:
             self._target_fn()
+        except _Stopped:
+            pass
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
-            self.error = e
+            self._run_state.fail(e)
 
 
 def run_pipeline(
@@ -106,6 +211,7 @@ def run_pipeline(
     backend: Backend,
     *,
     batch_size: int = 1,
+    streams: int | None = None,
     queue_frames: int = 8,
     on_frames: Callable[[int], None] | None = None,
 ) -> StageTimes:
@@ -116,102 +222,141 @@ def run_pipeline(
 
     Args:
         batch_size: frames per inference call (a backend's best value depends on the device).
-        queue_frames: frames buffered between stages; bounds memory (each 1080p frame is ~6 MB).
+        streams: batches in flight at once (on CUDA, each on its own CUDA stream); None =
+            :data:`DEFAULT_STREAMS`. Memory grows with it: each batch holds its frames and, on a
+            GPU, its activations.
+        queue_frames: frames buffered before and after the batches; bounds memory (each 1080p
+            frame is ~6 MB).
         on_frames: called with the number of frames just written (progress bars).
     """
-    times = StageTimes()
-    decoded: queue.Queue = queue.Queue(maxsize=max(queue_frames, batch_size))
-    translated: queue.Queue = queue.Queue(maxsize=max(queue_frames, batch_size))
-    stop = threading.Event()
-
-    def decode() -> None:
-        it = iter(source)
-        try:
-            while not stop.is_set():
-                t = time.perf_counter()
-                frame = next(it, _END)
-                times.busy["decode"] += time.perf_counter() - t
-                _put(decoded, frame, stop)
-                if frame is _END:
-                    return
-        finally:
-            _put(decoded, _END, stop)
-
-    def encode() -> None:
-        while True:
-            try:
-                frame = translated.get(timeout=0.1)
-            except queue.Empty:
-                if stop.is_set():
-                    return
-                continue
-            if frame is _END:
-                return
-            t = time.perf_counter()
-            sink.write(frame)
-            times.busy["encode"] += time.perf_counter() - t
-            times.frames += 1
-            if on_frames:
-                on_frames(1)
-
-    decoder, encoder = _Worker("decode", decode), _Worker("encode", encode)
+    run = _Run(backend, batch_size, DEFAULT_STREAMS if streams is None else streams, queue_frames)
+    stages = {
+        "decode": lambda: _decode(run, source),
+        "preprocess": lambda: _preprocess(run),
+        "postprocess": lambda: _postprocess(run),
+        "encode": lambda: _encode(run, sink, on_frames),
+    }
+    workers = [_Worker(run, name, target) for name, target in stages.items()]
     start = time.perf_counter()
-    decoder.start()
-    encoder.start()
+    for worker in workers:
+        worker.start()
     try:
-        for batch in batches(_drain(decoded, decoder), batch_size):
-            for frame in _translate(batch, backend, batch_size, times):
-                _put(translated, frame, stop, watch=encoder)
-        _put(translated, _END, stop, watch=encoder)
-        encoder.join()
-        if encoder.error:
-            raise encoder.error
+        try:
+            _infer(run)
+        except _Stopped:
+            pass
+        workers[-1].join()  # the encoder ends after the last frame, or when the run stops
+        if run.error is not None:
+            raise run.error
         sink.close()
-    except BaseException:
-        stop.set()
-        encoder.join(timeout=10)
+    except BaseException as e:
+        run.fail(e)
+        for worker in workers:
+            worker.join(timeout=10)
         sink.abort()
         raise
     finally:
-        stop.set()
-        decoder.join(timeout=10)
-        times.wall = time.perf_counter() - start
-    return times
+        run.stop.set()
+        for worker in workers:
+            worker.join(timeout=10)
+        run.times.wall = time.perf_counter() - start
+    return run.times
 
 
-def _translate(batch: list[Frame], backend: Backend, max_batch: int, times: StageTimes) -> list[Frame]:
-    t0 = time.perf_counter()
-    x = to_batch(batch, backend.device)
-    backend.prepare(max_batch, x.shape[-2], x.shape[-1])  # cached after the first batch of a size
-    t1 = time.perf_counter()
-    y = backend.infer(x)
-    if y.device.type == "cuda":
-        torch.cuda.current_stream(y.device).synchronize()
-    t2 = time.perf_counter()
-    out = to_frames(y, batch)
-    t3 = time.perf_counter()
-    times.busy["preprocess"] += t1 - t0
-    times.busy["infer"] += t2 - t1
-    times.busy["postprocess"] += t3 - t2
-    return out
-
-
-def _drain(q: queue.Queue, producer: _Worker) -> Iterator[Frame]:
-    while (item := q.get()) is not _END:
-        yield item
-    producer.join()
-    if producer.error:
-        raise producer.error
-
-
-def _put(q: queue.Queue, item, stop: threading.Event, watch: _Worker | None = None) -> None:
-    """Put without blocking forever: give up when the pipeline stops, or raise if the consumer died."""
+def _decode(run: _Run, source: FrameSource) -> None:
+    it = iter(source)
     while True:
-        try:
-            q.put(item, timeout=0.1)
+        t = time.perf_counter()
+        frame = next(it, _END)
+        run.add("decode", time.perf_counter() - t)
+        run.put(run.decoded, frame)
+        if frame is _END:
             return
-        except queue.Full:
-            if stop.is_set():
-                return
-            if watch is not None and not watch.is_alive():
-                raise watch.error or RuntimeError(f"{watch.name} stopped")
+
+
+def _preprocess(run: _Run) -> None:
+    """Batch frames, take a free slot for each batch and queue its upload + normalisation there."""
+    for frames in batches(run.items(run.decoded), run.batch_size):
+        slot = _take(run)
+        t = time.perf_counter()
+        height, width = frames[0].image.shape[:2]
+        upload, _ = slot.staging(run.batch_size, height, width)
+        with slot.on_stream():
+            slot.mark("upload")
+            slot.x = to_batch(frames, slot.device, host=upload)
+            slot.mark("uploaded")
+        slot.frames = frames
+        slot.host_seconds["preprocess"] = time.perf_counter() - t
+        run.put(run.prepared, slot)
+    run.put(run.prepared, _END)
+
+
+def _take(run: _Run) -> Slot:
+    while True:
+        if run.stop.is_set():
+            raise _Stopped
+        try:
+            return run.pool.take(timeout=_POLL_S)
+        except queue.Empty:
+            continue
+
+
+def _infer(run: _Run) -> None:
+    """On the calling thread: the backend's ``prepare`` and ``infer``, one slot after another."""
+    backend = run.backend
+    for slot in run.items(run.prepared):
+        t = time.perf_counter()
+        with slot.on_stream():
+            # Cached after the first batch of a size; on CUDA it may capture a graph for the stream.
+            backend.prepare(run.batch_size, slot.x.shape[-2], slot.x.shape[-1])
+            slot.mark("infer")
+            slot.y = backend.infer(slot.x)
+            slot.mark("inferred")
+        slot.host_seconds["infer"] = time.perf_counter() - t
+        run.put(run.inferred, slot)
+    run.put(run.inferred, _END)
+
+
+def _postprocess(run: _Run) -> None:
+    """Queue each slot's download, wait for it, hand the frames on in order, free the slot."""
+    for slot in run.items(run.inferred):
+        t = time.perf_counter()
+        height, width = slot.frames[0].image.shape[:2]
+        _, download = slot.staging(run.batch_size, height, width)
+        with slot.on_stream():
+            slot.mark("download")
+            frames = to_frames(slot.y, slot.frames, download)
+            slot.mark("downloaded")
+        waited = time.perf_counter()
+        device_seconds = slot.wait()
+        t_copy = time.perf_counter()
+        if slot.cuda:  # the images are views of the slot's buffer, which the next batch reuses
+            frames = [f.with_image(f.image.copy()) for f in frames]
+        host = slot.host_seconds | {"postprocess": (waited - t) + (time.perf_counter() - t_copy)}
+        _account(run, slot.cuda, host, device_seconds)
+        run.pool.give_back(slot)
+        for frame in frames:
+            run.put(run.translated, frame)
+    run.put(run.translated, _END)
+
+
+def _account(run: _Run, cuda: bool, host: dict[str, float], device: dict[str, float]) -> None:
+    """Add one batch's seconds: host time per stage plus the GPU time of its work on the stream.
+
+    On CUDA inference counts its GPU time alone: the host only queues it.
+    """
+    for stage in ("preprocess", "infer", "postprocess"):
+        seconds = device.get(stage, 0.0)
+        if not (cuda and stage == "infer"):
+            seconds += host.get(stage, 0.0)
+        run.add(stage, seconds)
+
+
+def _encode(run: _Run, sink: FrameSink, on_frames: Callable[[int], None] | None) -> None:
+    for frame in run.items(run.translated):
+        t = time.perf_counter()
+        sink.write(frame)
+        run.add("encode", time.perf_counter() - t)
+        run.times.frames += 1
+        if on_frames:
+            on_frames(1)

@@ -149,11 +149,11 @@ def test_failed_video_leaves_nothing_that_looks_finished(tmp_path, weights, monk
 
     original = pipeline.to_frames
 
-    def fail_at_frame_20(y, frames):  # a fault injected into our own stage, half-way through
+    def fail_at_frame_20(y, frames, *host):  # a fault injected into our own stage, half-way through
         if frames[0].index >= 20:
             failing.set()
             raise RuntimeError("simulated failure mid-video")
-        return original(y, frames)
+        return original(y, frames, *host)
 
     monkeypatch.setattr(pipeline, "to_frames", fail_at_frame_20)
     with pytest.raises(RuntimeError, match="mid-video"):
