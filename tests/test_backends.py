@@ -24,6 +24,7 @@ from gtacity.engine.backends import (
     BackendError,
     OpenVINOBackend,
     TorchBackend,
+    auto_order,
     available_backends,
     backend_class,
     create_backend,
@@ -234,3 +235,37 @@ def test_openvino_conversion_is_cached_by_weights(tiny_generator, tmp_path):
     other = create_backend("openvino", changed, precision="fp32", cache_dir=str(tmp_path))
     assert other.from_cache is False and len(list((tmp_path / "openvino").iterdir())) == 2
     assert create_backend("openvino", changed, precision="fp32", cache_dir="").from_cache is False
+
+
+class EngineOnlyBackend(TorchBackend):
+    """Stands in for a GPU-only backend that is not installed (tensorrt on a machine without it)."""
+
+    name = "engine-only"
+    precisions = {"cuda": ("fp16",)}
+    auto_rank = {"cuda": 20}
+
+    @classmethod
+    def unavailable_reason(cls, device=None):
+        return "not installed here"
+
+
+def test_auto_order_is_gpu_backends_by_rank_then_cpu_backends_by_rank(monkeypatch):
+    monkeypatch.setitem(BACKENDS, EngineOnlyBackend.name, EngineOnlyBackend)
+    order = [(cls.name, device) for cls, device in auto_order()]
+    assert order == [("engine-only", "cuda"), ("torch", "cuda"), ("openvino", "cpu"), ("torch", "cpu")]
+    assert [(cls.name, d) for cls, d in auto_order("cpu")] == [("openvino", "cpu"), ("torch", "cpu")]
+    assert [cls.name for cls, _ in auto_order("cuda:1")] == ["engine-only", "torch"]
+    with pytest.raises(BackendError, match="unknown device 'gpu'"):
+        auto_order("gpu")
+    if not torch.cuda.is_available():
+        assert backend_class("auto") is OpenVINOBackend  # both CUDA ones unavailable: next in line
+        with pytest.raises(BackendError, match="engine-only on cuda: not installed here; torch on cuda: "
+                                               "CUDA not available"):
+            backend_class("auto", "cuda")
+
+
+def test_torch_cuda_options_are_checked_and_described(tiny_generator):
+    with pytest.raises(BackendError, match="torch compile must be one of default, max-autotune-no-cudagraphs"):
+        create_backend("torch", tiny_generator, compile="reduce-overhead")
+    backend = create_backend("torch", tiny_generator, device="cpu", cuda_graphs=True)
+    assert not backend.cuda_graphs and "CUDA graphs" not in backend.describe()  # CUDA only

@@ -2,7 +2,7 @@
 
 ::
 
-    backend = create_backend("auto", net)          # openvino on CPU, torch on CUDA
+    backend = create_backend("auto", net)          # tensorrt or torch on CUDA, else openvino
     backend.prepare(max_batch=4, height=256, width=256)
     out = backend.infer(batch)                     # (N, 3, H, W) float32 in [-1, 1]
 
@@ -31,6 +31,7 @@ __all__ = [
     "OpenVINOConfig",
     "TorchBackend",
     "TorchConfig",
+    "auto_order",
     "available_backends",
     "backend_class",
     "create_backend",
@@ -44,12 +45,42 @@ def available_backends() -> dict[str, str | None]:
     return {name: cls.unavailable_reason() for name, cls in BACKENDS.items()}
 
 
-def backend_class(name: str, device: str | torch.device = "auto") -> type[Backend]:
-    """The backend class ``name`` means; ``"auto"`` picks the best one available for ``device``.
+# Device types ``--backend auto`` tries, best first; within one, backends go by ``auto_rank``.
+AUTO_DEVICES = ("cuda", "cpu")
 
-    ``device="auto"`` means CUDA if torch sees a GPU, else the CPU. On CPU, auto picks openvino
-    (2.3-2.6x eager torch fp32 on a 2-core AVX512-BF16 machine), falling back to torch without it; on
-    CUDA it picks torch. The order comes from each class's ``auto_rank``.
+
+def auto_order(device: str | torch.device = "auto") -> list[tuple[type[Backend], str]]:
+    """(backend class, device type) pairs in the order ``--backend auto`` tries them.
+
+    Every device type of :data:`AUTO_DEVICES` (only ``device``'s type unless ``device="auto"``),
+    GPU first, and within one device type the registered backends by descending ``auto_rank``:
+    tensorrt (when registered) -> torch on CUDA -> openvino -> torch on CPU. Availability is not
+    checked here (see :func:`backend_class`).
+
+    Raises:
+        BackendError: a device that is not one.
+    """
+    if device == "auto":
+        device_types = AUTO_DEVICES
+    else:
+        try:
+            device_types = (torch.device(device).type,)
+        except (RuntimeError, TypeError):
+            raise BackendError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+    order = []
+    for device_type in device_types:
+        ranked = [cls for cls in BACKENDS.values() if device_type in cls.auto_rank]
+        ranked.sort(key=lambda cls: cls.auto_rank[device_type], reverse=True)
+        order += [(cls, device_type) for cls in ranked]
+    return order
+
+
+def backend_class(name: str, device: str | torch.device = "auto") -> type[Backend]:
+    """The backend class ``name`` means; ``"auto"`` picks the first available one of
+    :func:`auto_order` for ``device`` (with ``device="auto"``: CUDA backends if torch sees a GPU).
+
+    On CPU, auto picks openvino (2.3-2.6x eager torch fp32 on a 2-core AVX512-BF16 machine), falling
+    back to torch without it; on CUDA tensorrt where it is installed, else torch.
 
     Raises:
         BackendError: an unknown name, or no backend available for ``device``.
@@ -58,20 +89,13 @@ def backend_class(name: str, device: str | torch.device = "auto") -> type[Backen
         if name not in BACKENDS:
             raise BackendError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
         return BACKENDS[name]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise BackendError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
-    candidates = [cls for cls in BACKENDS.values() if device.type in cls.auto_rank]
-    candidates.sort(key=lambda cls: cls.auto_rank[device.type], reverse=True)
     reasons = []
-    for cls in candidates:
-        reason = cls.unavailable_reason(device)
+    for cls, device_type in auto_order(device):
+        where = torch.device(device_type if device == "auto" else device)
+        reason = cls.unavailable_reason(where)
         if reason is None:
             return cls
-        reasons.append(f"{cls.name}: {reason}")
+        reasons.append(f"{cls.name} on {device_type}: {reason}")
     why = "; ".join(reasons) or "none registered for it"
     raise BackendError(f"no backend can run on {device} here ({why})")
 

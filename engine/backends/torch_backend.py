@@ -1,17 +1,22 @@
-"""Eager PyTorch on CPU or CUDA: the reference backend, and the fast one on NVIDIA GPUs."""
+"""PyTorch on CPU or CUDA: the reference backend, and on NVIDIA GPUs a fast one (fp16,
+channels_last, CUDA graphs per prepared shape and stream, optionally ``torch.compile``)."""
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from gtacity import hardware
-from gtacity.engine.backends.base import Backend, Precision
+from gtacity.engine.backends.base import Backend, BackendError, Precision
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# torch.compile modes that leave CUDA graphs to this backend (inductor's own cudagraph trees, in
+# "reduce-overhead" and "max-autotune", are not made for replays on several streams at once).
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -29,29 +34,83 @@ class TorchConfig:
     backends are checked against (bf16 differs by up to 0.065 in [-1, 1]); ask for bf16 explicitly.
     channels_last is no faster on CPU eager (0.9x at batch 1 and 4), so it is off there by default.
 
+    CUDA: ``prepare`` runs the generator once per shape (cuDNN's algorithm search, compilation),
+    then captures a CUDA graph of a ``max_batch`` call with static input and output buffers; each
+    ``infer`` copies its batch into the input buffer, replays the graph on the current stream and
+    returns a copy of the first ``N`` outputs (a short last batch runs the full graph: instance
+    norm is per frame, so the padding frames never touch the real ones). One graph launch replaces
+    a few hundred kernel launches per call, which is what keeps a small batch from being bound by
+    the host. The pipeline runs several batches at once on their own streams, and a graph's buffers
+    can serve one batch at a time, so each stream gets its own graph (captured at its first batch of
+    a shape): memory for activations is paid once per stream and shape.
+
     Attributes:
         channels_last: NHWC memory layout for weights and activations; ``None`` = on for CUDA
             (tensor cores want it) and off for CPU.
         cudnn_benchmark: let cuDNN time its convolution algorithms for every new shape (done in
             ``prepare``). Sets the process-wide ``torch.backends.cudnn.benchmark`` flag.
+        cuda_graphs: capture and replay CUDA graphs on CUDA (off: eager launches every call).
+        compile: a ``torch.compile`` mode (one of :data:`COMPILE_MODES`) to compile the generator
+            with inductor, once per prepared shape (tens of seconds each); None = no compilation.
     """
 
     channels_last: bool | None = None
     cudnn_benchmark: bool = True
+    cuda_graphs: bool = True
+    compile: str | None = None
+
+    def __post_init__(self):
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise BackendError(
+                f"torch compile must be one of {', '.join(COMPILE_MODES)} (or None), got {self.compile!r}"
+            )
+
+
+class _Graph:
+    """One captured call at one shape for one stream: static input, graph, static output."""
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor):
+        self.input = torch.zeros_like(example)  # (B, 3, H, W) float32, B = max_batch
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: the pipeline's other threads keep queueing copies on their streams while
+        # this thread captures; only this thread's calls are checked for capture safety.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.output = forward(self.input)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        n = len(batch)
+        self.input[:n].copy_(batch)
+        self.graph.replay()  # on the current stream
+        return self.output[:n].clone()
+
+
+class _Graphs:
+    """A prepared shape's graphs, one per CUDA stream that has run it."""
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor):
+        self._forward, self._example = forward, example
+        self._by_stream: dict[int, _Graph] = {}
+
+    def for_current_stream(self) -> _Graph:
+        """The current stream's graph, captured at the stream's first call."""
+        key = torch.cuda.current_stream(self._example.device).cuda_stream
+        if key not in self._by_stream:
+            self._by_stream[key] = _Graph(self._forward, self._example)
+        return self._by_stream[key]
 
 
 class TorchBackend(Backend):
-    """The generator run eagerly by PyTorch under ``torch.inference_mode()``.
+    """The generator run by PyTorch under ``torch.inference_mode()``.
 
     On CUDA, ``infer`` runs on the current stream and returns without synchronising; ``prepare``
-    runs one batch of ``max_batch`` frames so that cuDNN's algorithm search happens there, not
-    in the first ``infer``.
+    runs one batch of ``max_batch`` frames so that cuDNN's algorithm search (and compilation)
+    happens there, not in the first ``infer``, and captures the current stream's CUDA graph.
     """
 
     name = "torch"
     config_class = TorchConfig
     precisions = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")}
-    auto_rank = {"cuda": 10, "cpu": 0}
+    auto_rank = {"cuda": 10, "cpu": 0}  # below tensorrt on CUDA, openvino on CPU
 
     def __init__(
         self,
@@ -70,6 +129,10 @@ class TorchBackend(Backend):
             torch.backends.cudnn.benchmark = True
         self.net = copy.deepcopy(net).eval().requires_grad_(False)
         self.net.to(self.device, self._dtype, memory_format=self._memory_format)
+        self._module = self.net
+        if self.config.compile is not None:
+            self._module = torch.compile(self.net, mode=self.config.compile, dynamic=False)
+        self.cuda_graphs = cuda and self.config.cuda_graphs
 
     @classmethod
     def supported_precisions(cls, device: torch.device) -> tuple[Precision, ...]:
@@ -90,14 +153,39 @@ class TorchBackend(Backend):
         where = "CPU"
         if self.device.type == "cuda":
             where = f"CUDA ({torch.cuda.get_device_name(self.device)})"
-        layout = ", channels_last" if self.channels_last else ""
-        return f"torch {torch.__version__.split('+')[0]} {where}, {self.precision}{layout}"
+        extras = [
+            "channels_last" * self.channels_last,
+            "CUDA graphs" * self.cuda_graphs,
+            f"compiled ({self.config.compile})" * (self.config.compile is not None),
+        ]
+        return ", ".join([f"torch {torch.__version__.split('+')[0]} {where}", self.precision,
+                          *filter(None, extras)])
 
-    def _build(self, max_batch: int, height: int, width: int) -> None:
-        if self.device.type == "cuda":
-            self._run(None, torch.zeros(max_batch, 3, height, width, device=self.device))
+    def _build(self, max_batch: int, height: int, width: int) -> _Graphs | None:
+        """Run once (autotuning, compilation); on CUDA with graphs, capture the current stream's."""
+        if self.device.type != "cuda" and self.config.compile is None:
+            return None
+        x = torch.zeros(max_batch, 3, height, width, device=self.device)
+        if not self.cuda_graphs:
+            self._forward(x)
+            return None
+        # Warm up on a side stream, as CUDA graph capture wants (lazy initialisation, autotuning).
+        stream = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(stream)
+        with torch.cuda.stream(side):
+            self._forward(x)
+        stream.wait_stream(side)
+        graphs = _Graphs(self._forward, x)
+        graphs.for_current_stream()
+        return graphs
 
-    def _run(self, built: None, batch: torch.Tensor) -> torch.Tensor:
+    def _run(self, built: _Graphs | None, batch: torch.Tensor) -> torch.Tensor:
+        if built is None:
+            return self._forward(batch)
+        return built.for_current_stream()(batch)
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             x = batch.to(dtype=self._dtype, memory_format=self._memory_format)  # (N, 3, H, W)
-            return self.net(x).float()
+            return self._module(x).float()
