@@ -106,6 +106,7 @@ class BenchConfig:
         budget_s: timed calls of one configuration stop after this many seconds (at least 3
             calls): the default CPU run stays under two minutes even on a slow or busy CPU.
         e2e: a video (or image folder / image): time the whole pipeline over it instead.
+        streams: batches in flight in the e2e pipeline (see :func:`~gtacity.engine.pipeline.run_pipeline`).
         json_path: also write the report there.
         tolerances: precision (or ``tf32``) -> :class:`Tolerance` for the agreement check.
         seed: of the random weights and the input.
@@ -123,6 +124,7 @@ class BenchConfig:
     repeats: int = 10
     budget_s: float = 5.0
     e2e: str | Path | None = None
+    streams: int | None = None
     json_path: str | Path | None = None
     tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: TOLERANCES)
     seed: int = 0
@@ -408,19 +410,28 @@ class _Bench:
 
     def _e2e_config(self, backend: Backend, path: Path, size: str, batch: int, build_s: float,
                     x: torch.Tensor) -> None:
+        """One pipeline pass, and its rate against the slowest stage's alone: inference timed by
+        itself on the same batch, every other stage from its busy seconds (each has its own thread)."""
         self._warm_up(backend, x)
+        alone_s = percentile(time_calls(backend, x, self.cfg.repeats), 50)
         with tempfile.TemporaryDirectory(prefix="gtacity-bench-") as tmp, open_source(path) as src:
             sink = open_sink(_output_path(src, Path(tmp)), src)
-            times = run_pipeline(src, sink, backend, batch_size=batch)
+            times = run_pipeline(src, sink, backend, batch_size=batch, streams=self.cfg.streams)
+        alone = {stage: times.frames / s for stage, s in times.busy.items() if s > 0}
+        alone["infer"] = batch / alone_s
+        slowest = min(alone.values())
         result = E2EResult(
             backend.name, str(backend.device), backend.precision, backend.describe(), size, batch,
             frames=times.frames, wall_s=times.wall, fps=times.fps, stage_s=dict(times.busy),
             bound_by=times.bound_by, build_s=build_s, peak_host_mib=self.host.peak_mib(),
             peak_device_mib=device_peak_mib(backend.device),
+            streams=times.streams, infer_alone_fps=alone["infer"],
+            slowest_alone=min(alone, key=alone.get), share_of_slowest=times.fps / slowest,
         )
         self.report.e2e.append(result)
         self.log(f"e2e {backend.describe()} batch {batch}: {result.fps:.2f} frames/s, "
-                 f"bound by {result.bound_by}")
+                 f"bound by {result.bound_by}, {100 * result.share_of_slowest:.0f}% of the slowest "
+                 f"stage alone ({result.slowest_alone})")
 
 
 def _first_frame_size(path: Path) -> Size:

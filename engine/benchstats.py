@@ -28,7 +28,10 @@ JSON (``--json``; :meth:`~gtacity.engine.benchstats.BenchReport.to_json`), top-l
   on CPU)}``.
 - ``e2e`` (``--e2e`` only): ``{backend, device, precision, describe, size, batch, frames, wall_s,
   fps, stage_s (decode, preprocess, infer, postprocess, encode busy seconds), bound_by, build_s,
-  peak_host_mib, peak_device_mib}``.
+  peak_host_mib, peak_device_mib, streams (batches in flight), infer_alone_fps (``infer`` timed by
+  itself, same batch and size), slowest_alone (the stage with the lowest rate alone: inference from
+  infer_alone_fps, the others from frames / busy seconds), share_of_slowest (fps / that rate; 1.0 =
+  the pipeline hides every other stage)}``.
 """
 
 from __future__ import annotations
@@ -329,6 +332,10 @@ class E2EResult(_Configuration):
     build_s: float
     peak_host_mib: float
     peak_device_mib: float | None
+    streams: int
+    infer_alone_fps: float
+    slowest_alone: str
+    share_of_slowest: float
 
 
 def _now() -> str:
@@ -403,7 +410,8 @@ def describe_disagreement(a: Agreement) -> str:
 _MODEL_COLUMNS = ("backend", "device", "precision", "size", "batch", "frames/s", "ms p50", "ms p95",
                   "host MiB", "dev MiB", "GMAC/s", "matmul%", "build s")
 _E2E_COLUMNS = ("backend", "device", "precision", "size", "batch", "frames", "frames/s", "decode s",
-                "preproc s", "infer s", "postproc s", "encode s", "bound by")
+                "preproc s", "infer s", "postproc s", "encode s", "bound by",
+                "streams", "infer alone f/s", "% of slowest alone")
 
 
 def _setting(value: Any) -> str:
@@ -427,7 +435,8 @@ def _model_row(r: ModelResult) -> tuple[str, ...]:
 def _e2e_row(r: E2EResult) -> tuple[str, ...]:
     stages = tuple(f"{r.stage_s[s]:.2f}" for s in STAGES)
     return (r.backend, r.device, r.precision, r.size, str(r.batch), str(r.frames), f"{r.fps:.2f}",
-            *stages, r.bound_by)
+            *stages, r.bound_by, str(r.streams), f"{r.infer_alone_fps:.2f}",
+            f"{100 * r.share_of_slowest:.0f} ({r.slowest_alone})")
 
 
 def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:

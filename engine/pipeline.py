@@ -54,6 +54,7 @@ class StageTimes:
     busy: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     wall: float = 0.0
     frames: int = 0
+    streams: int = DEFAULT_STREAMS
 
     @property
     def bound_by(self) -> str:
@@ -148,7 +149,7 @@ class _Run:
         self.prepared: queue.Queue = queue.Queue()  # slots: bounded by the pool
         self.inferred: queue.Queue = queue.Queue()  # slots
         self.translated: queue.Queue = queue.Queue(maxsize=depth)  # frames
-        self.times = StageTimes()
+        self.times = StageTimes(streams=streams)
         self.stop = threading.Event()
         self._lock = threading.Lock()
         self.error: BaseException | None = None

@@ -40,6 +40,8 @@ class TranslateConfig:
         backend, precision, device: see :func:`gtacity.engine.backends.create_backend`.
         batch_size: frames per inference call; None picks 1 on the CPU (bigger batches gain nothing
             on a few cores and cost memory) and 8 on CUDA.
+        streams: batches in flight at once (on CUDA each on its own CUDA stream, so copies and
+            compute of different batches overlap); None = 3. Must be at least 1.
         crf, preset: libx264 quality and speed for video output.
         overwrite: replace an existing output (never the input).
         progress: show a progress bar on stderr.
@@ -53,6 +55,7 @@ class TranslateConfig:
     precision: str = "auto"
     device: str = "auto"
     batch_size: int | None = None
+    streams: int | None = None
     crf: int = 18
     preset: str = "medium"
     overwrite: bool = False
@@ -90,6 +93,8 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
         raise TranslateError(f"unknown direction {cfg.direction!r}; choose {' or '.join(DIRECTIONS)}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise TranslateError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.streams is not None and cfg.streams < 1:
+        raise TranslateError(f"--streams must be at least 1, got {cfg.streams}")
     net, info = _generator(cfg)
     backend = create_backend(cfg.backend, net, precision=cfg.precision, device=cfg.device)
     batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
@@ -98,7 +103,8 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
         total = len(source)
         with tqdm(total=total, unit="frame", disable=not cfg.progress or total < 2, dynamic_ncols=True,
                   desc=f"{info.direction} {backend.name}") as bar:
-            times = run_pipeline(source, sink, backend, batch_size=batch_size, on_frames=bar.update)
+            times = run_pipeline(source, sink, backend, batch_size=batch_size, streams=cfg.streams,
+                                 on_frames=bar.update)
     return TranslateReport(Path(sink.path), times.frames, times, backend.name, backend.precision, info)
 
 

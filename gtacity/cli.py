@@ -57,6 +57,7 @@ Examples:
   gtacity translate shot.png -o shot_city.png
   gtacity translate drive.mp4 -o out.mp4 --weights latest_net_G_A.pth   # official CycleGAN weights
   gtacity translate drive.mp4 -o out.mp4 --weights runs/exp1/gta2city.safetensors --crf 14
+  gtacity translate drive.mp4 -o out.mp4 --device cuda --streams 3   # torch CUDA: fp16, CUDA graphs
 """)
 @click.argument("input", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(),
@@ -66,11 +67,13 @@ Examples:
 @click.option("--weights", type=click.Path(), default=None,
               help="Generator file: ours (.safetensors) or an official latest_net_G_*.pth.  [default: bundled demo]")
 @click.option("--backend", default="auto", show_default=True, metavar="auto|torch|openvino",
-              help="Inference backend (auto: openvino on CPU, torch on CUDA).")
+              help="Inference backend (auto: tensorrt or torch on CUDA, else openvino, else torch).")
 @click.option("--precision", default="auto", show_default=True, metavar="auto|fp32|fp16|bf16",
               help="Inference precision (auto: bf16 on CPUs that have it via openvino, fp16 on CUDA).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, default=None, help="Frames per inference call.  [default: 1 on CPU, 8 on CUDA]")
+@click.option("--streams", type=int, default=None,
+              help="Batches in flight at once, each on its own CUDA stream on a GPU.  [default: 3]")
 @click.option("--crf", default=18, show_default=True, help="Video quality (libx264 CRF; lower = better, bigger).")
 @click.option("--preset", default="medium", show_default=True, help="libx264 preset (ultrafast ... veryslow).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (never the input).")
@@ -255,6 +258,7 @@ Examples:
 @click.option("--warmup", default=1, show_default=True, help="Untimed calls after the agreement check.")
 @click.option("--repeats", default=10, show_default=True, help="Timed calls per configuration (medians reported); fewer (at least 3) once they take 5 s.")
 @click.option("--e2e", type=click.Path(), default=None, help="Time decode -> translate -> encode over this video instead.")
+@click.option("--streams", type=int, default=None, help="Batches in flight with --e2e (CUDA streams on a GPU).  [default: 3]")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
 def bench(backends, precision, fp16, sizes, batch_sizes, quiet, **opts) -> None:

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import tempfile
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -32,7 +33,8 @@ RESULT = {"backend", "device", "precision", "describe", "size", "batch", "fps", 
 AGREEMENT = {"backend", "device", "precision", "size", "batch", "max_abs", "mean_abs", "tolerance", "ok"}
 TARGET = {"backend", "device", "precision", "reason"}
 E2E = {"backend", "device", "precision", "describe", "size", "batch", "frames", "wall_s", "fps",
-       "stage_s", "bound_by", "build_s", "peak_host_mib", "peak_device_mib"}
+       "stage_s", "bound_by", "build_s", "peak_host_mib", "peak_device_mib", "streams", "infer_alone_fps",
+       "slowest_alone", "share_of_slowest"}
 
 
 def test_every_backend_is_checked_then_timed_at_every_size_and_batch(tmp_path):
@@ -133,6 +135,8 @@ def test_e2e_times_every_stage_and_names_the_bound(tmp_path):
         assert tuple(r.stage_s) == STAGES and all(s >= 0 for s in r.stage_s.values())
         assert r.stage_s["infer"] > 0 and r.bound_by in STAGES
         assert r.fps == pytest.approx(r.frames / r.wall_s)
+        assert set(asdict(r)) == E2E and r.streams == 3 and r.infer_alone_fps > 0
+        assert r.slowest_alone in STAGES and r.share_of_slowest > 0  # its value: benchmarks, not tests
     assert "bound by" in report.format()
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "gtacity-bench-*"))) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["drive.mp4"]

@@ -183,3 +183,16 @@ def test_without_weights_the_bundled_demo_generators_are_used(tmp_path):
         g = report.generator
         assert (g.ngf, g.n_blocks, g.direction, g.trained_resolution) == (32, 6, direction, 128)
         assert next(iter(open_source(tmp_path / f"{direction}.png"))).image.shape == (40, 64, 3)
+
+
+def test_streams_must_be_at_least_one_and_any_count_gives_the_same_video(tmp_path, weights):
+    make_clip(tmp_path / "in.mp4", frames=9, size=(48, 32))
+    w = ("--weights", weights, "--backend", "torch", "-q")
+    line = one_error_line(run_cli("translate", tmp_path / "in.mp4", "-o", tmp_path / "o.mp4", "--streams", "0", *w))
+    assert "--streams must be at least 1, got 0" in line and not (tmp_path / "o.mp4").exists()
+    for streams in (1, 4):
+        result = run_cli("translate", tmp_path / "in.mp4", "-o", tmp_path / f"o{streams}.mp4",
+                         "--streams", streams, "--batch-size", 2, *w)
+        assert result.exit_code == 0, result.output
+    with open_source(tmp_path / "o1.mp4") as one, open_source(tmp_path / "o4.mp4") as four:
+        assert all(np.array_equal(a.image, b.image) for a, b in zip(one, four, strict=True))
