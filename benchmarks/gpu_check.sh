@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The GPU check in one command: every cuda/tensorrt-marked test with skips made failures, then the
+# GPU benchmarks, all into one results file. Runs offline in under 10 minutes on one H100.
+#
+#   benchmarks/gpu_check.sh [RESULTS_FILE]        # default: gpu-check-<UTC time>.txt here
+#
+# On a GPU image that lacks some of gtacity's dependencies (PyAV, onnxconverter-common, ...), put
+# their wheels in .whl/ first (or point GTACITY_WHEELS at a folder of them); they are installed
+# into a private folder, never into the system. GTACITY_REAL_DATA: a folder of real frames (with
+# gta5/) for the fp16 PSNR test; without it that test uses synthetic frames and says so.
+# The exit status is non-zero when a test fails or a benchmark path disagrees with torch fp32.
+set -uo pipefail
+results=$(realpath -m "${1:-gpu-check-$(date -u +%Y%m%dT%H%MZ).txt}")
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python3}
+wheels=${GTACITY_WHEELS:-.whl}
+work=$(mktemp -d /tmp/gtacity-gpu-check.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+status=0
+
+say() { echo "$*" | tee -a "$results"; }
+step() { say ""; say "== $* ($(date -u +%H:%M:%S) UTC)"; }
+
+: >"$results"
+say "gtacity GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$results"
+
+step "install what is missing (offline)"
+missing=$("$py" - <<'EOF'
+import importlib.util
+need = {"av": "av", "click": "click", "tqdm": "tqdm", "safetensors": "safetensors",
+        "onnxconverter_common": "onnxconverter-common", "pytest": "pytest"}
+print(" ".join(dist for mod, dist in need.items() if importlib.util.find_spec(mod) is None))
+EOF
+)
+if [ -n "$missing" ]; then
+    say "missing: $missing"
+    found=()
+    for dist in $missing; do
+        wheel=$(compgen -G "$wheels/${dist//-/_}-*.whl" | head -n 1)
+        [ -n "$wheel" ] || { say "error: no $dist wheel in $wheels/; copy one there (see /work/shared/wheels-gpu/README.md)"; exit 1; }
+        found+=("$wheel")
+    done
+    "$py" -m pip install -q --no-index --no-deps --no-compile --target "$work/site" "${found[@]}" 2>&1 \
+        | tee -a "$results" || { say "error: installing ${found[*]} failed"; exit 1; }
+    export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$py" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tee -a "$results" \
+    || { say "error: pip install --no-deps -e . failed"; exit 1; }
+gtacity=("$py" -m gtacity)
+"${gtacity[@]}" --version | tee -a "$results" || { say "error: gtacity does not import"; exit 1; }
+if ! "$py" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    say "error: torch sees no CUDA GPU here; this check needs one (the CPU tests are the plain pytest run)"
+    exit 1
+fi
+
+step "cuda and tensorrt tests, GTACITY_REQUIRE_CUDA=1 (a skip is a failure)"
+GTACITY_REQUIRE_CUDA=1 "$py" -m pytest -q -m "cuda or tensorrt" -p no:cacheprovider tests 2>&1 \
+    | tee -a "$results" || status=1
+
+step "model only: every fp16 path vs eager fp32 batch 1, ngf 64, 1024x512, batch 8"
+"$py" benchmarks/gpu_bench.py --json "$work/model.json" 2>&1 | tee -a "$results" || status=1
+
+step "end to end: a 1024x512 H.264 clip and the same frames as PNGs, batch 8, 1 and 3 streams"
+clip="$work/drive.mp4"
+"${gtacity[@]}" demo-clip "$clip" --seconds 12 --size 1024x512 2>&1 | tee -a "$results"
+"$py" - "$clip" "$work/frames" <<'EOF'
+import sys
+from pathlib import Path
+import cv2
+from gtacity.engine.sources import open_source
+out = Path(sys.argv[2]); out.mkdir()
+with open_source(sys.argv[1]) as source:
+    for frame in source:
+        cv2.imwrite(str(out / f"{frame.index:05d}.png"), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+EOF
+for input in "$clip" "$work/frames"; do
+    for streams in 1 3; do
+        say "-- $(basename "$input"), --streams $streams"
+        "${gtacity[@]}" bench --e2e "$input" --device cuda --batch-size 8 --streams "$streams" \
+            --repeats 20 -q 2>&1 | tee -a "$results" || status=1
+    done
+done
+
+step "done: status $status"
+exit $status
