@@ -25,9 +25,13 @@ from gtacity.engine.slots import SlotPool
 from gtacity.images import IMAGE_EXTENSIONS, decode_rgb
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
-# Real GTA5 frames (never copied into the repository): ../shared/data/real beside the checkout, or
-# wherever GTACITY_REAL_DATA points.
-REAL_DATA = Path(os.environ.get("GTACITY_REAL_DATA", Path(__file__).parents[2] / "shared/data/real"))
+# Real GTA5 frames (never copied into the repository): wherever GTACITY_REAL_DATA points, else
+# shared/data/real beside the checkout or beside the folder of worktrees it sits in.
+REAL_DATA = next(
+    (p for p in (Path(os.environ.get("GTACITY_REAL_DATA", "/nonexistent")),
+                 *(Path(__file__).parents[i] / "shared/data/real" for i in (2, 3))) if p.is_dir()),
+    None,
+)
 
 
 class MemorySource:
@@ -174,8 +178,8 @@ def test_slot_pool_bounds_batches_in_flight():
 
 def real_or_synthetic_frames() -> tuple[list[np.ndarray], str]:
     """Three real GTA5 frames where they are at hand, else three synthetic street-like ones."""
-    folder = REAL_DATA / "gta5"
-    if folder.is_dir():
+    folder = REAL_DATA / "gta5" if REAL_DATA is not None else None
+    if folder is not None and folder.is_dir():
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:3]
         return [decode_rgb(p) for p in paths], "real"
     h, w = 256, 512

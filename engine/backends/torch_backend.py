@@ -79,9 +79,10 @@ class _Graph:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         n = len(batch)
-        self.input[:n].copy_(batch)
-        self.graph.replay()  # on the current stream
-        return self.output[:n].clone()
+        with torch.inference_mode():  # the buffers may be inference tensors (prepared inside one)
+            self.input[:n].copy_(batch)
+            self.graph.replay()  # on the current stream
+            return self.output[:n].clone()
 
 
 class _Graphs:
