@@ -413,7 +413,7 @@ class _Bench:
         """One pipeline pass, and its rate against the slowest stage's alone: inference timed by
         itself on the same batch, every other stage from its busy seconds (each has its own thread)."""
         self._warm_up(backend, x)
-        alone_s = percentile(time_calls(backend, x, self.cfg.repeats), 50)
+        alone_s = percentile(time_calls(backend, x, self.cfg.repeats, self.cfg.budget_s), 50)
         with tempfile.TemporaryDirectory(prefix="gtacity-bench-") as tmp, open_source(path) as src:
             sink = open_sink(_output_path(src, Path(tmp)), src)
             times = run_pipeline(src, sink, backend, batch_size=batch, streams=self.cfg.streams)
