@@ -176,6 +176,20 @@ def test_slot_pool_bounds_batches_in_flight():
     assert DEFAULT_STREAMS == 3
 
 
+def test_staging_buffers_give_the_same_tensors_and_frames():
+    # On CUDA they are pinned and the copies asynchronous; the arithmetic is the same everywhere.
+    rng = np.random.default_rng(2)
+    frames = [Frame(rng.integers(0, 256, (30, 37, 3), dtype=np.uint8), i) for i in range(2)]
+    upload, download = (torch.full((3, 30, 37, 3), 7, dtype=torch.uint8) for _ in range(2))
+    x = to_batch(frames, torch.device("cpu"), upload)
+    assert torch.equal(x, to_batch(frames, torch.device("cpu")))
+    assert tuple(x.shape) == (2, 3, 32, 40) and torch.equal(upload[2], torch.full((30, 37, 3), 7))
+    out = to_frames(x, frames, download)
+    for frame, back in zip(frames, out):
+        assert np.array_equal(back.image, frame.image)
+        assert np.shares_memory(back.image, download.numpy())  # views of the buffer, no copy
+
+
 def real_or_synthetic_frames() -> tuple[list[np.ndarray], str]:
     """Three real GTA5 frames where they are at hand, else three synthetic street-like ones."""
     folder = REAL_DATA / "gta5" if REAL_DATA is not None else None
