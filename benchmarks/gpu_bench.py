@@ -25,11 +25,12 @@ import time
 
 import torch
 
-from gtacity.engine.backends import BackendError, create_backend
+from gtacity.engine.backends import create_backend
 from gtacity.engine.bench import TOLERANCES
 from gtacity.engine.benchstats import (
     describe_machine, describe_versions, machine_info, matmul_rate, time_calls, versions,
 )
+from gtacity.errors import GtacityError
 from gtacity.nets import ResnetGenerator, count_macs, init_weights
 
 # (label, backend, precision, backend options, batch or None for --batch). The first is the baseline:
@@ -105,7 +106,7 @@ def _run_path(label, name, precision, options, batch, net, x_cpu, reference, dev
     row = {"path": label, "backend": name, "precision": precision, "options": options, "batch": batch}
     try:
         backend = create_backend(name, net, precision=precision, device=device, **options)
-    except BackendError as e:
+    except GtacityError as e:  # not installed, not registered, no such precision here
         return {**row, "unavailable": str(e)}
     start = time.perf_counter()
     backend.prepare(batch, x_cpu.shape[-2], x_cpu.shape[-1])
