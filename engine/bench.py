@@ -21,6 +21,9 @@ reported and not timed), ``warmup`` more calls (``warmup_s``), then ``repeats`` 
 ``perf_counter`` around each call on the CPU, CUDA events after a synchronisation on a GPU.
 Frames/s is ``batch / median call time``. Host memory is the process's peak resident size during
 the configuration (Linux ``VmHWM``, reset per configuration through ``/proc/self/clear_refs``).
+With ``e2e``, the same checks and warm-up, then inference timed alone on that batch, then one pass
+of the whole pipeline (``streams`` batches in flight): its frames/s, each stage's busy seconds, the
+stage that bounds it and the run's rate as a share of the slowest stage's rate alone.
 
 The report and its JSON fields: :mod:`gtacity.engine.benchstats`.
 """
