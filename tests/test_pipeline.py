@@ -181,7 +181,7 @@ def test_staging_buffers_give_the_same_tensors_and_frames():
     rng = np.random.default_rng(2)
     frames = [Frame(rng.integers(0, 256, (30, 37, 3), dtype=np.uint8), i) for i in range(2)]
     upload, download = (torch.full((3, 30, 37, 3), 7, dtype=torch.uint8) for _ in range(2))
-    x = to_batch(frames, torch.device("cpu"), upload)
+    x = to_batch(frames, torch.device("cpu"), host=upload)
     assert torch.equal(x, to_batch(frames, torch.device("cpu")))
     assert tuple(x.shape) == (2, 3, 32, 40) and torch.equal(upload[2], torch.full((30, 37, 3), 7))
     out = to_frames(x, frames, download)
