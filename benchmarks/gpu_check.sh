@@ -61,6 +61,11 @@ GTACITY_REQUIRE_CUDA=1 "$py" -m pytest -q -m "cuda or tensorrt" -p no:cacheprovi
 step "model only: every fp16 path vs eager fp32 batch 1, ngf 64, 1024x512, batch 8"
 "$py" benchmarks/gpu_bench.py --json "$work/model.json" 2>&1 | tee -a "$results" || status=1
 
+if [ -f benchmarks/kernels_bench.py ]; then
+    step "Triton pixel kernels vs copy bandwidth and the unfused torch sequence, 1080p, batch 8"
+    "$py" benchmarks/kernels_bench.py 2>&1 | tee -a "$results" || status=1
+fi
+
 step "end to end: a 1024x512 H.264 clip and the same frames as PNGs, batch 8, 1 and 3 streams"
 clip="$work/drive.mp4"
 "${gtacity[@]}" demo-clip "$clip" --seconds 12 --size 1024x512 2>&1 | tee -a "$results"
