@@ -288,6 +288,42 @@ def bench(backends, precision, fp16, sizes, batch_sizes, quiet, **opts) -> None:
                          f"not timed: {'; '.join(map(describe_disagreement, bad))}")
 
 
+@cli.command(epilog="""\b
+Examples:
+  gtacity export gen.safetensors --format onnx -o gen.onnx          # dynamic batch, height, width
+  gtacity export gen.safetensors --format onnx-fp16 -o gen16.onnx   # fp16, InstanceNorm in fp32
+  gtacity export gen.safetensors --format onnx --shape 1x3x512x1024 -o gen_512.onnx   # fixed shape
+  gtacity export gen.safetensors --format engine --shape 8x3x512x1024 -o gen.engine   # TensorRT fp16
+  gtacity export gen.safetensors --format engine --shape 8x3x1056x1920 \\
+      --min-shape 1x3x1056x1920 --via torch-tensorrt -o gen_1080p.engine
+""")
+@click.argument("weights", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="The file to write.")
+@click.option("--format", "format_", default="onnx", show_default=True, metavar="onnx|onnx-fp16|engine",
+              help="onnx: fp32; onnx-fp16: fp16 weights and convolutions; engine: TensorRT fp16 plan.")
+@click.option("--shape", default=None, metavar="NxCxHxW",
+              help="ONNX: fix the graph to this shape (default: dynamic). engine: the shape TensorRT optimises for (required).")
+@click.option("--min-shape", default=None, metavar="NxCxHxW", help="engine: smallest accepted shape.  [default: batch 1 at --shape's size]")
+@click.option("--max-shape", default=None, metavar="NxCxHxW", help="engine: largest accepted shape.  [default: --shape]")
+@click.option("--via", default="onnx", show_default=True, metavar="onnx|torch-tensorrt",
+              help="engine: build with TensorRT's ONNX parser or with torch-tensorrt.")
+@click.option("--workspace-gib", default=4.0, show_default=True, help="engine: TensorRT's build scratch-memory limit.")
+@click.option("--direction", default=None, metavar="gta2city|city2gta",
+              help="Recorded in the file's metadata, for generator files that do not say.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (never the input).")
+def export(weights, output, format_, **opts) -> None:
+    """Export a generator as ONNX, FP16 ONNX or a TensorRT engine (with its metadata inside).
+
+    Engines are kept in the engine cache (see README, "Export and TensorRT"): exporting the
+    same generator, shapes and precision again on the same GPU copies the cached engine.
+    """
+    from gtacity.engine.export import ExportConfig
+    from gtacity.engine.export import export as run_export
+
+    path = run_export(ExportConfig(weights=weights, output=output, format=format_, **opts))
+    click.echo(f"wrote {path} ({format_})")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="gtacity")

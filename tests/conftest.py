@@ -1,8 +1,10 @@
 """Shared fixtures and the ``cuda`` marker's rule: skipped without CUDA, unless
-``GTACITY_REQUIRE_CUDA=1`` asks for the skip to be a failure (so a GPU run cannot pass by skipping)."""
+``GTACITY_REQUIRE_CUDA=1`` asks for the skip to be a failure (so a GPU run cannot pass by skipping).
+The ``tensorrt`` marker follows the same rule, needing TensorRT as well as CUDA."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -19,7 +21,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def _tensorrt_missing() -> str | None:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "needs TensorRT"
+    return None if torch.cuda.is_available() else "needs CUDA"
+
+
 def pytest_collection_modifyitems(config, items):
+    missing = _tensorrt_missing()
+    for item in items:
+        if missing and item.get_closest_marker("tensorrt") and not REQUIRE_CUDA:
+            item.add_marker(pytest.mark.skip(reason=f"{missing} (GTACITY_REQUIRE_CUDA=1 makes this a failure)"))
     if torch.cuda.is_available():
         return
     for item in items:
@@ -34,6 +46,8 @@ def pytest_collection_modifyitems(config, items):
 def _cuda_required(request):
     if REQUIRE_CUDA and "cuda" in request.keywords and not torch.cuda.is_available():
         pytest.fail("GTACITY_REQUIRE_CUDA=1 but torch.cuda.is_available() is False")
+    if REQUIRE_CUDA and request.node.get_closest_marker("tensorrt") and _tensorrt_missing():
+        pytest.fail(f"GTACITY_REQUIRE_CUDA=1 but this TensorRT test {_tensorrt_missing()}")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -20,6 +20,7 @@ from torch import nn
 
 from gtacity.engine.backends.base import PRECISIONS, Backend, BackendError
 from gtacity.engine.backends.openvino_backend import OpenVINOBackend, OpenVINOConfig
+from gtacity.engine.backends.tensorrt_backend import TensorRTBackend, TensorRTConfig
 from gtacity.engine.backends.torch_backend import TorchBackend, TorchConfig
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "BackendError",
     "OpenVINOBackend",
     "OpenVINOConfig",
+    "TensorRTBackend",
+    "TensorRTConfig",
     "TorchBackend",
     "TorchConfig",
     "auto_order",
@@ -37,7 +40,9 @@ __all__ = [
     "create_backend",
 ]
 
-BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (TorchBackend, OpenVINOBackend)}
+BACKENDS: dict[str, type[Backend]] = {
+    cls.name: cls for cls in (TorchBackend, OpenVINOBackend, TensorRTBackend)
+}
 
 
 def available_backends() -> dict[str, str | None]:
