@@ -190,11 +190,37 @@ def to_fp16(model):
         half = float16.convert_float_to_float16(
             model, keep_io_types=True, op_block_list=list(FP32_OPS), disable_shape_infer=False,
         )
+    _fold_constant_casts(onnx, half)
     props = {p.key: p.value for p in model.metadata_props}
     props["precision"] = "fp16"
     del half.metadata_props[:]
     onnx.helper.set_model_props(half, props)
     return half
+
+
+def _fold_constant_casts(onnx, model) -> None:
+    """Replace each Cast of an initializer by the cast initializer (in place).
+
+    The converter turns every initializer to fp16, then casts InstanceNormalization's scale and
+    bias back to fp32; folding those casts leaves fp32 constants there, which every runtime's
+    InstanceNormalization accepts as plain weights.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    constants = {t.name: t for t in graph.initializer}
+    folded = []
+    for node in graph.node:
+        if node.op_type == "Cast" and node.input[0] in constants:
+            to = onnx.helper.tensor_dtype_to_np_dtype(node.attribute[0].i)
+            values = numpy_helper.to_array(constants[node.input[0]]).astype(to)
+            graph.initializer.append(numpy_helper.from_array(values, node.output[0]))
+            folded.append(node)
+    for node in folded:
+        graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
