@@ -180,19 +180,6 @@ def read_engine(path: str | Path) -> tuple[dict, bytes]:
     return unpack(data, str(path))
 
 
-def check_runs_here(header: dict, where: str, tensorrt_version: str, gpu_name: str,
-                    compute_capability: str) -> None:
-    """Raise :class:`EngineError` if the engine was built for another TensorRT or GPU."""
-    key = header["key"]
-    built = (key["tensorrt_version"], key["gpu_name"], key["compute_capability"])
-    here = (tensorrt_version, gpu_name, compute_capability)
-    if built != here:
-        raise EngineError(
-            f"{where}: built with TensorRT {built[0]} for {built[1]} (sm {built[2]}), this is "
-            f"TensorRT {here[0]} on {here[1]} (sm {here[2]}); build it again here"
-        )
-
-
 @dataclass(frozen=True)
 class CachedEngine:
     """An engine from the cache (or just built into it)."""

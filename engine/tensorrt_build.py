@@ -128,7 +128,8 @@ def engine_for(net: nn.Module, info: GeneratorInfo | None, profile: Profile,
         source = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     else:
         torch_tensorrt = _import_torch_tensorrt()
-        seed = f"{metadata(net, info, options.precision)} torch-tensorrt {torch_tensorrt.__version__}"
+        meta = json.dumps(metadata(net, info, options.precision), sort_keys=True)
+        seed = f"{meta} torch-tensorrt {torch_tensorrt.__version__}"
         source = hashlib.sha256(seed.encode()).hexdigest()
     key = EngineKey(source, options.via, options.precision, str(profile), trt.__version__,
                     gpu_name, capability)
