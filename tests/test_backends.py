@@ -181,8 +181,10 @@ def test_bad_names_devices_and_options_raise_backend_errors(tiny_generator):
 
 def test_available_backends_reports_every_backend_and_reasons():
     available = available_backends()
-    assert list(available) == list(BACKENDS) == ["torch", "openvino"]
-    assert available == {"torch": None, "openvino": None}  # both installed in the test environment
+    assert list(available) == list(BACKENDS) == ["torch", "openvino", "tensorrt"]
+    assert available["torch"] is None and available["openvino"] is None  # installed for the tests
+    # TensorRT cannot be installed everywhere: where it is missing, the reason says how to get it
+    assert available["tensorrt"] is None or 'pip install "gtacity[tensorrt]"' in available["tensorrt"]
     if not torch.cuda.is_available():
         assert TorchBackend.unavailable_reason(torch.device("cuda")) == "CUDA not available"
         with pytest.raises(BackendError, match="cannot run on cuda: CUDA not available"):
