@@ -286,8 +286,8 @@ def onnx_model(net: nn.Module, info: GeneratorInfo | None, fmt: str,
 
 def _write_onnx(net: nn.Module, info: GeneratorInfo, cfg: ExportConfig) -> None:
     shape = parse_shape(cfg.shape) if cfg.shape else None
-    if cfg.min_shape or cfg.max_shape:
-        raise ExportError("--min-shape/--max-shape are for --format engine; an ONNX file is "
+    if cfg.min_shape or cfg.max_shape or cfg.via != "onnx":
+        raise ExportError("--min-shape/--max-shape/--via are for --format engine; an ONNX file is "
                           "dynamic without --shape, or fixed to --shape")
     save_onnx(onnx_model(net, info, cfg.format, shape), cfg.output)
 

@@ -138,6 +138,7 @@ def test_export_command_writes_fp16_onnx_and_refuses_bad_input(tmp_path, generat
         (str(weights), "-o", str(tmp_path / "x.onnx"), "--shape", "1x3x30x32"): "multiples of 4",
         (str(weights), "-o", str(tmp_path / "x.onnx"), "--shape", "1x3x32"): "use NxCxHxW",
         (str(weights), "-o", str(tmp_path / "x.onnx"), "--max-shape", "1x3x32x32"): "are for --format engine",
+        (str(weights), "-o", str(tmp_path / "x.onnx"), "--via", "torch-tensorrt"): "are for --format engine",
         (str(weights), "-o", str(tmp_path / "x.engine"), "--format", "engine"): "needs --shape",
         (str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "x.onnx")): "no such weights file",
     }

@@ -22,6 +22,8 @@ from gtacity.engine.engine_file import (
 )
 from gtacity.engine.export import ExportError, onnx_format_for
 from gtacity.engine.tensorrt_build import TypedGenerator, engine_for, export_for_profile, tensorrt_missing
+from gtacity.engine.translate import TranslateConfig, translate
+from media import make_clip
 
 KEY = EngineKey("ab" * 32, "onnx", "fp16", "1x3x64x96:4x3x64x96:4x3x64x96", "10.13.3",
                 "NVIDIA H100 80GB HBM3", "9.0")
@@ -202,6 +204,22 @@ def test_tensorrt_runs_on_the_current_stream_with_a_context_per_stream(tmp_path,
     assert all(torch.equal(o, e) for o, e in zip(outs, expected))
     engine = backend._shapes[(64, 64)][1]
     assert len(engine._contexts) == 3  # the default stream and the two others
+
+
+@pytest.mark.tensorrt
+def test_translate_with_tensorrt_builds_once_then_reuses_the_engine(tmp_path, monkeypatch):
+    monkeypatch.setenv("GTACITY_CACHE_DIR", str(tmp_path / "cache"))
+    make_clip(tmp_path / "in.mp4", frames=10, size=(60, 44), audio=None)
+    engines = tmp_path / "cache" / "tensorrt"
+    reports = []
+    for name in ("a.mp4", "b.mp4"):
+        reports.append(translate(TranslateConfig(tmp_path / "in.mp4", tmp_path / name,
+                                                 backend="tensorrt", batch_size=4, progress=False)))
+        if name == "a.mp4":
+            built = {p: p.stat().st_mtime_ns for p in engines.glob("*.engine")}
+    assert [r.frames for r in reports] == [10, 10] and reports[0].backend == "tensorrt"
+    assert len(built) == 1  # one frame size (padded to 64x44), batches of 1 to 4
+    assert {p: p.stat().st_mtime_ns for p in engines.glob("*.engine")} == built
 
 
 @pytest.mark.tensorrt
