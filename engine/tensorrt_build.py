@@ -179,6 +179,9 @@ def build_from_onnx(trt, onnx_path: Path, profile: Profile, options: BuildOption
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch always; TensorRT 11 is strongly typed always
     parser = trt.OnnxParser(network, logger)
+    # A native normalisation layer (not the InstanceNormalization_TRT plugin), so the fp32 pin
+    # below finds it on TensorRT 10 and strong typing governs it on TensorRT 11.
+    parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
