@@ -144,7 +144,8 @@ def test_auto_on_cuda_tries_tensorrt_first_then_torch():
     with pytest.raises(BackendError) as error:
         backend_class("auto", "cuda")
     message = str(error.value)
-    assert message.index("tensorrt: TensorRT is not installed") < message.index("torch: CUDA not available")
+    assert "TensorRT is not installed" in message and "CUDA not available" in message
+    assert message.index("tensorrt") < message.index("torch")
 
 
 def _options(**changes):
