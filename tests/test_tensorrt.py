@@ -21,7 +21,9 @@ from gtacity.engine.engine_file import (
     unpack, write_engine,
 )
 from gtacity.engine.export import ExportError, onnx_format_for
-from gtacity.engine.tensorrt_build import TypedGenerator, engine_for, export_for_profile, tensorrt_missing
+from gtacity.engine.tensorrt_build import (
+    TypedGenerator, cached_onnx, engine_for, export_for_profile, tensorrt_missing,
+)
 from gtacity.engine.translate import TranslateConfig, translate
 from media import make_clip
 
@@ -106,6 +108,20 @@ def test_engines_build_from_the_onnx_that_carries_their_precision():
     assert onnx_format_for("fp16", strongly_typed=True) == "onnx-fp16"   # TensorRT 11
     assert onnx_format_for("fp16", strongly_typed=False) == "onnx"       # TensorRT 10 + FP16 flag
     assert onnx_format_for("fp32", strongly_typed=True) == "onnx"
+
+
+def test_the_onnx_an_engine_builds_from_is_exported_once_and_kept(tmp_path, tiny_generator):
+    import onnx
+
+    path = cached_onnx(tiny_generator, None, onnx_format_for("fp16", strongly_typed=True), str(tmp_path))
+    assert path.parent == tmp_path / "onnx" and path.name.endswith("-onnx-fp16.onnx")
+    model = onnx.load(str(path))
+    weights = {t.name: t.data_type for t in model.graph.initializer}
+    assert weights["model.1.weight"] == onnx.TensorProto.FLOAT16
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    stamp = path.stat().st_mtime_ns
+    assert cached_onnx(tiny_generator, None, "onnx-fp16", str(tmp_path)) == path  # not exported again
+    assert path.stat().st_mtime_ns == stamp
 
 
 def test_torch_tensorrt_export_follows_the_profile(tiny_generator):
