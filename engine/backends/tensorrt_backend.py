@@ -23,9 +23,8 @@ class TensorRTConfig:
     Each prepared frame size gets an engine whose optimisation profile runs batches of 1 to
     ``max_batch`` frames (optimised for ``max_batch``). Engines are cached on disk by their key
     (ONNX checksum, precision, profile, TensorRT version, GPU and compute capability; see
-    :mod:`gtacity.engine.engine_file`): the first ``prepare`` of a shape builds (tens of seconds
-    to minutes for the full generator), every later one, in this or any later process, loads the
-    engine in well under a second.
+    :mod:`gtacity.engine.engine_file`): the first ``prepare`` of a shape builds, every later one,
+    in this or any later process, loads the engine file instead.
 
     Precision: ``"auto"`` is fp16 (InstanceNorm statistics in fp32); fp32 runs convolutions in
     TF32 on TensorRT 10 (its default), in fp32 on TensorRT 11.
