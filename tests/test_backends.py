@@ -254,9 +254,10 @@ class EngineOnlyBackend(TorchBackend):
 def test_auto_order_is_gpu_backends_by_rank_then_cpu_backends_by_rank(monkeypatch):
     monkeypatch.setitem(BACKENDS, EngineOnlyBackend.name, EngineOnlyBackend)
     order = [(cls.name, device) for cls, device in auto_order()]
-    assert order == [("engine-only", "cuda"), ("torch", "cuda"), ("openvino", "cpu"), ("torch", "cpu")]
+    assert order == [("tensorrt", "cuda"), ("engine-only", "cuda"), ("torch", "cuda"), ("openvino", "cpu"),
+                     ("torch", "cpu")]  # equal ranks keep registration order
     assert [(cls.name, d) for cls, d in auto_order("cpu")] == [("openvino", "cpu"), ("torch", "cpu")]
-    assert [cls.name for cls, _ in auto_order("cuda:1")] == ["engine-only", "torch"]
+    assert [cls.name for cls, _ in auto_order("cuda:1")] == ["tensorrt", "engine-only", "torch"]
     with pytest.raises(BackendError, match="unknown device 'gpu'"):
         auto_order("gpu")
     if not torch.cuda.is_available():
