@@ -171,7 +171,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda line: None) 
     if not runnable:
         why = "; ".join(f"{t.backend} on {t.device}: {t.reason}" for t in unavailable + skipped)
         raise BenchError(f"nothing to run ({why})")
-    settings = {**_settings(cfg), "ngf": net.ngf, "n_blocks": net.n_blocks}
+    settings = {**_settings(cfg), "arch": net.arch, "ngf": net.ngf, "n_blocks": net.n_blocks}
     tolerances = {k: asdict(v) for k, v in cfg.tolerances.items()}
     report = BenchReport(machine_info(), versions(), settings, tolerances)
     report.unavailable, report.skipped = unavailable, skipped
@@ -398,7 +398,7 @@ class _Bench:
         warmup_s = self._warm_up(backend, x)
         ms = [1000 * s / batch for s in time_calls(backend, x, self.cfg.repeats, self.cfg.budget_s)]
         p50 = percentile(ms, 50)
-        gmacs = count_macs(self.net.ngf, self.net.n_blocks, size[1], size[0]) / 1e9
+        gmacs = count_macs(self.net.ngf, self.net.n_blocks, size[1], size[0], arch=self.net.arch) / 1e9
         result = ModelResult(
             backend.name, str(backend.device), backend.precision, backend.describe(),
             f"{size[0]}x{size[1]}", batch, fps=1000 / p50, ms_per_frame_p50=p50,

@@ -7,6 +7,9 @@ is all it takes to rebuild the network::
      "ngf": "64", "n_blocks": "9", "norm": "instance", "direction": "gta2city",
      "trained_resolution": "256", "value_range": "-1,1"}
 
+``arch`` names a class of :data:`gtacity.nets.ARCHS` (``resnet_generator``, or the distilled
+students' ``mobile_resnet_generator``); ``ngf`` and ``n_blocks`` are its hyper-parameters.
+
 Official files (``latest_net_G_A.pth``) are plain state dicts; they are read with
 ``torch.load(weights_only=True)`` so loading never runs pickled code. Their ngf and block count are
 inferred from the tensors, and InstanceNorm running stats written by old PyTorch versions are dropped.
@@ -24,7 +27,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gtacity.errors import GtacityError
-from gtacity.nets import ResnetGenerator
+from torch import nn
+
+from gtacity.nets import ARCHS, build_generator
 
 FORMAT = "gtacity-generator"
 FORMAT_VERSION = 1
@@ -64,7 +69,7 @@ class GeneratorInfo:
 
 
 def save_generator(
-    net: ResnetGenerator,
+    net: nn.Module,
     path: str | Path,
     *,
     direction: str,
@@ -75,7 +80,8 @@ def save_generator(
     """Write ``net`` as a generator file that :func:`load_generator` (and ``--weights``) reads.
 
     Args:
-        net: the generator to save.
+        net: the generator to save: any class of :data:`gtacity.nets.ARCHS` (its ``arch``,
+            ``ngf`` and ``n_blocks`` go into the metadata).
         path: destination; written to a temporary name first and renamed, so a crash never leaves
             a half-written file under the final name.
         direction: ``gta2city`` or ``city2gta``.
@@ -86,7 +92,7 @@ def save_generator(
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     path = Path(path)
-    info = GeneratorInfo(net.ngf, net.n_blocks, direction, trained_resolution)
+    info = GeneratorInfo(net.ngf, net.n_blocks, direction, trained_resolution, arch=net.arch)
     meta = {**(extra or {}), **info.metadata()}
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
     tmp = path.with_name(path.name + ".partial")
@@ -117,8 +123,8 @@ def read_generator_file(path: str | Path) -> tuple[dict[str, torch.Tensor], Gene
 
 def load_generator(
     path: str | Path, *, direction: str | None = None, map_location: str | torch.device = "cpu"
-) -> tuple[ResnetGenerator, GeneratorInfo]:
-    """Build the generator stored in ``path`` and load its weights (FP32, eval mode).
+) -> tuple[nn.Module, GeneratorInfo]:
+    """Build the generator stored in ``path`` (of the arch it records) and load its weights (FP32, eval mode).
 
     Args:
         path: our ``.safetensors`` file or an official ``.pth`` state dict.
@@ -136,7 +142,7 @@ def load_generator(
                 f"pass --direction {info.direction} or the other generator of the run"
             )
         info = replace(info, direction=direction)
-    net = ResnetGenerator(info.ngf, info.n_blocks)
+    net = build_generator(info.arch, info.ngf, info.n_blocks)
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.to(map_location).eval(), info
 
@@ -174,8 +180,13 @@ def _read_ours(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
         )
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: generator metadata is incomplete ({e})") from e
-    if info.arch != "resnet_generator" or info.norm != "instance":
-        raise CheckpointError(f"{path}: unsupported generator arch={info.arch} norm={info.norm}")
+    if info.arch not in ARCHS or info.norm != "instance":
+        raise CheckpointError(
+            f"{path}: unsupported generator arch={info.arch} norm={info.norm} "
+            f"(this gtacity reads {', '.join(ARCHS)}); upgrade gtacity"
+        )
+    if info.ngf < 1 or info.n_blocks < 1:
+        raise CheckpointError(f"{path}: generator metadata gives ngf={info.ngf}, n_blocks={info.n_blocks}")
     return state, info
 
 
@@ -223,7 +234,7 @@ def _infer_info(path: Path, state: dict[str, torch.Tensor], source_format: str) 
 
 
 def _check_shapes(path: Path, state: dict[str, torch.Tensor], info: GeneratorInfo) -> None:
-    expected = ResnetGenerator(info.ngf, info.n_blocks).state_dict()
+    expected = build_generator(info.arch, info.ngf, info.n_blocks).state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -233,7 +244,7 @@ def _check_shapes(path: Path, state: dict[str, torch.Tensor], info: GeneratorInf
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})")
         raise CheckpointError(
-            f"{path}: does not fit a ngf={info.ngf}, {info.n_blocks}-block generator: {'; '.join(parts)}"
+            f"{path}: does not fit a ngf={info.ngf}, {info.n_blocks}-block {info.arch}: {'; '.join(parts)}"
         )
     for key, ref in expected.items():
         if tuple(state[key].shape) != tuple(ref.shape):
@@ -249,8 +260,10 @@ def _first_line(e: BaseException) -> str:
 
 
 def describe(info: GeneratorInfo) -> str:
-    """One line for logs: ``ngf 64, 9 blocks, gta2city, trained at 256 px``."""
+    """One line for logs: ``ngf 64, 9 blocks, gta2city, trained at 256 px`` (arch named if not ResNet)."""
     parts = [f"ngf {info.ngf}", f"{info.n_blocks} blocks"]
+    if info.arch != "resnet_generator":
+        parts.insert(0, info.arch)
     if info.direction:
         parts.append(info.direction)
     if info.trained_resolution:

@@ -12,6 +12,11 @@ renaming::
                        pad and the 7x7 conv ngf -> 3, then tanh
 
 With 9 blocks the last conv is ``model.26``; with 6 it is ``model.23``.
+
+Students for distillation (``gtacity distill``) are the same ResNet generator at a smaller width or
+depth, or :class:`MobileResnetGenerator`, whose residual blocks use depthwise-separable convolutions
+(GAN Compression, Li et al. 2020). :data:`ARCHS` maps the ``arch`` name a generator file records to
+its class; :func:`build_generator` and :func:`count_macs` take that name.
 """
 
 from __future__ import annotations
@@ -73,39 +78,120 @@ class ResnetGenerator(nn.Module):
         n_blocks: residual blocks at the bottleneck (9 for 256-px training in the paper, 6 for 128).
     """
 
+    arch = "resnet_generator"
+
     def __init__(self, ngf: int = 64, n_blocks: int = 9):
         super().__init__()
-        if ngf < 1 or n_blocks < 1:
-            raise ValueError(f"ngf and n_blocks must be positive, got ngf={ngf}, n_blocks={n_blocks}")
-        self.ngf, self.n_blocks = ngf, n_blocks
-        layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3),
-            nn.Conv2d(3, ngf, kernel_size=7, padding=0, bias=True),
-            InstanceNorm2dFP32(ngf),
-            nn.ReLU(True),
-        ]
-        for i in range(N_DOWNSAMPLING):
-            ch = ngf * 2**i
-            layers += [
-                nn.Conv2d(ch, ch * 2, kernel_size=3, stride=2, padding=1, bias=True),
-                InstanceNorm2dFP32(ch * 2),
-                nn.ReLU(True),
-            ]
-        layers += [ResnetBlock(ngf * 2**N_DOWNSAMPLING) for _ in range(n_blocks)]
-        for i in range(N_DOWNSAMPLING):
-            ch = ngf * 2 ** (N_DOWNSAMPLING - i)
-            layers += [
-                nn.ConvTranspose2d(
-                    ch, ch // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=True
-                ),
-                InstanceNorm2dFP32(ch // 2),
-                nn.ReLU(True),
-            ]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, kernel_size=7, padding=0), nn.Tanh()]
-        self.model = nn.Sequential(*layers)
+        self.model = nn.Sequential(*_encoder_decoder(self, ngf, n_blocks, ResnetBlock))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+class SeparableConv2d(nn.Module):
+    """A 3x3 depthwise conv, InstanceNorm, then a 1x1 pointwise conv (GAN Compression's layout).
+
+    About ``9 / dim + 1`` of a dense 3x3 conv's MACs (dim 128: 13x fewer), and as expressive as the
+    blocks need to be for a student that only imitates a teacher.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size=3, padding=0, groups=dim, bias=True),
+            InstanceNorm2dFP32(dim),
+            nn.Conv2d(dim, dim, kernel_size=1, bias=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class MobileResnetBlock(nn.Module):
+    """:class:`ResnetBlock` with each dense 3x3 conv replaced by a :class:`SeparableConv2d`."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            SeparableConv2d(dim),
+            InstanceNorm2dFP32(dim),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            SeparableConv2d(dim),
+            InstanceNorm2dFP32(dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class MobileResnetGenerator(nn.Module):
+    """GAN Compression's MobileResnetGenerator: the ResNet generator with separable residual blocks.
+
+    Same stem, down- and up-sampling as :class:`ResnetGenerator` (so the same input/output contract
+    and size multiple); only the bottleneck blocks change. ngf 32 with 9 blocks is ~3.1 GMACs at
+    256x256, 16x fewer than the paper's generator.
+
+    Args:
+        ngf: channels after the first conv.
+        n_blocks: separable residual blocks at the bottleneck.
+    """
+
+    arch = "mobile_resnet_generator"
+
+    def __init__(self, ngf: int = 32, n_blocks: int = 9):
+        super().__init__()
+        self.model = nn.Sequential(*_encoder_decoder(self, ngf, n_blocks, MobileResnetBlock))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _encoder_decoder(net: nn.Module, ngf: int, n_blocks: int, block: type[nn.Module]) -> list[nn.Module]:
+    """The official generator's layer sequence with ``block`` at the bottleneck; sets net.ngf/n_blocks."""
+    if ngf < 1 or n_blocks < 1:
+        raise ValueError(f"ngf and n_blocks must be positive, got ngf={ngf}, n_blocks={n_blocks}")
+    net.ngf, net.n_blocks = ngf, n_blocks
+    layers: list[nn.Module] = [
+        nn.ReflectionPad2d(3),
+        nn.Conv2d(3, ngf, kernel_size=7, padding=0, bias=True),
+        InstanceNorm2dFP32(ngf),
+        nn.ReLU(True),
+    ]
+    for i in range(N_DOWNSAMPLING):
+        ch = ngf * 2**i
+        layers += [
+            nn.Conv2d(ch, ch * 2, kernel_size=3, stride=2, padding=1, bias=True),
+            InstanceNorm2dFP32(ch * 2),
+            nn.ReLU(True),
+        ]
+    layers += [block(ngf * 2**N_DOWNSAMPLING) for _ in range(n_blocks)]
+    for i in range(N_DOWNSAMPLING):
+        ch = ngf * 2 ** (N_DOWNSAMPLING - i)
+        layers += [
+            nn.ConvTranspose2d(
+                ch, ch // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=True
+            ),
+            InstanceNorm2dFP32(ch // 2),
+            nn.ReLU(True),
+        ]
+    layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, kernel_size=7, padding=0), nn.Tanh()]
+    return layers
+
+
+ARCHS: dict[str, type[nn.Module]] = {cls.arch: cls for cls in (ResnetGenerator, MobileResnetGenerator)}
+
+
+def build_generator(arch: str, ngf: int, n_blocks: int) -> nn.Module:
+    """A freshly initialised-by-torch generator of ``arch`` (a key of :data:`ARCHS`).
+
+    Raises:
+        ValueError: an unknown arch, or non-positive sizes.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown generator arch {arch!r}; known: {', '.join(ARCHS)}")
+    return ARCHS[arch](ngf, n_blocks)
 
 
 class PatchDiscriminator(nn.Module):
@@ -146,11 +232,14 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     return net
 
 
-def count_macs(ngf: int, n_blocks: int, height: int, width: int) -> int:
+def count_macs(ngf: int, n_blocks: int, height: int, width: int, arch: str = "resnet_generator") -> int:
     """Multiply-accumulates of one generator forward at ``height x width`` (convs only).
 
-    ngf 64, 9 blocks, 256x256 -> ~56.8 G, the figure benchmarks use for GMAC/s.
+    Equal to ``torch.utils.flop_counter.FlopCounterMode``'s count / 2 for every arch of :data:`ARCHS`
+    (tested): ngf 64, 9 blocks, 256x256 -> 49.55 G.
     """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown generator arch {arch!r}; known: {', '.join(ARCHS)}")
     macs = 0
     h, w = height, width
     macs += h * w * ngf * 3 * 49
@@ -159,7 +248,9 @@ def count_macs(ngf: int, n_blocks: int, height: int, width: int) -> int:
         h, w = h // 2, w // 2
         macs += h * w * ch * 2 * ch * 9
         ch *= 2
-    macs += n_blocks * 2 * h * w * ch * ch * 9
+    # Per 3x3 conv of a block: dense ch*ch*9, or depthwise ch*9 plus pointwise ch*ch.
+    per_conv = ch * ch * 9 if arch == "resnet_generator" else ch * 9 + ch * ch
+    macs += n_blocks * 2 * h * w * per_conv
     for _ in range(N_DOWNSAMPLING):
         # A transposed conv does in*out*9 MACs per *input* pixel.
         macs += h * w * ch * (ch // 2) * 9
