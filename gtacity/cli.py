@@ -324,6 +324,114 @@ def export(weights, output, format_, **opts) -> None:
     click.echo(f"wrote {path} ({format_})")
 
 
+@cli.group("eval")
+def evaluate() -> None:
+    """Measure what a translation is like."""
+
+
+@evaluate.command("fidelity", epilog="""\b
+Examples:
+  gtacity eval fidelity --teacher runs/exp1/gta2city.safetensors --student runs/fast/gta2city.safetensors frames/
+  gtacity eval fidelity --teacher T.safetensors --student S.safetensors drive.mp4 --max-frames 100
+  gtacity eval fidelity --teacher T.safetensors --student S.safetensors frames/ --backend torch --json out.json
+""")
+@click.argument("input", type=click.Path())
+@click.option("--teacher", required=True, type=click.Path(), help="The generator the student was distilled from.")
+@click.option("--student", required=True, type=click.Path(), help="The distilled generator.")
+@click.option("--backend", default="auto", show_default=True, metavar="auto|torch|openvino", help="Backend for both.")
+@click.option("--precision", default="auto", show_default=True, metavar="auto|fp32|fp16|bf16")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--max-frames", type=int, default=None, help="Compare at most this many frames.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the numbers here.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def eval_fidelity(input, teacher, student, json_path, quiet, **opts) -> None:
+    """PSNR and SSIM of a student's translations vs its teacher's over INPUT (folder, video or
+    image), and the frames/s of each through the same backend, side by side."""
+    import json
+    from dataclasses import asdict
+
+    from gtacity.engine.fidelity import FidelityConfig, evaluate_fidelity
+
+    report = evaluate_fidelity(FidelityConfig(input, teacher, student, progress=not quiet, **opts))
+    click.echo(report.format())
+    if json_path:
+        data = {**asdict(report), "teacher_fps": report.teacher.fps, "student_fps": report.student.fps}
+        with open(json_path, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+
+
+@cli.command(epilog="""\b
+Examples:
+  gtacity distill --teacher runs/exp1/gta2city.safetensors --images GTA5/images --out runs/fast
+  gtacity distill --teacher runs/exp1/city2gta.safetensors --images cityscapes/ --out runs/fast_c \\
+      --arch resnet --ngf 16 --n-blocks 9
+  gtacity distill --resume runs/fast                 # continue exactly where it stopped
+  gtacity translate drive.mp4 -o out.mp4 --weights runs/fast/gta2city.safetensors
+""")
+@click.option("--teacher", type=click.Path(), help="Generator file to imitate (its direction is the student's).")
+@click.option("--images", multiple=True, type=click.Path(),
+              help="Images of the teacher's source domain (GTA5 for gta2city, Cityscapes for city2gta). Repeatable.")
+@click.option("--out", type=click.Path(), help="Run folder: <direction>.safetensors, checkpoints, logs, samples.")
+@click.option("--resume", type=click.Path(), help="Continue the run in this folder with its saved settings.")
+@click.option("--arch", type=click.Choice(["mobile", "resnet"]), default="mobile", show_default=True,
+              help="Student: depthwise-separable residual blocks (mobile) or the ResNet generator, smaller.")
+@click.option("--ngf", type=int, default=None, help="Student width.  [default: half the teacher's]")
+@click.option("--n-blocks", type=int, default=None, help="Student residual blocks.  [default: the teacher's]")
+@click.option("--steps", default=20000, show_default=True, help="Optimiser steps (lr constant for half, then linear to 0).")
+@click.option("--preprocess", default="resize_and_crop", show_default=True,
+              type=click.Choice(["resize_and_crop", "scale_width_and_crop", "scale_width", "crop", "none"]))
+@click.option("--load-size", default=286, show_default=True, help="Resize target (side, or width for scale_width*).")
+@click.option("--crop-size", default=256, show_default=True, help="Square training crop.")
+@click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
+@click.option("--batch-size", default=1, show_default=True)
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--lambda-l1", default=10.0, show_default=True, help="Weight of the L1 distance to the teacher's output.")
+@click.option("--lambda-feat", default=1.0, show_default=True, help="Weight of feature distillation (0 = off).")
+@click.option("--lambda-gan", default=1.0, show_default=True, help="Weight of the conditional GAN term (0 = off).")
+@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]),
+              help="Mixed precision (auto: bf16 only where the CPU/GPU computes it natively, else fp32 on CPU).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", default=1, show_default=True, help="DataLoader worker processes.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--checkpoint-every", default=1000, show_default=True)
+@click.option("--log-every", default=50, show_default=True)
+@click.option("--sample-every", default=500, show_default=True)
+@click.option("--stop-after", type=int, default=None, help="Stop (with a checkpoint) after this many steps; --resume continues.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def distill(resume, no_progress, stop_after, **opts) -> None:
+    """Distill a trained generator into a student several times cheaper to run.
+
+    The teacher translates --images on the fly (random crops and flips); the student learns the
+    pairs (L1, feature distillation, conditional GAN). Writes <direction>.safetensors in the run
+    folder, which `gtacity translate --weights` and every backend take like any generator.
+    """
+    from gtacity.trainer.data import Preprocess
+    from gtacity.trainer.distill import DistillConfig
+    from gtacity.trainer.distill import distill as run_distill
+    from gtacity.trainer.distill_step import DistillLosses
+
+    if resume:
+        given = [k for k in ("out", "teacher", "images") if opts[k]]
+        if given:
+            raise click.UsageError(f"--resume continues with the run's saved settings; drop --{given[0]}")
+        run_distill(DistillConfig(out=resume), resume=True, progress_bar=not no_progress, stop_after=stop_after)
+        return
+    for name in ("teacher", "out"):
+        if not opts[name]:
+            raise click.UsageError(f"--{name} is required (or --resume a run)")
+    cfg = DistillConfig(
+        out=opts["out"], teacher=opts["teacher"], images=opts["images"],
+        arch={"mobile": "mobile_resnet_generator", "resnet": "resnet_generator"}[opts["arch"]],
+        ngf=opts["ngf"], n_blocks=opts["n_blocks"], steps=opts["steps"],
+        preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"]),
+        losses=DistillLosses(opts["lambda_l1"], opts["lambda_feat"], opts["lambda_gan"], lr=opts["lr"]),
+        batch_size=opts["batch_size"], amp=opts["amp"], device=opts["device"], workers=opts["workers"],
+        seed=opts["seed"], checkpoint_every=opts["checkpoint_every"], log_every=opts["log_every"],
+        sample_every=opts["sample_every"],
+    )
+    run_distill(cfg, progress_bar=not no_progress, stop_after=stop_after)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="gtacity")

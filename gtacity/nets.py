@@ -126,6 +126,11 @@ class MobileResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
+def residual_blocks(net: nn.Module) -> list[nn.Module]:
+    """The bottleneck blocks of a generator of any arch, in order (where distillation taps features)."""
+    return [m for m in net.model if isinstance(m, (ResnetBlock, MobileResnetBlock))]
+
+
 class MobileResnetGenerator(nn.Module):
     """GAN Compression's MobileResnetGenerator: the ResNet generator with separable residual blocks.
 
@@ -198,12 +203,13 @@ class PatchDiscriminator(nn.Module):
     """The 70x70 PatchGAN (official ``NLayerDiscriminator`` with n_layers=3, InstanceNorm).
 
     ``(B, 3, H, W)`` -> ``(B, 1, H/8 - 2, W/8 - 2)`` real/fake scores, one per 70x70 receptive field.
+    ``in_channels=6`` makes pix2pix's conditional discriminator, which judges (input, output) pairs.
     """
 
-    def __init__(self, ndf: int = 64, n_layers: int = 3):
+    def __init__(self, ndf: int = 64, n_layers: int = 3, in_channels: int = 3):
         super().__init__()
         layers: list[nn.Module] = [
-            nn.Conv2d(3, ndf, kernel_size=4, stride=2, padding=1),
+            nn.Conv2d(in_channels, ndf, kernel_size=4, stride=2, padding=1),
             nn.LeakyReLU(0.2, True),
         ]
         mult = 1

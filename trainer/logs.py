@@ -25,8 +25,8 @@ class RunLogger:
         self._writer = None
         self._t0 = time.perf_counter()
 
-    def start(self, config: dict, resumed_at: int | None, device: str, precision) -> None:
-        """Print the config and where the run starts; write ``config.json``."""
+    def start(self, config: dict, resumed_at: int | None, device: str, precision, command: str = "train") -> None:
+        """Print the config and where the run starts (as ``gtacity <command>``); write ``config.json``."""
         if not self.enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
@@ -36,7 +36,7 @@ class RunLogger:
         self._writer = SummaryWriter(str(self.run_dir))
         amp = "fp32" if precision.dtype is None else str(precision.dtype).removeprefix("torch.")
         where = f"resuming at step {resumed_at}" if resumed_at is not None else "starting"
-        tqdm.write(f"gtacity train: {where}; device {device}, autocast {amp}; run folder {self.run_dir}")
+        tqdm.write(f"gtacity {command}: {where}; device {device}, autocast {amp}; run folder {self.run_dir}")
         tqdm.write(json.dumps(config, indent=2, sort_keys=True))
 
     def scalars(self, step: int, epoch: int, lr: float, losses: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -63,8 +63,13 @@ class RunLogger:
             fake_gta = F(batch["city"])
             rows = [(batch["gta"], fake_city, F(fake_city)), (batch["city"], fake_gta, G(fake_gta))]
         # (B * 3 columns per row) images, interleaved real | translated | reconstructed
-        images = torch.cat([torch.stack(r, 1).flatten(0, 1) for r in rows]).float().clamp(-1, 1)
-        grid = make_grid(images * 0.5 + 0.5, nrow=3, padding=2)
+        return self.grid(step, torch.cat([torch.stack(r, 1).flatten(0, 1) for r in rows]), columns=3)
+
+    def grid(self, step: int, images: torch.Tensor, columns: int) -> Path | None:
+        """Save ``(N, 3, H, W)`` images in [-1, 1] as ``samples/step_XXXXXXXX.png`` and in TensorBoard."""
+        if not self.enabled:
+            return None
+        grid = make_grid(images.float().clamp(-1, 1) * 0.5 + 0.5, nrow=columns, padding=2)
         path = self.run_dir / "samples" / f"step_{step:08d}.png"
         path.parent.mkdir(exist_ok=True)
         save_image(grid, path)

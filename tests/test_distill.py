@@ -1,0 +1,129 @@
+"""`gtacity distill`: a student learns a tiny teacher, resumes exactly, and its file works everywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gtacity.checkpoint import load_generator, read_generator_file, save_generator
+from gtacity.cli import cli
+from gtacity.engine.backends import create_backend
+from gtacity.nets import ResnetGenerator, init_weights
+from gtacity.quality import psnr, ssim
+from gtacity.trainer.data import DataError, Preprocess, find_images
+from gtacity.trainer.distill import DistillConfig, SourceImages, choose_precision, distill
+from gtacity.trainer.distill_step import DistillLosses
+from media import make_image
+
+
+@pytest.fixture
+def teacher(tmp_path) -> str:
+    torch.manual_seed(3)
+    net = init_weights(ResnetGenerator(ngf=8, n_blocks=2))
+    return str(save_generator(net, tmp_path / "teacher.safetensors", direction="city2gta"))
+
+
+@pytest.fixture
+def images(tmp_path):
+    for i in range(6):
+        make_image(tmp_path / "city" / f"f{i}.png", size=(48, 40), seed=i)
+    return str(tmp_path / "city")
+
+
+def config(tmp_path, teacher, images, **kw) -> DistillConfig:
+    kw = {"out": str(tmp_path / "run"), "teacher": teacher, "images": (images,), "ngf": 4, "n_blocks": 2,
+          "preprocess": Preprocess("crop", 32, 32), "steps": 6, "workers": 0,
+          "log_every": 2, "sample_every": 3, "checkpoint_every": 3, **kw}
+    return DistillConfig(**kw)
+
+
+def fidelity(student_path, teacher_path, images) -> float:
+    """Mean PSNR of student vs teacher over whole images (not training crops)."""
+    student, _ = load_generator(student_path)
+    teacher, _ = load_generator(teacher_path)
+    x = torch.stack([SourceImages(find_images(Path(images)), Preprocess("none", flip=False))[i] for i in range(6)])
+    with torch.no_grad():
+        return float(psnr(student(x) * 0.5 + 0.5, teacher(x) * 0.5 + 0.5).mean())
+
+
+def test_student_learns_the_teacher(tmp_path, teacher, images):
+    cfg = config(tmp_path, teacher, images, steps=200, losses=DistillLosses(lr=2e-3, lambda_gan=0.1),
+                 checkpoint_every=1, sample_every=200, log_every=50)
+    distill(cfg, progress_bar=False, stop_after=1)
+    before = fidelity(tmp_path / "run" / "city2gta.safetensors", teacher, images)
+    distill(cfg, resume=True, progress_bar=False)
+    after = fidelity(tmp_path / "run" / "city2gta.safetensors", teacher, images)
+    assert after > before + 6, (before, after)
+    grids = sorted((tmp_path / "run" / "samples").glob("step_*.png"))
+    assert [p.name for p in grids][-1] == "step_00000200.png"
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"l1", "feat", "gan", "D", "S_total"} <= set(records[-2]) and "psnr_samples" in records[-1]
+
+
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path, teacher, images):
+    straight = config(tmp_path, teacher, images, out=str(tmp_path / "straight"))
+    distill(straight, progress_bar=False)
+    split = config(tmp_path, teacher, images, out=str(tmp_path / "split"))
+    distill(split, progress_bar=False, stop_after=4)  # stops between checkpoints: saves at 4
+    distill(DistillConfig(out=split.out), resume=True, progress_bar=False)
+    a, info_a = read_generator_file(tmp_path / "straight" / "city2gta.safetensors")
+    b, info_b = read_generator_file(tmp_path / "split" / "city2gta.safetensors")
+    assert info_a == info_b and info_a.arch == "mobile_resnet_generator"
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_changed_teacher(tmp_path, teacher, images):
+    distill(config(tmp_path, teacher, images), progress_bar=False, stop_after=1)
+    torch.manual_seed(9)
+    save_generator(init_weights(ResnetGenerator(8, 2)), teacher, direction="city2gta")
+    with pytest.raises(DataError, match="teacher file changed since this run began"):
+        distill(DistillConfig(out=str(tmp_path / "run")), resume=True, progress_bar=False)
+
+
+def test_cli_writes_a_student_named_by_direction_that_every_backend_runs(tmp_path, teacher, images):
+    result = CliRunner().invoke(cli, ["distill", "--teacher", teacher, "--images", images, "--out",
+                                      str(tmp_path / "cli"), "--arch", "resnet", "--n-blocks", "1",
+                                      "--preprocess", "crop", "--crop-size", "32", "--load-size", "32",
+                                      "--steps", "2", "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    student = tmp_path / "cli" / "city2gta.safetensors"
+    net, info = load_generator(student)
+    assert (info.arch, info.ngf, info.n_blocks, info.direction) == ("resnet_generator", 4, 1, "city2gta")
+    x = torch.rand(1, 3, 32, 48) * 2 - 1
+    outs = []
+    for name in ("torch", "openvino"):
+        backend = create_backend(name, net, precision="fp32", device="cpu")
+        backend.prepare(1, 32, 48)
+        outs.append(backend.infer(x))
+    assert (outs[0] - outs[1]).abs().max() < 1e-4
+    again = CliRunner().invoke(cli, ["distill", "--teacher", teacher, "--images", images, "--out", str(tmp_path / "cli")])
+    assert again.exit_code == 1 and "already holds a run; continue it with --resume" in again.output
+
+
+def test_missing_images_is_one_line(tmp_path, teacher):
+    result = CliRunner().invoke(cli, ["distill", "--teacher", teacher, "--images", str(tmp_path / "nope"),
+                                      "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {tmp_path / 'nope'}: no such folder for the city images"
+
+
+@pytest.mark.parametrize("native,expected", [(False, None), (True, torch.bfloat16)])
+def test_cpu_autocast_only_where_bf16_is_native(native, expected):
+    assert choose_precision("auto", torch.device("cpu"), native_bf16=native).dtype is expected
+    with pytest.raises(DataError, match="--amp fp16 needs a CUDA GPU"):
+        choose_precision("fp16", torch.device("cpu"), native_bf16=native)
+
+
+def test_psnr_and_ssim_known_values():
+    a = torch.full((1, 3, 16, 16), 0.5)
+    assert torch.isclose(psnr(a, a + 0.1), torch.tensor(20.0, dtype=torch.float64))
+    assert torch.isclose(ssim(a, a), torch.tensor(1.0, dtype=torch.float64))
+    c1 = 0.01**2  # constant images: SSIM is the luminance term only
+    expected = (2 * 0.5 * 0.6 + c1) / (0.5**2 + 0.6**2 + c1)
+    assert torch.isclose(ssim(a, torch.full_like(a, 0.6)), torch.tensor(expected, dtype=torch.float64))
+    noisy = (a + 0.2 * torch.randn_like(a)).clamp(0, 1)
+    assert ssim(a, noisy) < 0.5

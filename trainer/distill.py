@@ -1,0 +1,308 @@
+"""``gtacity distill``: train a small student generator on a teacher's translations.
+
+Read :func:`distill` top to bottom: load the teacher, build data and the student, maybe resume, then
+``for step: batch -> lr -> distill_step -> log -> sample -> checkpoint``. The run folder has the
+layout of ``gtacity train``: ``<direction>.safetensors`` (the student, what ``translate --weights``
+takes), ``generators/step_*``, ``checkpoints/latest.pt``, ``metrics.jsonl``, TensorBoard logs, and
+``samples/*.png`` whose rows are input | teacher | student.
+
+The direction is the teacher's: a gta2city teacher is distilled on GTA5 images, a city2gta teacher
+on Cityscapes images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from gtacity.checkpoint import describe, load_generator, save_generator
+from gtacity.nets import ARCHS
+from gtacity.quality import psnr
+from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files
+from gtacity.trainer.logs import RunLogger
+from gtacity.trainer.state import Progress, read_checkpoint
+from gtacity.trainer.step import Precision
+from gtacity.trainer.distill_step import DistillLosses, Distiller, distill_step
+
+_DOMAIN = {"gta2city": "gta", "city2gta": "city"}
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything that defines a distillation run; saved in every checkpoint.
+
+    Attributes:
+        out: run folder.
+        teacher: the generator file to imitate (ours or an official ``.pth``, which counts as gta2city).
+        images: folders of the teacher's source domain (GTA5 for gta2city, Cityscapes for city2gta).
+        arch: the student's architecture, a key of :data:`gtacity.nets.ARCHS`.
+        ngf, n_blocks: student size; None = half the teacher's width and its depth.
+        steps: optimiser steps; the learning rate is constant for the first half, then decays
+            linearly to zero.
+        amp: ``auto`` (bf16 only on CPUs that compute it natively, bf16 or fp16 on CUDA), ``bf16``,
+            ``fp16``, ``off``.
+    """
+
+    out: str
+    teacher: str = ""
+    images: tuple[str, ...] = ()
+    arch: str = "mobile_resnet_generator"
+    ngf: int | None = None
+    n_blocks: int | None = None
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    losses: DistillLosses = field(default_factory=DistillLosses)
+    steps: int = 20000
+    batch_size: int = 1
+    amp: str = "auto"
+    device: str = "auto"
+    workers: int = 1
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    sample_every: int = 500
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DistillConfig":
+        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+        d["preprocess"] = Preprocess(**d.get("preprocess", {}))
+        d["losses"] = DistillLosses(**d.get("losses", {}))
+        d["images"] = tuple(d.get("images", ()))
+        return cls(**d)
+
+
+class SourceImages(UnpairedDataset):
+    """Item ``i`` of epoch ``e``: image ``i`` of one domain, cropped and flipped as ``preprocess`` says.
+
+    The random choices are a pure function of (seed, epoch, index), as in training, so a resumed
+    run sees exactly the crops an uninterrupted one would.
+    """
+
+    def __init__(self, files: list[Path], preprocess: Preprocess, seed: int = 0):
+        super().__init__(files, files, preprocess, seed)
+
+    def __len__(self) -> int:
+        return len(self.gta)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        return self._load(self.gta, index, np.random.default_rng([self.seed, epoch, index]))
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16).
+
+    Read from /proc/cpuinfo here until gtacity/hardware.py lands; without that file, torch's oneDNN
+    probe answers. Elsewhere bf16 is emulated and a training step is ~17x slower than fp32.
+    """
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("flags")), [])
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def choose_precision(amp: str, device: torch.device, native_bf16: bool) -> Precision:
+    """The autocast dtype for ``amp`` on ``device``; ``auto`` never picks an emulated precision."""
+    if amp == "auto":
+        if device.type == "cuda":
+            amp = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+        else:
+            amp = "bf16" if native_bf16 else "off"
+    if amp == "off":
+        return Precision(device.type)
+    if amp == "bf16":
+        return Precision(device.type, torch.bfloat16)
+    if amp == "fp16" and device.type == "cuda":
+        return Precision(device.type, torch.float16, torch.amp.GradScaler("cuda"))
+    if amp == "fp16":
+        raise DataError("--amp fp16 needs a CUDA GPU; on the CPU use --amp off (or bf16 where native)")
+    raise DataError(f"unknown --amp {amp!r}; choose auto, bf16, fp16 or off")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class _Run:
+    """The parts of a run the step loop works with."""
+
+    cfg: DistillConfig
+    distiller: Distiller
+    prec: Precision
+    progress: Progress
+    dataset: SourceImages
+    logger: RunLogger
+    direction: str
+    teacher_sha256: str
+    device: torch.device
+
+
+def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
+            stop_after: int | None = None) -> Path:
+    """Run (or continue) a distillation run; returns the student file.
+
+    Args:
+        cfg: the run's settings. With ``resume`` only ``cfg.out`` is used: the run continues from
+            ``<out>/checkpoints/latest.pt`` with its saved config, exactly where it stopped.
+        stop_after: stop (with a checkpoint) after this many steps of this invocation.
+
+    Raises:
+        DataError: no images, a run already in ``out``, or a teacher that changed since the run began.
+        CheckpointError: a teacher file that cannot be read.
+    """
+    run_dir = Path(cfg.out)
+    state = read_checkpoint(run_dir) if resume else None
+    if state is not None:
+        cfg = DistillConfig.from_dict({**state["config"], "out": cfg.out})
+    elif (run_dir / "checkpoints" / "latest.pt").exists():
+        raise DataError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    teacher, info = load_generator(cfg.teacher, map_location=device)
+    direction = info.direction or "gta2city"
+    sha = file_sha256(cfg.teacher)
+    if state is not None and state["teacher_sha256"] != sha:
+        raise DataError(f"{cfg.teacher}: the teacher file changed since this run began; restore it or start a new run")
+    dataset = _dataset(cfg, direction)
+    torch.manual_seed(cfg.seed)
+    ngf, n_blocks = cfg.ngf or max(1, info.ngf // 2), cfg.n_blocks or info.n_blocks
+    if cfg.arch not in ARCHS:
+        raise DataError(f"unknown student --arch {cfg.arch!r}; choose from {', '.join(ARCHS)}")
+    distiller = Distiller(teacher, cfg.arch, ngf, n_blocks, cfg.losses).to(device)
+    prec = choose_precision(cfg.amp, device, native_bf16_cpu())
+    progress = _restore(distiller, prec, state) if state is not None else Progress()
+    logger = RunLogger(run_dir)
+    logger.start(cfg.to_dict(), resumed_at=progress.step if state else None, device=str(device),
+                 precision=prec, command="distill")
+    tqdm.write(f"teacher: {describe(info)}; student: {cfg.arch}, ngf {ngf}, {n_blocks} blocks; "
+               f"{len(dataset)} {_DOMAIN[direction]} images")
+    run = _Run(cfg, distiller, prec, progress, dataset, logger, direction, sha, device)
+    stop = cfg.steps if stop_after is None else min(cfg.steps, progress.step + stop_after)
+    _run_steps(run, stop, progress_bar)
+    logger.close()
+    student = run_dir / f"{direction}.safetensors"
+    if progress.step == cfg.steps:
+        tqdm.write(f"done: {cfg.steps} steps; student: {student}")
+    else:
+        tqdm.write(f"stopped at step {progress.step} of {cfg.steps}; continue with: gtacity distill --resume {run_dir}")
+    return student
+
+
+def lr_factor(step: int, steps: int) -> float:
+    """1 for the first half of the run, then linear to 0 at ``steps``."""
+    half = steps / 2
+    return 1.0 if step < half else max(0.0, (steps - step) / (steps - half))
+
+
+def _run_steps(run: _Run, stop: int, show_bar: bool) -> None:
+    """``for step: batch -> lr -> distill_step -> log -> sample -> checkpoint`` until ``stop``."""
+    cfg, d, prec, progress, logger = run.cfg, run.distiller, run.prec, run.progress, run.logger
+    per_epoch = len(run.dataset) // cfg.batch_size
+    samples = torch.stack([run.dataset[(0, i)] for i in range(min(4, len(run.dataset)))]).to(run.device)
+    sampler = ResumableSampler(len(run.dataset), cfg.seed, progress.epoch, progress.position)
+    loader = _loader(run.dataset, sampler, cfg)
+    bar = tqdm(total=cfg.steps, initial=progress.step, disable=not show_bar, unit="step", dynamic_ncols=True)
+    while progress.step < stop:
+        sampler.set_position(progress.epoch, progress.position)
+        for batch in loader:
+            lr = cfg.losses.lr * lr_factor(progress.step, cfg.steps)
+            for opt in d.optimizers():
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            losses = distill_step(d, batch.to(run.device, non_blocking=True), prec)
+            progress.step += 1
+            progress.position += cfg.batch_size
+            bar.update(1)
+            last = progress.step == stop
+            if progress.step % cfg.log_every == 0 or last:
+                values = logger.scalars(progress.step, progress.epoch, lr, losses)
+                bar.set_postfix({k: f"{values[k]:.3f}" for k in ("l1", "S_total")})
+            if progress.step % cfg.sample_every == 0 or last:
+                _samples(run, samples, lr)
+            if progress.position >= per_epoch * cfg.batch_size:
+                progress.epoch, progress.position = progress.epoch + 1, 0
+            if progress.step % cfg.checkpoint_every == 0 or last:
+                _save(run)
+            if last:
+                break
+    bar.close()
+
+
+def _dataset(cfg: DistillConfig, direction: str) -> SourceImages:
+    if not cfg.images:
+        raise DataError(f"no images: pass --images DIR with {_DOMAIN[direction]} images (the teacher translates {direction})")
+    files = [p for root in cfg.images for p in domain_files(root, _DOMAIN[direction])]
+    if len(files) < cfg.batch_size:
+        raise DataError(f"{len(files)} images are too few for batch size {cfg.batch_size}")
+    return SourceImages(files, cfg.preprocess, seed=cfg.seed)
+
+
+def _loader(dataset: SourceImages, sampler: ResumableSampler, cfg: DistillConfig) -> DataLoader:
+    # Spawned, persistent workers, as in training (OpenCV deadlocks in forked children).
+    workers = {"multiprocessing_context": "spawn", "persistent_workers": True} if cfg.workers else {}
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                      num_workers=cfg.workers, **workers)
+
+
+@torch.no_grad()
+def _samples(run: _Run, source: torch.Tensor, lr: float) -> None:
+    """Sample grid (rows: input | teacher | student) and the student's PSNR to the teacher on it."""
+    target, _ = run.distiller.teach(source, run.prec)
+    student, _ = run.distiller.translate(source, run.prec)
+    student = student.float()
+    run.logger.grid(run.progress.step, torch.stack([source, target, student], 1).flatten(0, 1), columns=3)
+    value = float(psnr(student.clamp(-1, 1) * 0.5 + 0.5, target * 0.5 + 0.5).mean())
+    run.logger.scalars(run.progress.step, run.progress.epoch, lr, {"psnr_samples": torch.tensor(value)})
+
+
+def _save(run: _Run) -> None:
+    """``checkpoints/latest.pt`` (everything to resume exactly) and the student file, written atomically."""
+    d, cfg, step = run.distiller, run.cfg, run.progress.step
+    state = {
+        "config": cfg.to_dict(),
+        "progress": vars(run.progress).copy(),
+        "teacher_sha256": run.teacher_sha256,
+        "nets": {"student": d.student.state_dict(), "projections": d.projections.state_dict(),
+                 "D": d.D.state_dict() if d.D is not None else {}},
+        "opt_G": d.opt_G.state_dict(),
+        "opt_D": d.opt_D.state_dict() if d.opt_D is not None else {},
+        "scaler": run.prec.scaler.state_dict() if run.prec.scaler else None,
+        "rng": {"torch": torch.get_rng_state()},
+    }
+    ckpt_dir = Path(cfg.out) / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(state, ckpt_dir / "latest.pt.partial")
+    (ckpt_dir / "latest.pt.partial").replace(ckpt_dir / "latest.pt")
+    gen_dir = Path(cfg.out) / "generators"
+    gen_dir.mkdir(exist_ok=True)
+    extra = {"training_step": str(step), "distilled_from": Path(cfg.teacher).name}
+    for path in (gen_dir / f"step_{step:08d}_{run.direction}.safetensors", Path(cfg.out) / f"{run.direction}.safetensors"):
+        save_generator(d.student, path, direction=run.direction,
+                       trained_resolution=cfg.preprocess.crop_size, extra=extra)
+
+
+def _restore(d: Distiller, prec: Precision, state: dict) -> Progress:
+    d.student.load_state_dict(state["nets"]["student"])
+    d.projections.load_state_dict(state["nets"]["projections"])
+    if d.D is not None:
+        d.D.load_state_dict(state["nets"]["D"])
+        d.opt_D.load_state_dict(state["opt_D"])
+    d.opt_G.load_state_dict(state["opt_G"])
+    if prec.scaler and state["scaler"]:
+        prec.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return Progress(**state["progress"])
