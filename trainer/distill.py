@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from gtacity import hardware
 from gtacity.checkpoint import describe, load_generator, save_generator
 from gtacity.nets import ARCHS
 from gtacity.quality import psnr
@@ -97,22 +98,14 @@ class SourceImages(UnpairedDataset):
         return self._load(self.gta, index, np.random.default_rng([self.seed, epoch, index]))
 
 
-def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16).
-
-    Read from /proc/cpuinfo here until gtacity/hardware.py lands; without that file, torch's oneDNN
-    probe answers. Elsewhere bf16 is emulated and a training step is ~17x slower than fp32.
-    """
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("flags")), [])
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def choose_precision(amp: str, device: torch.device, native_bf16: bool) -> Precision:
-    """The autocast dtype for ``amp`` on ``device``; ``auto`` never picks an emulated precision."""
+    """The autocast dtype for ``amp`` on ``device``; ``auto`` never picks an emulated precision.
+
+    Args:
+        native_bf16: whether the CPU computes bf16 in hardware
+            (:attr:`gtacity.hardware.CpuCapabilities.native_bf16`); elsewhere a bf16 step is ~17x
+            slower than fp32, so ``auto`` trains in fp32 there.
+    """
     if amp == "auto":
         if device.type == "cuda":
             amp = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
@@ -183,7 +176,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     if cfg.arch not in ARCHS:
         raise DataError(f"unknown student --arch {cfg.arch!r}; choose from {', '.join(ARCHS)}")
     distiller = Distiller(teacher, cfg.arch, ngf, n_blocks, cfg.losses).to(device)
-    prec = choose_precision(cfg.amp, device, native_bf16_cpu())
+    prec = choose_precision(cfg.amp, device, hardware.cpu_capabilities().native_bf16)
     progress = _restore(distiller, prec, state) if state is not None else Progress()
     logger = RunLogger(run_dir)
     logger.start(cfg.to_dict(), resumed_at=progress.step if state else None, device=str(device),
