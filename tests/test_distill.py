@@ -50,6 +50,7 @@ def fidelity(student_path, teacher_path, images) -> float:
         return float(psnr(student(x) * 0.5 + 0.5, teacher(x) * 0.5 + 0.5).mean())
 
 
+@pytest.mark.slow
 def test_student_learns_the_teacher(tmp_path, teacher, images):
     cfg = config(tmp_path, teacher, images, steps=200, losses=DistillLosses(lr=2e-3, lambda_gan=0.1),
                  checkpoint_every=1, sample_every=200, log_every=50)
