@@ -127,7 +127,7 @@ def weights_checksum(net: nn.Module) -> str:
 
 def info_of(net: nn.Module, info: GeneratorInfo | None = None) -> GeneratorInfo:
     """``info`` if given, else what ``net`` itself tells (width and depth; no direction)."""
-    return info if info is not None else GeneratorInfo(ngf=net.ngf, n_blocks=net.n_blocks)
+    return info if info is not None else GeneratorInfo(ngf=net.ngf, n_blocks=net.n_blocks, arch=net.arch)
 
 
 def metadata(net: nn.Module, info: GeneratorInfo | None, precision: str) -> dict[str, str]:

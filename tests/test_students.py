@@ -113,3 +113,19 @@ def test_translate_and_bench_take_a_student(tmp_path, mobile):
     assert data["settings"]["arch"] == "mobile_resnet_generator"
     expected = count_macs(8, 2, 32, 32, arch="mobile_resnet_generator") / 1e9
     assert np.isclose(data["results"][0]["gmacs_per_frame"], expected)
+
+
+def test_mobile_student_exports_to_onnx_with_its_arch_recorded(mobile):
+    import onnxruntime as ort
+
+    from gtacity.engine.export import INPUT_NAME, OUTPUT_NAME, to_onnx
+
+    model = to_onnx(mobile)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert (meta["arch"], meta["ngf"], meta["n_blocks"]) == ("mobile_resnet_generator", "8", "2")
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, 40, 64) * 2 - 1
+    with torch.no_grad():
+        expected = mobile(x)
+    got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+    assert (got - expected).abs().max() < 1e-4
