@@ -9,6 +9,7 @@ into a one-line :class:`SourceError`.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -100,6 +101,8 @@ class VideoSource(SourceContext):
         rate: average frame rate (guessed from the timestamps when the file does not say).
         time_base: seconds per timestamp unit of the video stream.
         sample_aspect_ratio: pixel aspect ratio, or None when square/unknown.
+        display_matrix: how a player turns the picture (FFmpeg's 9-int display matrix: rotation
+            and flips, e.g. a phone video shot upright), or None; the sink writes it back.
         colour: tags and the YUV <-> RGB conversion, shared with the sink.
     """
 
@@ -149,6 +152,7 @@ class VideoSource(SourceContext):
         self.width, self.height = self._first.width, self._first.height
         self.sample_aspect_ratio = stream.sample_aspect_ratio
         self.colour = VideoColour.of_frame(self._first)
+        self.display_matrix = _display_matrix(self._first)
 
     def _decode_next(self, index: int) -> av.VideoFrame | None:
         try:
@@ -195,6 +199,14 @@ class VideoSource(SourceContext):
     def close(self) -> None:
         """Release the file."""
         self._container.close()
+
+
+def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
+    """The frame's display matrix (FFmpeg's 9 int32 layout), or None when it has none."""
+    for side_data in frame.side_data:
+        if side_data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
+            return struct.unpack("=9i", bytes(side_data))  # native int32, as FFmpeg stores it
+    return None
 
 
 class ImageFolderSource(SourceContext):

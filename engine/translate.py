@@ -101,10 +101,14 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
     with open_source(cfg.input) as source:
         sink = open_sink(cfg.output, source, overwrite=cfg.overwrite, crf=cfg.crf, preset=cfg.preset)
         total = len(source)
-        with tqdm(total=total, unit="frame", disable=not cfg.progress or total < 2, dynamic_ncols=True,
-                  desc=f"{info.direction} {backend.name}") as bar:
-            times = run_pipeline(source, sink, backend, batch_size=batch_size, streams=cfg.streams,
-                                 on_frames=bar.update)
+        try:
+            with tqdm(total=total, unit="frame", disable=not cfg.progress or total < 2, dynamic_ncols=True,
+                      desc=f"{info.direction} {backend.name}") as bar:
+                times = run_pipeline(source, sink, backend, batch_size=batch_size, streams=cfg.streams,
+                                     on_frames=bar.update)
+        except BaseException:
+            sink.abort()  # a signal before the pipeline took the sink over must not leak it
+            raise
     return TranslateReport(Path(sink.path), times.frames, times, backend.name, backend.precision, info)
 
 
