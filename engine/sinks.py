@@ -19,6 +19,7 @@ from pathlib import Path
 
 import av
 import cv2
+import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from gtacity.engine.frames import Frame, FrameSource, SinkContext
@@ -30,7 +31,7 @@ from gtacity.engine.outputs import (
 )
 from gtacity.engine.sources import VideoSource, ffmpeg_reason
 from gtacity.errors import GtacityError
-from gtacity.images import IMAGE_EXTENSIONS
+from gtacity.images import ALPHA_EXTENSIONS, DEEP_EXTENSIONS, IMAGE_EXTENSIONS
 
 # Containers libx264 output can live in.
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov")
@@ -319,14 +320,27 @@ class VideoSink(SinkContext):
         self._lock.release()
 
 
-def _imwrite(path: Path, image) -> None:
-    # JPEG quality 95 keeps the translation's detail; PNG and BMP are lossless and OpenCV writes
-    # WebP lossless when no quality is given. (OpenCV 5 warns about options a format does not use.)
-    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if jpeg else []
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+def _imwrite(path: Path, frame: Frame) -> None:
+    # JPEG quality 95 keeps the translation's detail; PNG, BMP and TIFF are lossless and OpenCV
+    # writes WebP lossless when no quality is given. (OpenCV 5 warns about options a format does
+    # not use.) Depth and alpha go where the format holds them: 16 bits in PNG/TIFF, alpha in
+    # PNG/WebP/TIFF; elsewhere 16-bit samples are rounded to 8 and alpha is left out.
+    suffix = path.suffix.lower()
+    image, alpha = frame.image, frame.alpha
+    if image.dtype == np.uint16 and suffix not in DEEP_EXTENSIONS:
+        image = _to_8_bit(image)
+        alpha = None if alpha is None else _to_8_bit(alpha)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix in (".jpg", ".jpeg") else []
+    if alpha is not None and suffix in ALPHA_EXTENSIONS:
+        bgr = cv2.cvtColor(np.dstack([image, alpha]), cv2.COLOR_RGBA2BGRA)
+    else:
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     if not cv2.imwrite(str(path), bgr, params):
         raise SinkError(f"{path}: could not be written; check free disk space and permissions")
+
+
+def _to_8_bit(pixels: np.ndarray) -> np.ndarray:
+    return np.rint(pixels / 257.0).astype(np.uint8)
 
 
 class ImageFolderSink(SinkContext):
@@ -345,7 +359,7 @@ class ImageFolderSink(SinkContext):
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = partial_path(target)
         try:
-            _imwrite(partial, frame.image)
+            _imwrite(partial, frame)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
@@ -370,7 +384,7 @@ class ImageSink(SinkContext):
     def write(self, frame: Frame) -> None:
         """Write the image under its unfinished name."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _imwrite(self._partial, frame.image)
+        _imwrite(self._partial, frame)
 
     def close(self) -> None:
         """Move the written image to its final name."""

@@ -22,7 +22,7 @@ from av.video.reformatter import VideoReformatter
 from gtacity.engine.colour import VideoColour
 from gtacity.engine.frames import Frame, SourceContext
 from gtacity.errors import GtacityError
-from gtacity.images import IMAGE_EXTENSIONS, decode_rgb
+from gtacity.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_full
 
 
 class SourceError(GtacityError):
@@ -74,16 +74,22 @@ def ffmpeg_reason(error: av.FFmpegError) -> str:
     return error.strerror
 
 
-def read_image(path: Path) -> np.ndarray:
-    """One image file -> ``(H, W, 3)`` uint8 RGB (grey and 16-bit converted, alpha dropped).
+def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image file -> ``(H, W, 3)`` RGB and its alpha plane (or None), uint8, or uint16 for a
+    16-bit file (grey converted to RGB).
 
     Raises:
-        SourceError: the file is missing, damaged or not an image OpenCV can decode.
+        SourceError: the file is missing, damaged, cut short or not an image OpenCV can decode.
     """
-    image = decode_rgb(path)
-    if image is None:
-        raise SourceError(f"{path}: not a readable image; check the file opens in an image viewer")
-    return image
+    try:
+        return decode_full(path)
+    except OSError as e:
+        raise SourceError(f"{path}: cannot be read ({e.strerror}); check the file") from None
+    except ImageDecodeError as e:
+        raise SourceError(
+            f"{path}: not a readable image ({e}); check the file opens in an image viewer, or "
+            "copy it again if it was cut short"
+        ) from None
 
 
 class VideoSource(SourceContext):
@@ -212,7 +218,7 @@ def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
 class ImageFolderSource(SourceContext):
     """Every image under a folder, recursively, in sorted relative-path order.
 
-    Files are found by extension (png, jpg, jpeg, webp, bmp; any case). Hidden files are skipped:
+    Files are found by extension (png, jpg, jpeg, webp, bmp, tif, tiff; any case). Hidden files are skipped:
     they are editor/OS debris (macOS ``._x.jpg``) or another run's unfinished outputs, never frames.
     ``Frame.meta`` is the file's path relative to the folder (a ``PurePosixPath``), which the folder
     sink mirrors.
@@ -235,7 +241,8 @@ class ImageFolderSource(SourceContext):
     def __iter__(self) -> Iterator[Frame]:
         """Yield each image in order; a damaged one raises :class:`SourceError` naming it."""
         for index, relative in enumerate(self.files):
-            yield Frame(image=read_image(self.path / relative), index=index, meta=relative)
+            image, alpha = read_image(self.path / relative)
+            yield Frame(image=image, index=index, meta=relative, alpha=alpha)
 
     def close(self) -> None:
         """Nothing is held open between frames."""
@@ -264,15 +271,15 @@ class ImageSource(SourceContext):
 
     def __init__(self, path: Path):
         self.path = path
-        self._image = read_image(path)
+        self._image, self._alpha = read_image(path)
         self.width, self.height = self._image.shape[1], self._image.shape[0]
 
     def __len__(self) -> int:
         return 1
 
     def __iter__(self) -> Iterator[Frame]:
-        yield Frame(image=self._image, index=0, meta=PurePosixPath(self.path.name))
+        yield Frame(self._image, 0, meta=PurePosixPath(self.path.name), alpha=self._alpha)
 
     def close(self) -> None:
         """Drop the decoded image."""
-        self._image = None
+        self._image = self._alpha = None

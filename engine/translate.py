@@ -19,11 +19,16 @@ from gtacity.engine.backends import create_backend
 from gtacity.engine.pipeline import StageTimes, run_pipeline
 from gtacity.engine.sinks import open_sink
 from gtacity.engine.sources import open_source
+from gtacity.engine.tiles import TiledBackend, Tiling
 from gtacity.errors import GtacityError
 
 
 class TranslateError(GtacityError):
     """A translate job that cannot start as asked."""
+
+
+# Smaller tiles than this spend most of their pixels on the overlap and see too little context.
+MIN_TILE = 64
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,9 @@ class TranslateConfig:
         crf, preset: libx264 quality and speed for video output.
         overwrite: replace an existing output (never the input).
         progress: show a progress bar on stderr.
+        tile: translate frames with a side above this many pixels in overlapping tiles of this
+            side (0: never); None tiles (1024 px) only frames whose estimated inference memory
+            exceeds :data:`gtacity.engine.tiles.MEMORY_BUDGET`.
     """
 
     input: str | Path
@@ -60,6 +68,7 @@ class TranslateConfig:
     preset: str = "medium"
     overwrite: bool = False
     progress: bool = True
+    tile: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,8 +104,11 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
         raise TranslateError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     if cfg.streams is not None and cfg.streams < 1:
         raise TranslateError(f"--streams must be at least 1, got {cfg.streams}")
+    if cfg.tile is not None and cfg.tile != 0 and cfg.tile < MIN_TILE:
+        raise TranslateError(f"--tile must be 0 (never tile) or at least {MIN_TILE}, got {cfg.tile}")
     net, info = _generator(cfg)
     backend = create_backend(cfg.backend, net, precision=cfg.precision, device=cfg.device)
+    backend = TiledBackend(backend, Tiling(tile=cfg.tile, ngf=info.ngf))  # huge frames in tiles
     batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
     with open_source(cfg.input) as source:
         sink = open_sink(cfg.output, source, overwrite=cfg.overwrite, crf=cfg.crf, preset=cfg.preset)
@@ -106,10 +118,26 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
                       desc=f"{info.direction} {backend.name}") as bar:
                 times = run_pipeline(source, sink, backend, batch_size=batch_size, streams=cfg.streams,
                                      on_frames=bar.update)
-        except BaseException:
+        except BaseException as e:
             sink.abort()  # a signal before the pipeline took the sink over must not leak it
+            if _out_of_memory(e):
+                raise TranslateError(
+                    f"{cfg.input}: out of memory while translating; try --tile 512 (or smaller) "
+                    "or --batch-size 1, or close other programs"
+                ) from None
             raise
     return TranslateReport(Path(sink.path), times.frames, times, backend.name, backend.precision, info)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    # torch reports a failed CPU allocation as a RuntimeError, CUDA's as OutOfMemoryError (also a
+    # RuntimeError), OpenVINO as a RuntimeError naming std::bad_alloc; numpy raises MemoryError.
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        words in text for words in ("can't allocate memory", "out of memory", "bad_alloc")
+    )
 
 
 def _generator(cfg: TranslateConfig):

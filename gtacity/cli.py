@@ -56,6 +56,8 @@ class _Group(click.Group):
             click.echo("interrupted", err=True)
             sys.exit(130)
         except MemoryError:
+            if _DEBUG["on"]:
+                traceback.print_exc()
             click.echo("error: out of memory; close other programs or use a machine with more", err=True)
             sys.exit(1)
 
@@ -105,6 +107,9 @@ Examples:
 @click.option("--preset", default="medium", show_default=True, help="libx264 preset (ultrafast ... veryslow).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (never the input).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--tile", type=int, default=None, metavar="N",
+              help="Translate frames larger than N pixels in overlapping NxN tiles; 0 never tiles.  "
+                   "[default: tiles of 1024 when a frame would need more than 4 GiB]")
 def translate(input, output, quiet, **opts) -> None:
     """Translate a video, a folder of images or an image between GTA5 and Cityscapes looks.
 
