@@ -20,6 +20,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from gtacity.engine.colour import VideoColour
+from gtacity.engine.damage import Damage
 from gtacity.engine.frames import Frame, SourceContext
 from gtacity.errors import GtacityError
 from gtacity.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_full
@@ -96,9 +97,11 @@ class VideoSource(SourceContext):
     """Decodes the first video stream of a file with PyAV (threaded), one RGB frame at a time.
 
     The first frame is decoded on open, so a file that opens but cannot be decoded fails here, and
-    the colour (matrix, range, primaries, transfer) is known before the sink is made. A file cut
-    short after its index (Matroska, a "faststart" mp4) decodes up to the cut without an error:
-    FFmpeg sees an early end, not damage; ``len()`` then still reports the intended count.
+    the colour (matrix, range, primaries, transfer) is known before the sink is made. Damage does
+    not stop decoding: packets the decoder rejects, frames it flags corrupt and an early end (a
+    file cut short after its index, Matroska or a "faststart" mp4, decodes up to the cut without
+    any error) are counted in :attr:`damage` (see :mod:`gtacity.engine.damage`); ``len()`` still
+    reports the intended count.
 
     Attributes:
         kind: ``"video"``.
@@ -107,6 +110,7 @@ class VideoSource(SourceContext):
         rate: average frame rate (guessed from the timestamps when the file does not say).
         time_base: seconds per timestamp unit of the video stream.
         sample_aspect_ratio: pixel aspect ratio, or None when square/unknown.
+        damage: what decoding lost so far (complete once iteration ends); falsy when nothing.
         display_matrix: how a player turns the picture (FFmpeg's 9-int display matrix: rotation
             and flips, e.g. a phone video shot upright), or None; the sink writes it back.
         colour: tags and the YUV <-> RGB conversion, shared with the sink.
@@ -147,9 +151,10 @@ class VideoSource(SourceContext):
         # file. 25 covers a stream that states no rate at all.
         self.rate: Fraction = stream.average_rate or stream.guessed_rate or Fraction(25)
         self.time_base: Fraction = stream.time_base
-        self._frames = self._container.decode(stream)
+        self.damage = Damage()
+        self._frames = self._decoded()
         self._reformatter = VideoReformatter()
-        self._first = self._decode_next(0)
+        self._first = next(self._frames, None)
         if self._first is None:
             raise SourceError(
                 f"{self.path}: no video frame could be decoded; "
@@ -160,14 +165,27 @@ class VideoSource(SourceContext):
         self.colour = VideoColour.of_frame(self._first)
         self.display_matrix = _display_matrix(self._first)
 
-    def _decode_next(self, index: int) -> av.VideoFrame | None:
-        try:
-            return next(self._frames, None)
-        except av.FFmpegError as e:
-            raise SourceError(
-                f"{self.path}: decoding failed at frame {index} ({ffmpeg_reason(e)}); "
-                "the file may be truncated or damaged"
-            ) from None
+    def _decoded(self) -> Iterator[av.VideoFrame]:
+        """Every frame FFmpeg can give, noting in :attr:`damage` what it could not."""
+        packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets, None)
+            except av.FFmpegError as e:  # the demuxer cannot resync: the rest is lost
+                self.damage.stopped = ffmpeg_reason(e)
+                return
+            if packet is None:
+                return
+            try:
+                frames = packet.decode()  # the final empty packet flushes the decoder
+            except av.FFmpegError:
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                self.damage.lost.append(float((stamp or 0) * self.time_base))
+                continue
+            for frame in frames:
+                if frame.is_corrupt:
+                    self.damage.damaged.append(float((frame.pts or 0) * self.time_base))
+                yield frame
 
     def __len__(self) -> int:
         """Frame count from the container, else estimated from the duration and frame rate."""
@@ -200,7 +218,9 @@ class VideoSource(SourceContext):
             image = self.colour.to_rgb(frame, self._reformatter)  # (H, W, 3)
             yield Frame(image=image, index=index, meta=VideoFrameMeta(pts, self.time_base))
             index += 1
-            frame = self._decode_next(index)
+            frame = next(self._frames, None)
+        if pts is not None and self._stream.frames != index:
+            self.damage.check_end((pts + step) * self.time_base, self._stream, self.rate)
 
     def close(self) -> None:
         """Release the file."""

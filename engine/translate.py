@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from gtacity.checkpoint import DIRECTIONS, GeneratorInfo, bundled_generator, load_generator
 from gtacity.engine.backends import create_backend
+from gtacity.engine.damage import Damage
 from gtacity.engine.pipeline import StageTimes, run_pipeline
 from gtacity.engine.sinks import open_sink
 from gtacity.engine.sources import open_source
@@ -53,6 +54,9 @@ class TranslateConfig:
         tile: translate frames with a side above this many pixels in overlapping tiles of this
             side (0: never); None tiles (1024 px) only frames whose estimated inference memory
             exceeds :data:`gtacity.engine.tiles.MEMORY_BUDGET`.
+        allow_damaged: return normally when the input video was damaged (decode errors, damaged
+            frames, an early end); otherwise :class:`DamagedInputError` is raised once the
+            output (kept, incomplete) is written.
     """
 
     input: str | Path
@@ -69,6 +73,7 @@ class TranslateConfig:
     overwrite: bool = False
     progress: bool = True
     tile: int | None = None
+    allow_damaged: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,14 +86,32 @@ class TranslateReport:
     backend: str
     precision: str
     generator: GeneratorInfo
+    damage: Damage | None = None
+
+    @property
+    def complete(self) -> bool:
+        """False when the input was damaged: the output lacks or has damaged frames."""
+        return not self.damage
 
     def summary(self) -> str:
-        """One line: frames, seconds, fps, backend, precision, output."""
+        """One line: frames, seconds, fps, backend, precision, output (and damage, if any)."""
         t = self.times
-        return (
+        line = (
             f"translated {self.frames} frame{'s' * (self.frames != 1)} in {t.wall:.1f} s "
             f"({t.fps:.2f} fps) with {self.backend} {self.precision} -> {self.output}"
         )
+        return line if self.complete else f"{line}; INCOMPLETE, damaged input: {self.damage.describe()}"
+
+
+class DamagedInputError(TranslateError):
+    """The job finished, but its input was damaged: the output is kept, marked incomplete."""
+
+    def __init__(self, cfg: TranslateConfig, report: TranslateReport):
+        super().__init__(
+            f"{cfg.input}: damaged input: {report.damage.describe()}; the output {report.output} "
+            f"({report.frames} frames) is kept but incomplete; pass --allow-damaged to accept it"
+        )
+        self.report = report
 
 
 def translate(cfg: TranslateConfig) -> TranslateReport:
@@ -126,7 +149,11 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
                     "or --batch-size 1, or close other programs"
                 ) from None
             raise
-    return TranslateReport(Path(sink.path), times.frames, times, backend.name, backend.precision, info)
+    report = TranslateReport(Path(sink.path), times.frames, times, backend.name, backend.precision, info,
+                             damage=getattr(source, "damage", None))
+    if not report.complete and not cfg.allow_damaged:
+        raise DamagedInputError(cfg, report)
+    return report
 
 
 def _out_of_memory(error: BaseException) -> bool:

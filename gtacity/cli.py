@@ -110,6 +110,8 @@ Examples:
 @click.option("--tile", type=int, default=None, metavar="N",
               help="Translate frames larger than N pixels in overlapping NxN tiles; 0 never tiles.  "
                    "[default: tiles of 1024 when a frame would need more than 4 GiB]")
+@click.option("--allow-damaged", is_flag=True,
+              help="Exit 0 when the input video is damaged (the summary still says what was lost).")
 def translate(input, output, quiet, **opts) -> None:
     """Translate a video, a folder of images or an image between GTA5 and Cityscapes looks.
 
