@@ -23,7 +23,9 @@ class Damage:
     """Damage found while decoding; empty (falsy) for a healthy video.
 
     Attributes:
-        lost: seconds of each packet the decoder rejected (its frame is not in the output).
+        errors: how many packets the decoder rejected.
+        lost: seconds of each frame whose packet was read but which never came out of the
+            decoder (rejected, or dropped with a lost reference): not in the output.
         damaged: seconds of each frame the decoder flagged corrupt (in the output, patched up).
         stopped: why the demuxer stopped early (unreadable data), or None.
         missing: (decoded end, the container's end) in seconds when the decoded video ends
@@ -31,6 +33,7 @@ class Damage:
         missing_frames: about how many frames fit in that gap, at the stream's rate.
     """
 
+    errors: int = 0
     lost: list[float] = field(default_factory=list)
     damaged: list[float] = field(default_factory=list)
     stopped: str | None = None
@@ -38,7 +41,7 @@ class Damage:
     missing_frames: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.lost or self.damaged or self.stopped or self.missing)
+        return bool(self.errors or self.lost or self.damaged or self.stopped or self.missing)
 
     def check_end(self, decoded_end: Fraction | None, stream: av.video.stream.VideoStream,
                   rate: Fraction) -> None:
@@ -49,13 +52,17 @@ class Damage:
         if expected - decoded_end > Fraction(3, 2) / rate:
             self.missing = (float(decoded_end), float(expected))
             self.missing_frames = round((expected - decoded_end) * rate)
+            # A frame cut in half at the end is part of the missing stretch, not counted twice.
+            self.lost = [t for t in self.lost if t < self.missing[0]]
 
     def describe(self) -> str:
-        """One clause per kind of damage, e.g. ``2 frames lost to decode errors (at 1.20 s,
+        """One clause per kind of damage, e.g. ``1 decode error, 2 frames lost (at 1.20 s,
         1.24 s), 36 frames missing from 1.48 s to 3.00 s (the file ends early)``."""
         parts = []
+        if self.errors:
+            parts.append(f"{self.errors} decode error{'s' * (self.errors != 1)}")
         if self.lost:
-            parts.append(f"{_frames(len(self.lost))} lost to decode errors ({_at(self.lost)})")
+            parts.append(f"{_frames(len(self.lost))} lost ({_at(self.lost)})")
         if self.damaged:
             parts.append(f"{_frames(len(self.damaged))} decoded damaged ({_at(self.damaged)})")
         if self.stopped:

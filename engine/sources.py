@@ -152,6 +152,9 @@ class VideoSource(SourceContext):
         self.rate: Fraction = stream.average_rate or stream.guessed_rate or Fraction(25)
         self.time_base: Fraction = stream.time_base
         self.damage = Damage()
+        # A packet whose frame never comes out was lost (rejected, or dropped with its reference).
+        self._packet_pts: set[int] = set()
+        self._frame_pts: set[int | None] = set()
         self._frames = self._decoded()
         self._reformatter = VideoReformatter()
         self._first = next(self._frames, None)
@@ -176,13 +179,15 @@ class VideoSource(SourceContext):
                 return
             if packet is None:
                 return
+            if packet.size and packet.pts is not None:
+                self._packet_pts.add(packet.pts)
             try:
                 frames = packet.decode()  # the final empty packet flushes the decoder
             except av.FFmpegError:
-                stamp = packet.pts if packet.pts is not None else packet.dts
-                self.damage.lost.append(float((stamp or 0) * self.time_base))
+                self.damage.errors += 1
                 continue
             for frame in frames:
+                self._frame_pts.add(frame.pts)
                 if frame.is_corrupt:
                     self.damage.damaged.append(float((frame.pts or 0) * self.time_base))
                 yield frame
@@ -219,6 +224,8 @@ class VideoSource(SourceContext):
             yield Frame(image=image, index=index, meta=VideoFrameMeta(pts, self.time_base))
             index += 1
             frame = next(self._frames, None)
+        lost = sorted(self._packet_pts - self._frame_pts)
+        self.damage.lost = [float(stamp * self.time_base) for stamp in lost]
         if pts is not None and self._stream.frames != index:
             self.damage.check_end((pts + step) * self.time_base, self._stream, self.rate)
 

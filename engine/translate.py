@@ -119,7 +119,10 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
 
     Raises:
         GtacityError: (subclasses) bad input, refused output, weights that don't fit, a backend
-            that can't run here. Nothing that looks finished is left at the output path.
+            that can't run here, out of memory. Nothing that looks finished is left at the output
+            path.
+        DamagedInputError: the input video was damaged and ``cfg.allow_damaged`` is False; the
+            output is kept (incomplete) and the error's ``report`` describes it.
     """
     if cfg.direction is not None and cfg.direction not in DIRECTIONS:
         raise TranslateError(f"unknown direction {cfg.direction!r}; choose {' or '.join(DIRECTIONS)}")
