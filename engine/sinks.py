@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -212,6 +213,10 @@ class VideoSink(SinkContext):
     ):
         self.path = path
         self._lock = lock
+        # abort() may come from another thread (a signal, another stage's error) while write()
+        # is inside the encoder: closing the container under it would crash the process.
+        self._busy = threading.Lock()
+        self._aborted = False
         self._colour = source.colour
         self._size = (source.width, source.height)
         self._partial = partial_path(path)
@@ -280,7 +285,10 @@ class VideoSink(SinkContext):
         yuv.pts, yuv.time_base = pts, frame.meta.time_base
         self._last_pts = pts
         try:
-            self._mux(self._video.encode(yuv))
+            with self._busy:
+                if self._aborted:  # the output is gone; a late frame has nowhere to go
+                    return
+                self._mux(self._video.encode(yuv))
         except av.FFmpegError as e:
             raise SinkError(
                 f"{self.path}: writing frame {frame.index} failed ({ffmpeg_reason(e)}); "
@@ -311,13 +319,18 @@ class VideoSink(SinkContext):
 
     def abort(self) -> None:
         """Stop writing and delete the unfinished file; the final path is never created."""
+        with self._busy:
+            self._aborted = True
+            self._close_quietly()
+        self._partial.unlink(missing_ok=True)
+        self._lock.release()
+
+    def _close_quietly(self) -> None:
         for closer in (self._audio, self._out):
             if closer is not None:
                 # The file is deleted next, so a trailer that fails to write changes nothing.
                 with contextlib.suppress(av.FFmpegError):
                     closer.close()
-        self._partial.unlink(missing_ok=True)
-        self._lock.release()
 
 
 def _imwrite(path: Path, frame: Frame) -> None:
