@@ -1,7 +1,8 @@
 """What travels between the engine's stages: frames, and the source/sink protocols.
 
-A frame's pixels are always ``(H, W, 3)`` uint8 RGB in a numpy array; batches stack them to
-``(N, H, W, 3)``. Whatever a sink needs to put a translated frame back where its input came from
+A frame's pixels are ``(H, W, 3)`` uint8 RGB in a numpy array (uint16 for a 16-bit image, so
+its depth survives); batches stack them to ``(N, H, W, 3)``. An image's alpha plane rides beside
+the pixels, untouched by the generator, and the sink puts it back. Whatever a sink needs to put a translated frame back where its input came from
 (a video timestamp, an image's relative path) rides along in ``Frame.meta`` untouched.
 """
 
@@ -19,18 +20,21 @@ class Frame:
     """One image on its way through the pipeline.
 
     Attributes:
-        image: ``(H, W, 3)`` uint8 RGB.
+        image: ``(H, W, 3)`` uint8 RGB, or uint16 for 16-bit images.
         index: position in the source, from 0; output order follows it.
         meta: source-specific and opaque to the pipeline (video: pts and time base; image folders:
             the relative path). Sinks read it; nothing else does.
+        alpha: ``(H, W)`` transparency of the same dtype as ``image``, or None; carried, never
+            translated.
     """
 
     image: np.ndarray
     index: int
     meta: Any = None
+    alpha: np.ndarray | None = None
 
     def with_image(self, image: np.ndarray) -> "Frame":
-        """The same frame (index, meta) carrying translated pixels."""
+        """The same frame (index, meta, alpha) carrying translated pixels."""
         return replace(self, image=image)
 
 

@@ -14,8 +14,9 @@ flight on the GPU at once, the copies of one overlap the compute of another, and
 only for a batch's download event, never for the device as a whole. The backend runs on the slot's
 stream (``backend.infer`` is called inside ``torch.cuda.stream(slot)``) and does not synchronise.
 
-Frames of any size go in: the batch is reflect-padded to a multiple of 4 and the result cropped
-back, so output size == input size, always.
+Frames of any size and depth go in: the batch is reflect-padded to a multiple of 4 and the result
+cropped back (frames below the generator's minimum and 16-bit frames take the general path of
+:mod:`gtacity.engine.tiles`), so output size == input size, always.
 
 Every stage's busy time is measured (host seconds; on CUDA plus the GPU seconds of its work on the
 slot's stream, from CUDA events; inference there is GPU time alone): the report says which stage
@@ -37,6 +38,7 @@ from gtacity import kernels
 from gtacity.engine.backends import Backend
 from gtacity.engine.frames import Frame, FrameSink, FrameSource
 from gtacity.engine.slots import Slot, SlotPool
+from gtacity.engine.tiles import fits_kernels, generic_to_batch, generic_to_frames
 from gtacity.nets import SIZE_MULTIPLE
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
@@ -88,6 +90,8 @@ def to_batch(
             it is asynchronous on the current CUDA stream, so it must not be written again until
             that stream has passed this point. None: a fresh buffer (pinned on the way to CUDA).
     """
+    if not fits_kernels(frames[0].image):  # 16-bit, or smaller than the generator takes
+        return generic_to_batch(frames, device, dtype)
     images = [f.image for f in frames]
     if host is None:
         pixels = torch.from_numpy(np.stack(images))  # (N, H, W, 3) uint8
@@ -113,6 +117,8 @@ def to_frames(y: torch.Tensor, frames: list[Frame], host: torch.Tensor | None = 
             that stream has passed this point (wait on an event) and until the buffer is reused.
             None: a synchronous download into new arrays.
     """
+    if not fits_kernels(frames[0].image):
+        return generic_to_frames(y, frames)
     h, w = frames[0].image.shape[:2]
     pixels = kernels.from_model_output(y, h, w)  # (N, H, W, 3) uint8, where y is
     if host is None:
@@ -123,13 +129,21 @@ def to_frames(y: torch.Tensor, frames: list[Frame], host: torch.Tensor | None = 
 
 
 def batches(frames: Iterable[Frame], max_batch: int) -> Iterator[list[Frame]]:
-    """Consecutive frames of equal size, up to ``max_batch`` at a time (a size change flushes)."""
+    """Consecutive frames of equal size and depth, up to ``max_batch`` at a time (a change flushes).
+
+    A full batch leaves at once, without waiting for the next frame: a source that fails on its
+    next frame must not hold back the frames already read.
+    """
     batch: list[Frame] = []
     for frame in frames:
-        if batch and (len(batch) == max_batch or frame.image.shape != batch[0].image.shape):
+        first = batch[0].image if batch else None
+        if batch and (frame.image.shape != first.shape or frame.image.dtype != first.dtype):
             yield batch
             batch = []
         batch.append(frame)
+        if len(batch) == max_batch:
+            yield batch
+            batch = []
     if batch:
         yield batch
 

@@ -2,9 +2,11 @@
 
 :func:`open_sink` picks the sink that matches the source and refuses, in one line, anything that
 could lose the user's data: writing over the input, replacing an existing output without
-``overwrite``, a file name whose extension cannot hold the result. Outputs appear atomically: a
-video or image is written under a hidden ``.NAME.partial-XXXXXXXX.EXT`` name next to its final
-path and renamed only once complete, so a crash or :meth:`abort` never leaves a finished-looking
+``overwrite``, a file name whose extension cannot hold the result, an output another job is
+writing. Outputs follow :mod:`gtacity.engine.outputs`: the output is locked while its sink is
+open, a video or image is written under a hidden ``.NAME.partial-PID-XXXXXXXX.EXT`` name next to
+its final path and renamed only once complete, and partial files a killed job left for the same
+output are removed first; so a crash, a signal or :meth:`abort` never leaves a finished-looking
 file behind.
 """
 
@@ -12,18 +14,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
+import threading
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import cv2
+import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from gtacity.engine.frames import Frame, FrameSource, SinkContext
+from gtacity.engine.outputs import (
+    OutputLock,
+    partial_path,
+    remove_stale_partials,
+    remove_stale_partials_under,
+)
 from gtacity.engine.sources import VideoSource, ffmpeg_reason
 from gtacity.errors import GtacityError
-from gtacity.images import IMAGE_EXTENSIONS
+from gtacity.images import ALPHA_EXTENSIONS, DEEP_EXTENSIONS, IMAGE_EXTENSIONS
 
 # Containers libx264 output can live in.
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov")
@@ -64,23 +73,35 @@ def open_sink(
     Raises:
         SinkError: the output would be the input, lies inside/around the input folder, exists
             without ``overwrite``, has the wrong extension, or the encoder/container refuses it.
+        OutputBusyError: another job is writing the same output.
     """
     path = Path(path)
-    if source.kind == "video":
-        _check_file_output(path, source.path, VIDEO_EXTENSIONS, overwrite)
-        return VideoSink(path, source, crf=crf, preset=preset, codec=codec)
     if source.kind == "images":
-        _check_folder_output(path, source.path, overwrite)
-        return ImageFolderSink(path)
-    if source.kind == "image":
-        _check_file_output(path, source.path, IMAGE_EXTENSIONS, overwrite)
-        return ImageSink(path)
-    raise ValueError(f"unknown source kind {source.kind!r}")
+        _check_folder_target(path, source.path)
+    elif source.kind in ("video", "image"):
+        extensions = VIDEO_EXTENSIONS if source.kind == "video" else IMAGE_EXTENSIONS
+        _check_file_target(path, source.path, extensions)
+    else:
+        raise ValueError(f"unknown source kind {source.kind!r}")
+    lock = OutputLock(path).acquire()
+    try:
+        if source.kind == "images":
+            if path.is_dir():
+                remove_stale_partials_under(path)
+            _check_folder_free(path, overwrite)
+            return ImageFolderSink(path, lock)
+        remove_stale_partials(path)
+        if path.exists() and not overwrite:
+            raise SinkError(f"{path}: already exists; pass --overwrite to replace it")
+        if source.kind == "video":
+            return VideoSink(path, source, lock, crf=crf, preset=preset, codec=codec)
+        return ImageSink(path, lock)
+    except BaseException:
+        lock.release()
+        raise
 
 
-def _check_file_output(
-    path: Path, input_path: Path, extensions: tuple[str, ...], overwrite: bool
-) -> None:
+def _check_file_target(path: Path, input_path: Path, extensions: tuple[str, ...]) -> None:
     if path.suffix.lower() not in extensions:
         got = f"'{path.suffix}'" if path.suffix else "no extension"
         raise SinkError(
@@ -92,8 +113,6 @@ def _check_file_output(
         )
     if path.is_dir():
         raise SinkError(f"{path}: is a folder; name an output file inside it instead")
-    if path.exists() and not overwrite:
-        raise SinkError(f"{path}: already exists; pass --overwrite to replace it")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -101,7 +120,7 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
 
 
-def _check_folder_output(out: Path, input_root: Path, overwrite: bool) -> None:
+def _check_folder_target(out: Path, input_root: Path) -> None:
     out_r, in_r = out.resolve(), input_root.resolve()
     if out_r == in_r:
         raise SinkError(
@@ -120,13 +139,12 @@ def _check_folder_output(out: Path, input_root: Path, overwrite: bool) -> None:
         raise SinkError(
             f"{out}: exists and is not a folder; an image-folder input needs an output folder"
         )
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+
+
+def _check_folder_free(out: Path, overwrite: bool) -> None:
+    # Empty subfolders (what a killed job leaves once its partial files are gone) hold nothing.
+    if out.is_dir() and not overwrite and any(not p.is_dir() for p in out.rglob("*")):
         raise SinkError(f"{out}: already exists and is not empty; pass --overwrite to replace it")
-
-
-def _partial_path(path: Path) -> Path:
-    # The real extension stays last: FFmpeg and OpenCV choose the format from it.
-    return path.with_name(f".{path.name}.partial-{secrets.token_hex(4)}{path.suffix}")
 
 
 class _AudioCopy:
@@ -186,14 +204,22 @@ class VideoSink(SinkContext):
       rates and non-zero start times survive;
     - RGB -> YUV uses the matrix and range the source decoded with, and the stream is tagged like
       the input (see :mod:`gtacity.engine.colour`);
+    - the input's display matrix (rotation/flip, e.g. a phone held upright) is carried over;
     - every audio stream is copied bit for bit.
     """
 
-    def __init__(self, path: Path, source: VideoSource, *, crf: int, preset: str, codec: str):
+    def __init__(
+        self, path: Path, source: VideoSource, lock: OutputLock, *, crf: int, preset: str, codec: str
+    ):
         self.path = path
+        self._lock = lock
+        # abort() may come from another thread (a signal, another stage's error) while write()
+        # is inside the encoder: closing the container under it would crash the process.
+        self._busy = threading.Lock()
+        self._aborted = False
         self._colour = source.colour
         self._size = (source.width, source.height)
-        self._partial = _partial_path(path)
+        self._partial = partial_path(path)
         self._out = self._audio = None
         self._last_pts: int | None = None
         self._reformatter = VideoReformatter()
@@ -236,6 +262,8 @@ class VideoSink(SinkContext):
         stream.codec_context.time_base = source.time_base
         if source.sample_aspect_ratio:
             stream.codec_context.sample_aspect_ratio = source.sample_aspect_ratio
+        if source.display_matrix is not None:  # a phone's rotation: play the same way up
+            stream.set_display_matrix(source.display_matrix)
         ctx = stream.codec_context
         ctx.colorspace = self._colour.output_matrix
         ctx.color_range = self._colour.range
@@ -257,7 +285,10 @@ class VideoSink(SinkContext):
         yuv.pts, yuv.time_base = pts, frame.meta.time_base
         self._last_pts = pts
         try:
-            self._mux(self._video.encode(yuv))
+            with self._busy:
+                if self._aborted:  # the output is gone; a late frame has nowhere to go
+                    return
+                self._mux(self._video.encode(yuv))
         except av.FFmpegError as e:
             raise SinkError(
                 f"{self.path}: writing frame {frame.index} failed ({ffmpeg_reason(e)}); "
@@ -284,25 +315,45 @@ class VideoSink(SinkContext):
                 "check free disk space, or try an .mkv output"
             ) from None
         os.replace(self._partial, self.path)
+        self._lock.release()
 
     def abort(self) -> None:
         """Stop writing and delete the unfinished file; the final path is never created."""
+        with self._busy:
+            self._aborted = True
+            self._close_quietly()
+        self._partial.unlink(missing_ok=True)
+        self._lock.release()
+
+    def _close_quietly(self) -> None:
         for closer in (self._audio, self._out):
             if closer is not None:
                 # The file is deleted next, so a trailer that fails to write changes nothing.
                 with contextlib.suppress(av.FFmpegError):
                     closer.close()
-        self._partial.unlink(missing_ok=True)
 
 
-def _imwrite(path: Path, image) -> None:
-    # JPEG quality 95 keeps the translation's detail; PNG and BMP are lossless and OpenCV writes
-    # WebP lossless when no quality is given. (OpenCV 5 warns about options a format does not use.)
-    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if jpeg else []
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+def _imwrite(path: Path, frame: Frame) -> None:
+    # JPEG quality 95 keeps the translation's detail; PNG, BMP and TIFF are lossless and OpenCV
+    # writes WebP lossless when no quality is given. (OpenCV 5 warns about options a format does
+    # not use.) Depth and alpha go where the format holds them: 16 bits in PNG/TIFF, alpha in
+    # PNG/WebP/TIFF; elsewhere 16-bit samples are rounded to 8 and alpha is left out.
+    suffix = path.suffix.lower()
+    image, alpha = frame.image, frame.alpha
+    if image.dtype == np.uint16 and suffix not in DEEP_EXTENSIONS:
+        image = _to_8_bit(image)
+        alpha = None if alpha is None else _to_8_bit(alpha)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix in (".jpg", ".jpeg") else []
+    if alpha is not None and suffix in ALPHA_EXTENSIONS:
+        bgr = cv2.cvtColor(np.dstack([image, alpha]), cv2.COLOR_RGBA2BGRA)
+    else:
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     if not cv2.imwrite(str(path), bgr, params):
         raise SinkError(f"{path}: could not be written; check free disk space and permissions")
+
+
+def _to_8_bit(pixels: np.ndarray) -> np.ndarray:
+    return np.rint(pixels / 257.0).astype(np.uint8)
 
 
 class ImageFolderSink(SinkContext):
@@ -310,44 +361,50 @@ class ImageFolderSink(SinkContext):
     format as its input). Each file appears complete or not at all; ``abort()`` keeps the finished
     ones."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, lock: OutputLock):
         self.path = root
+        self._lock = lock
         root.mkdir(parents=True, exist_ok=True)
 
     def write(self, frame: Frame) -> None:
         """Write one translated image at its input's relative path."""
         target = self.path / frame.meta
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = _partial_path(target)
+        partial = partial_path(target)
         try:
-            _imwrite(partial, frame.image)
+            _imwrite(partial, frame)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Every file was finished as it was written."""
+        """Every file was finished as it was written; release the folder."""
+        self._lock.release()
 
     def abort(self) -> None:
         """Finished files are complete and stay; no partial file can exist between writes."""
+        self._lock.release()
 
 
 class ImageSink(SinkContext):
     """One output image, in the format its extension names; it appears on ``close()``."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, lock: OutputLock):
         self.path = path
-        self._partial = _partial_path(path)
+        self._lock = lock
+        self._partial = partial_path(path)
 
     def write(self, frame: Frame) -> None:
         """Write the image under its unfinished name."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _imwrite(self._partial, frame.image)
+        _imwrite(self._partial, frame)
 
     def close(self) -> None:
         """Move the written image to its final name."""
         os.replace(self._partial, self.path)
+        self._lock.release()
 
     def abort(self) -> None:
         """Delete the unfinished image."""
         self._partial.unlink(missing_ok=True)
+        self._lock.release()

@@ -9,6 +9,7 @@ into a one-line :class:`SourceError`.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -19,9 +20,10 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from gtacity.engine.colour import VideoColour
+from gtacity.engine.damage import Damage
 from gtacity.engine.frames import Frame, SourceContext
 from gtacity.errors import GtacityError
-from gtacity.images import IMAGE_EXTENSIONS, decode_rgb
+from gtacity.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_full
 
 
 class SourceError(GtacityError):
@@ -73,25 +75,33 @@ def ffmpeg_reason(error: av.FFmpegError) -> str:
     return error.strerror
 
 
-def read_image(path: Path) -> np.ndarray:
-    """One image file -> ``(H, W, 3)`` uint8 RGB (grey and 16-bit converted, alpha dropped).
+def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image file -> ``(H, W, 3)`` RGB and its alpha plane (or None), uint8, or uint16 for a
+    16-bit file (grey converted to RGB).
 
     Raises:
-        SourceError: the file is missing, damaged or not an image OpenCV can decode.
+        SourceError: the file is missing, damaged, cut short or not an image OpenCV can decode.
     """
-    image = decode_rgb(path)
-    if image is None:
-        raise SourceError(f"{path}: not a readable image; check the file opens in an image viewer")
-    return image
+    try:
+        return decode_full(path)
+    except OSError as e:
+        raise SourceError(f"{path}: cannot be read ({e.strerror}); check the file") from None
+    except ImageDecodeError as e:
+        raise SourceError(
+            f"{path}: not a readable image ({e}); check the file opens in an image viewer, or "
+            "copy it again if it was cut short"
+        ) from None
 
 
 class VideoSource(SourceContext):
     """Decodes the first video stream of a file with PyAV (threaded), one RGB frame at a time.
 
     The first frame is decoded on open, so a file that opens but cannot be decoded fails here, and
-    the colour (matrix, range, primaries, transfer) is known before the sink is made. A file cut
-    short after its index (Matroska, a "faststart" mp4) decodes up to the cut without an error:
-    FFmpeg sees an early end, not damage; ``len()`` then still reports the intended count.
+    the colour (matrix, range, primaries, transfer) is known before the sink is made. Damage does
+    not stop decoding: packets the decoder rejects, frames it flags corrupt and an early end (a
+    file cut short after its index, Matroska or a "faststart" mp4, decodes up to the cut without
+    any error) are counted in :attr:`damage` (see :mod:`gtacity.engine.damage`); ``len()`` still
+    reports the intended count.
 
     Attributes:
         kind: ``"video"``.
@@ -100,6 +110,9 @@ class VideoSource(SourceContext):
         rate: average frame rate (guessed from the timestamps when the file does not say).
         time_base: seconds per timestamp unit of the video stream.
         sample_aspect_ratio: pixel aspect ratio, or None when square/unknown.
+        damage: what decoding lost so far (complete once iteration ends); falsy when nothing.
+        display_matrix: how a player turns the picture (FFmpeg's 9-int display matrix: rotation
+            and flips, e.g. a phone video shot upright), or None; the sink writes it back.
         colour: tags and the YUV <-> RGB conversion, shared with the sink.
     """
 
@@ -138,9 +151,13 @@ class VideoSource(SourceContext):
         # file. 25 covers a stream that states no rate at all.
         self.rate: Fraction = stream.average_rate or stream.guessed_rate or Fraction(25)
         self.time_base: Fraction = stream.time_base
-        self._frames = self._container.decode(stream)
+        self.damage = Damage()
+        # A packet whose frame never comes out was lost (rejected, or dropped with its reference).
+        self._packet_pts: set[int] = set()
+        self._frame_pts: set[int | None] = set()
+        self._frames = self._decoded()
         self._reformatter = VideoReformatter()
-        self._first = self._decode_next(0)
+        self._first = next(self._frames, None)
         if self._first is None:
             raise SourceError(
                 f"{self.path}: no video frame could be decoded; "
@@ -149,15 +166,31 @@ class VideoSource(SourceContext):
         self.width, self.height = self._first.width, self._first.height
         self.sample_aspect_ratio = stream.sample_aspect_ratio
         self.colour = VideoColour.of_frame(self._first)
+        self.display_matrix = _display_matrix(self._first)
 
-    def _decode_next(self, index: int) -> av.VideoFrame | None:
-        try:
-            return next(self._frames, None)
-        except av.FFmpegError as e:
-            raise SourceError(
-                f"{self.path}: decoding failed at frame {index} ({ffmpeg_reason(e)}); "
-                "the file may be truncated or damaged"
-            ) from None
+    def _decoded(self) -> Iterator[av.VideoFrame]:
+        """Every frame FFmpeg can give, noting in :attr:`damage` what it could not."""
+        packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets, None)
+            except av.FFmpegError as e:  # the demuxer cannot resync: the rest is lost
+                self.damage.stopped = ffmpeg_reason(e)
+                return
+            if packet is None:
+                return
+            if packet.size and packet.pts is not None:
+                self._packet_pts.add(packet.pts)
+            try:
+                frames = packet.decode()  # the final empty packet flushes the decoder
+            except av.FFmpegError:
+                self.damage.errors += 1
+                continue
+            for frame in frames:
+                self._frame_pts.add(frame.pts)
+                if frame.is_corrupt:
+                    self.damage.damaged.append(float((frame.pts or 0) * self.time_base))
+                yield frame
 
     def __len__(self) -> int:
         """Frame count from the container, else estimated from the duration and frame rate."""
@@ -190,17 +223,29 @@ class VideoSource(SourceContext):
             image = self.colour.to_rgb(frame, self._reformatter)  # (H, W, 3)
             yield Frame(image=image, index=index, meta=VideoFrameMeta(pts, self.time_base))
             index += 1
-            frame = self._decode_next(index)
+            frame = next(self._frames, None)
+        lost = sorted(self._packet_pts - self._frame_pts)
+        self.damage.lost = [float(stamp * self.time_base) for stamp in lost]
+        if pts is not None and self._stream.frames != index:
+            self.damage.check_end((pts + step) * self.time_base, self._stream, self.rate)
 
     def close(self) -> None:
         """Release the file."""
         self._container.close()
 
 
+def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
+    """The frame's display matrix (FFmpeg's 9 int32 layout), or None when it has none."""
+    for side_data in frame.side_data:
+        if side_data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
+            return struct.unpack("=9i", bytes(side_data))  # native int32, as FFmpeg stores it
+    return None
+
+
 class ImageFolderSource(SourceContext):
     """Every image under a folder, recursively, in sorted relative-path order.
 
-    Files are found by extension (png, jpg, jpeg, webp, bmp; any case). Hidden files are skipped:
+    Files are found by extension (png, jpg, jpeg, webp, bmp, tif, tiff; any case). Hidden files are skipped:
     they are editor/OS debris (macOS ``._x.jpg``) or another run's unfinished outputs, never frames.
     ``Frame.meta`` is the file's path relative to the folder (a ``PurePosixPath``), which the folder
     sink mirrors.
@@ -223,7 +268,8 @@ class ImageFolderSource(SourceContext):
     def __iter__(self) -> Iterator[Frame]:
         """Yield each image in order; a damaged one raises :class:`SourceError` naming it."""
         for index, relative in enumerate(self.files):
-            yield Frame(image=read_image(self.path / relative), index=index, meta=relative)
+            image, alpha = read_image(self.path / relative)
+            yield Frame(image=image, index=index, meta=relative, alpha=alpha)
 
     def close(self) -> None:
         """Nothing is held open between frames."""
@@ -252,15 +298,15 @@ class ImageSource(SourceContext):
 
     def __init__(self, path: Path):
         self.path = path
-        self._image = read_image(path)
+        self._image, self._alpha = read_image(path)
         self.width, self.height = self._image.shape[1], self._image.shape[0]
 
     def __len__(self) -> int:
         return 1
 
     def __iter__(self) -> Iterator[Frame]:
-        yield Frame(image=self._image, index=0, meta=PurePosixPath(self.path.name))
+        yield Frame(self._image, 0, meta=PurePosixPath(self.path.name), alpha=self._alpha)
 
     def close(self) -> None:
         """Drop the decoded image."""
-        self._image = None
+        self._image = self._alpha = None

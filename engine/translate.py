@@ -16,14 +16,20 @@ from tqdm import tqdm
 
 from gtacity.checkpoint import DIRECTIONS, GeneratorInfo, bundled_generator, load_generator
 from gtacity.engine.backends import create_backend
+from gtacity.engine.damage import Damage
 from gtacity.engine.pipeline import StageTimes, run_pipeline
 from gtacity.engine.sinks import open_sink
 from gtacity.engine.sources import open_source
+from gtacity.engine.tiles import TiledBackend, Tiling
 from gtacity.errors import GtacityError
 
 
 class TranslateError(GtacityError):
     """A translate job that cannot start as asked."""
+
+
+# Smaller tiles than this spend most of their pixels on the overlap and see too little context.
+MIN_TILE = 64
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,12 @@ class TranslateConfig:
         crf, preset: libx264 quality and speed for video output.
         overwrite: replace an existing output (never the input).
         progress: show a progress bar on stderr.
+        tile: translate frames with a side above this many pixels in overlapping tiles of this
+            side (0: never); None tiles (1024 px) only frames whose estimated inference memory
+            exceeds :data:`gtacity.engine.tiles.MEMORY_BUDGET`.
+        allow_damaged: return normally when the input video was damaged (decode errors, damaged
+            frames, an early end); otherwise :class:`DamagedInputError` is raised once the
+            output (kept, incomplete) is written.
     """
 
     input: str | Path
@@ -60,6 +72,8 @@ class TranslateConfig:
     preset: str = "medium"
     overwrite: bool = False
     progress: bool = True
+    tile: int | None = None
+    allow_damaged: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,14 +86,32 @@ class TranslateReport:
     backend: str
     precision: str
     generator: GeneratorInfo
+    damage: Damage | None = None
+
+    @property
+    def complete(self) -> bool:
+        """False when the input was damaged: the output lacks or has damaged frames."""
+        return not self.damage
 
     def summary(self) -> str:
-        """One line: frames, seconds, fps, backend, precision, output."""
+        """One line: frames, seconds, fps, backend, precision, output (and damage, if any)."""
         t = self.times
-        return (
+        line = (
             f"translated {self.frames} frame{'s' * (self.frames != 1)} in {t.wall:.1f} s "
             f"({t.fps:.2f} fps) with {self.backend} {self.precision} -> {self.output}"
         )
+        return line if self.complete else f"{line}; INCOMPLETE, damaged input: {self.damage.describe()}"
+
+
+class DamagedInputError(TranslateError):
+    """The job finished, but its input was damaged: the output is kept, marked incomplete."""
+
+    def __init__(self, cfg: TranslateConfig, report: TranslateReport):
+        super().__init__(
+            f"{cfg.input}: damaged input: {report.damage.describe()}; the output {report.output} "
+            f"({report.frames} frames) is kept but incomplete; pass --allow-damaged to accept it"
+        )
+        self.report = report
 
 
 def translate(cfg: TranslateConfig) -> TranslateReport:
@@ -87,7 +119,10 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
 
     Raises:
         GtacityError: (subclasses) bad input, refused output, weights that don't fit, a backend
-            that can't run here. Nothing that looks finished is left at the output path.
+            that can't run here, out of memory. Nothing that looks finished is left at the output
+            path.
+        DamagedInputError: the input video was damaged and ``cfg.allow_damaged`` is False; the
+            output is kept (incomplete) and the error's ``report`` describes it.
     """
     if cfg.direction is not None and cfg.direction not in DIRECTIONS:
         raise TranslateError(f"unknown direction {cfg.direction!r}; choose {' or '.join(DIRECTIONS)}")
@@ -95,17 +130,44 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
         raise TranslateError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     if cfg.streams is not None and cfg.streams < 1:
         raise TranslateError(f"--streams must be at least 1, got {cfg.streams}")
+    if cfg.tile is not None and cfg.tile != 0 and cfg.tile < MIN_TILE:
+        raise TranslateError(f"--tile must be 0 (never tile) or at least {MIN_TILE}, got {cfg.tile}")
     net, info = _generator(cfg)
     backend = create_backend(cfg.backend, net, precision=cfg.precision, device=cfg.device)
+    backend = TiledBackend(backend, Tiling(tile=cfg.tile, ngf=info.ngf))  # huge frames in tiles
     batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
     with open_source(cfg.input) as source:
         sink = open_sink(cfg.output, source, overwrite=cfg.overwrite, crf=cfg.crf, preset=cfg.preset)
         total = len(source)
-        with tqdm(total=total, unit="frame", disable=not cfg.progress or total < 2, dynamic_ncols=True,
-                  desc=f"{info.direction} {backend.name}") as bar:
-            times = run_pipeline(source, sink, backend, batch_size=batch_size, streams=cfg.streams,
-                                 on_frames=bar.update)
-    return TranslateReport(Path(sink.path), times.frames, times, backend.name, backend.precision, info)
+        try:
+            with tqdm(total=total, unit="frame", disable=not cfg.progress or total < 2, dynamic_ncols=True,
+                      desc=f"{info.direction} {backend.name}") as bar:
+                times = run_pipeline(source, sink, backend, batch_size=batch_size, streams=cfg.streams,
+                                     on_frames=bar.update)
+        except BaseException as e:
+            sink.abort()  # a signal before the pipeline took the sink over must not leak it
+            if _out_of_memory(e):
+                raise TranslateError(
+                    f"{cfg.input}: out of memory while translating; try --tile 512 (or smaller) "
+                    "or --batch-size 1, or close other programs"
+                ) from None
+            raise
+    report = TranslateReport(Path(sink.path), times.frames, times, backend.name, backend.precision, info,
+                             damage=getattr(source, "damage", None))
+    if not report.complete and not cfg.allow_damaged:
+        raise DamagedInputError(cfg, report)
+    return report
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    # torch reports a failed CPU allocation as a RuntimeError, CUDA's as OutOfMemoryError (also a
+    # RuntimeError), OpenVINO as a RuntimeError naming std::bad_alloc; numpy raises MemoryError.
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        words in text for words in ("can't allocate memory", "out of memory", "bad_alloc")
+    )
 
 
 def _generator(cfg: TranslateConfig):

@@ -8,6 +8,7 @@ Every command parses its options into one frozen config and makes ONE call into
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 
@@ -19,8 +20,27 @@ from gtacity.errors import GtacityError
 _DEBUG = {"on": False}
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C, so every sink aborts its partial output."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on(signum: int, _frame) -> None:
+    # Raise once: a second signal during the cleanup must not cut the cleanup short.
+    for handled in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(handled, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
+        # What `timeout`, Docker, Slurm (SIGTERM) and a closed terminal (SIGHUP) send: stop
+        # like Ctrl-C instead of dying with the output half-written.
+        for handled in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(handled, _stop_on)
         try:
             return super().invoke(ctx)
         except GtacityError as e:
@@ -28,9 +48,18 @@ class _Group(click.Group):
                 traceback.print_exc()
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except Stopped as e:
+            name = signal.Signals(e.signum).name
+            click.echo(f"stopped by {name}", err=True)
+            sys.exit(128 + e.signum)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except MemoryError:
+            if _DEBUG["on"]:
+                traceback.print_exc()
+            click.echo("error: out of memory; close other programs or use a machine with more", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,6 +107,11 @@ Examples:
 @click.option("--preset", default="medium", show_default=True, help="libx264 preset (ultrafast ... veryslow).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (never the input).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--tile", type=int, default=None, metavar="N",
+              help="Translate frames larger than N pixels in overlapping NxN tiles; 0 never tiles.  "
+                   "[default: tiles of 1024 when a frame would need more than 4 GiB]")
+@click.option("--allow-damaged", is_flag=True,
+              help="Exit 0 when the input video is damaged (the summary still says what was lost).")
 def translate(input, output, quiet, **opts) -> None:
     """Translate a video, a folder of images or an image between GTA5 and Cityscapes looks.
 

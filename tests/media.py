@@ -109,6 +109,7 @@ def make_clip(
     pts: Sequence[int] | None = None,
     time_base: Fraction | None = None,
     crf: int = 12,
+    rotation: int | None = None,
 ) -> list[np.ndarray]:
     """Write an H.264 clip (container from the extension: .mp4/.mkv/.mov) and return its frames.
 
@@ -130,6 +131,8 @@ def make_clip(
             start).
         time_base: the video time base when ``pts`` is given.
         crf: x264 quality; the low default keeps codec loss well below colour-matrix errors.
+        rotation: a display rotation in degrees (counter-clockwise), as a phone held upright
+            writes it; None writes no display matrix.
 
     Returns:
         The RGB images (``(H, W, 3)`` uint8) the clip encodes, in order.
@@ -146,6 +149,8 @@ def make_clip(
         video.codec_context.time_base = video.time_base = time_base
         if tagged:
             _tag(video.codec_context, matrix, full_range)
+        if rotation is not None:
+            video.set_display_rotation(rotation)
         # Every stream must exist before the first packet writes the header.
         tone = out.add_stream(audio, rate=48000) if audio else None
         for image, stamp in zip(images, pts, strict=True):
@@ -243,11 +248,25 @@ def remux(src: str | Path, dst: str | Path, format: str | None = None, **options
                 out.mux(packet)
 
 
+def corrupt_packet(path: str | Path, index: int, seed: int = 0) -> float:
+    """Overwrite video packet ``index`` with random bytes, as a bad sector or a broken transfer
+    would; returns that packet's time in seconds."""
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(container.streams.video[0]) if p.size]
+        packet = packets[index]
+        start, size, seconds = packet.pos, packet.size, float(packet.pts * packet.time_base)
+    data = bytearray(Path(path).read_bytes())
+    data[start : start + size] = np.random.default_rng(seed).bytes(size)
+    Path(path).write_bytes(bytes(data))
+    return seconds
+
+
 def video_info(path: str | Path) -> dict:
     """What a user (or ffprobe) would check in a video file: streams, timing and colour tags."""
     with av.open(str(path)) as container:
         video = container.streams.video[0]
-        times = [frame.pts * video.time_base for frame in container.decode(video)]
+        decoded = [(frame.pts * video.time_base, frame.rotation) for frame in container.decode(video)]
+        times = [stamp for stamp, _rotation in decoded]
         ctx = video.codec_context
         info = {
             "size": (video.width, video.height),
@@ -256,6 +275,7 @@ def video_info(path: str | Path) -> dict:
             "rate": video.average_rate,
             "times": times,
             "tags": (ctx.colorspace, ctx.color_range, ctx.color_primaries, ctx.color_trc),
+            "rotation": decoded[0][1] if decoded else None,  # degrees counter-clockwise
             "audio": [
                 (s.codec_context.codec.canonical_name, s.sample_rate, s.channels)
                 for s in container.streams.audio

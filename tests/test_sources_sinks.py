@@ -433,7 +433,9 @@ def test_video_abort_leaves_nothing_at_the_output(clip, tmp_path):
         sink = open_sink(tmp_path / "out.mp4", source)
         assert isinstance(sink, VideoSink)
         sink.write(next(iter(source)))
-        assert len(os.listdir(tmp_path)) == 2  # the input and the hidden partial file
+        # The input, the output's lock and the hidden partial file named with the writer's pid.
+        lock, partial, _input = sorted(os.listdir(tmp_path))
+        assert lock == ".out.mp4.lock" and partial.startswith(f".out.mp4.partial-{os.getpid()}-")
         sink.abort()
     assert sorted(os.listdir(tmp_path)) == ["drive.mp4"]
 
