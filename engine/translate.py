@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,7 +17,11 @@ from tqdm import tqdm
 
 from gtacity.checkpoint import DIRECTIONS, GeneratorInfo, bundled_generator, load_generator
 from gtacity.engine.backends import create_backend
+from gtacity.engine.datasets import LABEL_MODES
+from gtacity.engine.imagepool import default_workers
+from gtacity.engine.jobs import FolderJob, JobSummary, job_settings, list_job, run_folder_job
 from gtacity.engine.pipeline import StageTimes, run_pipeline
+from gtacity.engine.shards import parse_shard
 from gtacity.engine.sinks import open_sink
 from gtacity.engine.sources import open_source
 from gtacity.errors import GtacityError
@@ -45,6 +50,17 @@ class TranslateConfig:
         crf, preset: libx264 quality and speed for video output.
         overwrite: replace an existing output (never the input).
         progress: show a progress bar on stderr.
+        shard: folder inputs: ``"K/N"`` (do shard K of N, from 1), ``"auto"`` or ``"auto/N"`` (from
+            a Slurm array or Kubernetes indexed Job); None does the whole folder.
+        dataset: folder inputs: ``"gta5"`` (images/ + labels/) or ``"cityscapes"`` (leftImg8bit/ +
+            gtFine/): label maps travel with their images.
+        labels: with ``dataset``: ``"copy"`` (unchanged) or ``"trainids"`` (copied, plus Cityscapes
+            train-ID maps beside them).
+        workers: threads decoding and encoding a folder's images; None uses every core.
+
+    A folder job resumes: rerunning it into the same output folder skips finished files. It
+    records its settings in ``gtacity-job.json`` there and refuses to resume with other settings
+    unless ``overwrite`` (which redoes every file).
     """
 
     input: str | Path
@@ -60,6 +76,10 @@ class TranslateConfig:
     preset: str = "medium"
     overwrite: bool = False
     progress: bool = True
+    shard: str | None = None
+    dataset: str | None = None
+    labels: str = "copy"
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,14 +92,16 @@ class TranslateReport:
     backend: str
     precision: str
     generator: GeneratorInfo
+    job: JobSummary | None = None
 
     def summary(self) -> str:
-        """One line: frames, seconds, fps, backend, precision, output."""
+        """One line: frames, seconds, fps, backend, precision, output (a folder job: files too)."""
         t = self.times
-        return (
+        line = (
             f"translated {self.frames} frame{'s' * (self.frames != 1)} in {t.wall:.1f} s "
             f"({t.fps:.2f} fps) with {self.backend} {self.precision} -> {self.output}"
         )
+        return line if self.job is None else f"{line}; {self.job.line()}"
 
 
 def translate(cfg: TranslateConfig) -> TranslateReport:
@@ -95,9 +117,22 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
         raise TranslateError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     if cfg.streams is not None and cfg.streams < 1:
         raise TranslateError(f"--streams must be at least 1, got {cfg.streams}")
+    shard = parse_shard(cfg.shard)
+    folder = Path(cfg.input).is_dir()
+    _check_folder_options(cfg, folder)
+    items = list_job(Path(cfg.input), Path(cfg.output), cfg.dataset, cfg.labels) if folder else None
     net, info = _generator(cfg)
     backend = create_backend(cfg.backend, net, precision=cfg.precision, device=cfg.device)
     batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
+    if folder:
+        settings = job_settings(_weights_path(cfg), info.direction, backend, cfg.dataset, cfg.labels,
+                                any(i.kind == "video" for i in items), cfg.crf, cfg.preset)
+        job = FolderJob(Path(cfg.input), Path(cfg.output), settings, cfg.overwrite, shard, cfg.dataset,
+                        cfg.labels, cfg.workers or default_workers(), cfg.crf, cfg.preset, cfg.progress,
+                        log=lambda line: tqdm.write(line, file=sys.stderr))
+        done = run_folder_job(job, items, backend, batch_size)
+        return TranslateReport(job.output, done.frames, done.times, backend.name, backend.precision,
+                               info, job=done)
     with open_source(cfg.input) as source:
         sink = open_sink(cfg.output, source, overwrite=cfg.overwrite, crf=cfg.crf, preset=cfg.preset)
         total = len(source)
@@ -108,17 +143,33 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
     return TranslateReport(Path(sink.path), times.frames, times, backend.name, backend.precision, info)
 
 
-def _generator(cfg: TranslateConfig):
-    weights = cfg.weights
+def _check_folder_options(cfg: TranslateConfig, folder: bool) -> None:
+    given = [f"--{name}" for name in ("shard", "dataset") if getattr(cfg, name) is not None]
+    if given and not folder:
+        raise TranslateError(f"{cfg.input}: {' and '.join(given)} work on a folder input; pass a folder")
+    if cfg.labels not in LABEL_MODES:
+        raise TranslateError(f"unknown --labels {cfg.labels!r}; choose {' or '.join(LABEL_MODES)}")
+    if cfg.labels != "copy" and cfg.dataset is None:
+        raise TranslateError("--labels needs --dataset gta5 or --dataset cityscapes (where the labels are)")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise TranslateError(f"--workers must be at least 1, got {cfg.workers}")
+
+
+def _weights_path(cfg: TranslateConfig) -> Path:
+    if cfg.weights is not None:
+        return Path(cfg.weights)
+    direction = cfg.direction or "gta2city"
+    weights = bundled_generator(direction)
     if weights is None:
-        direction = cfg.direction or "gta2city"
-        weights = bundled_generator(direction)
-        if weights is None:
-            raise TranslateError(
-                f"no bundled {direction} generator in this installation; pass --weights FILE "
-                "(a run's gta2city.safetensors from `gtacity train`, or an official latest_net_G_A.pth)"
-            )
-    net, info = load_generator(weights, direction=cfg.direction)
+        raise TranslateError(
+            f"no bundled {direction} generator in this installation; pass --weights FILE "
+            "(a run's gta2city.safetensors from `gtacity train`, or an official latest_net_G_A.pth)"
+        )
+    return Path(weights)
+
+
+def _generator(cfg: TranslateConfig):
+    net, info = load_generator(_weights_path(cfg), direction=cfg.direction)
     if info.direction is None:  # an official file and no --direction: the project's default
         info = replace(info, direction="gta2city")
     return net, info
