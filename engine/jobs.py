@@ -16,7 +16,7 @@ import hashlib
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +133,22 @@ def list_job(input_root: Path, output: Path, dataset: str | None, labels: str) -
     return items
 
 
+@contextlib.contextmanager
+def pooled_folder_io(root: Path, output: Path, workers: int) -> Iterator[tuple[PooledImageSource, PooledWriter]]:
+    """Source and sink of a plain image-folder translation on a pool of ``workers`` threads, without
+    a job's records (what ``gtacity bench --e2e FOLDER`` times); an unreadable image raises."""
+    items = [item for item in list_items(root, output) if item.kind == "image"]
+    tasks = [ImageTask(item.source, item.output.relative_to(output)) for item in items]
+    sink = ImageFolderSink(output)
+
+    def unreadable(task: ImageTask, reason: str) -> None:
+        raise SourceError(reason)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="gtacity-io") as pool, \
+            PooledImageSource(root, tasks, pool, workers, read_image, unreadable) as source:
+        yield source, PooledWriter(output, pool, workers, sink.write)
+
+
 def run_folder_job(job: FolderJob, items: list[Item], backend: Backend, batch_size: int) -> JobSummary:
     """Translate this shard's unfinished ``items`` into ``job.output``; returns what was done.
 
@@ -186,14 +202,18 @@ class _Run:
             return
         workers = self.job.workers
         tasks = [ImageTask(item.source, item) for item in items]
-        with ThreadPoolExecutor(workers, thread_name_prefix="gtacity-io") as pool, \
-                PooledImageSource(self.job.input, tasks, pool, workers, read_image,
-                                  lambda task, why: _fail(self.job, self.summary, task.meta, why)) as source, \
-                tqdm(total=len(items), unit="image", disable=not self.job.progress, dynamic_ncols=True,
-                     desc=f"{self.backend.name} {self.backend.precision}") as bar:
-            writer = PooledWriter(self.job.output, pool, workers, self._write_image)
-            times = run_pipeline(source, writer, self.backend, batch_size=self.batch_size,
-                                 queue_frames=2 * workers, on_frames=bar.update)
+        with tqdm(total=len(items), unit="image", disable=not self.job.progress, dynamic_ncols=True,
+                  desc=f"{self.backend.name} {self.backend.precision}") as bar:
+
+            def unreadable(task: ImageTask, reason: str) -> None:
+                _fail(self.job, self.summary, task.meta, reason)
+                bar.update(1)
+
+            with ThreadPoolExecutor(workers, thread_name_prefix="gtacity-io") as pool, \
+                    PooledImageSource(self.job.input, tasks, pool, workers, read_image, unreadable) as source:
+                writer = PooledWriter(self.job.output, pool, workers, self._write_image)
+                times = run_pipeline(source, writer, self.backend, batch_size=self.batch_size,
+                                     queue_frames=2 * workers, on_frames=bar.update)
         self._add(times)
 
     def _write_image(self, frame: Frame) -> None:

@@ -219,3 +219,17 @@ def test_every_item_lands_in_exactly_one_shard():
     items = list(range(103))
     picked = sorted(i for k in range(1, 8) for i in Shard(k, 7).select(items))
     assert picked == items
+
+
+def test_bench_e2e_on_a_folder_runs_the_pooled_folder_path(tmp_path):
+    from gtacity.engine.bench import BenchConfig, run_bench
+
+    tree(tmp_path / "frames", 6)
+    lines = []
+    cfg = BenchConfig(backends=("torch",), device="cpu", batch_sizes=(2,), e2e=tmp_path / "frames",
+                      ngf=8, n_blocks=2, repeats=2, warmup=1)
+    report = run_bench(cfg, log=lines.append)
+    (result,) = report.e2e
+    assert (result.size, result.frames) == ("64x48", 6) and result.stage_s["infer"] > 0
+    assert any("model busy" in line and "% of the run" in line for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]
