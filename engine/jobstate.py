@@ -183,16 +183,20 @@ def _complete_lines(path: Path) -> list[str]:
 def is_alive(root: Path, run_id: str) -> bool:
     """Whether run ``run_id`` still holds its journal's lock (here or on another machine)."""
     try:
-        with open(root / STATE_DIR / f"{run_id}.journal", "rb") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EACCES):
-                    return True
-                raise
-            return False
+        # Opened for writing (never created): NFS emulates flock with POSIX locks, and those need
+        # write access for LOCK_EX.
+        fd = os.open(root / STATE_DIR / f"{run_id}.journal", os.O_WRONLY | os.O_APPEND)
     except FileNotFoundError:
         return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    finally:
+        os.close(fd)
+    return False
 
 
 def clean_leftovers(root: Path, token: str, walk: Iterable[Path] | None = None) -> int:

@@ -233,3 +233,21 @@ def test_bench_e2e_on_a_folder_runs_the_pooled_folder_path(tmp_path):
     assert (result.size, result.frames) == ("64x48", 6) and result.stage_s["infer"] > 0
     assert any("model busy" in line and "% of the run" in line for line in lines)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]
+
+
+def test_cleanup_removes_dead_runs_leftovers_and_keeps_live_ones(tmp_path):
+    from gtacity.engine.jobstate import RunJournal, clean_leftovers, temp_name
+
+    live = RunJournal(tmp_path, "t1")  # holds its lock, like a shard still running
+    dead = RunJournal(tmp_path, "t1")
+    dead.close()  # what a SIGKILL leaves: the journal, its lock released by the kernel
+    old = RunJournal(tmp_path, "t0")  # a run of settings since replaced with --overwrite
+    old.close()
+    (tmp_path / "sub").mkdir()
+    mine, theirs = (temp_name(tmp_path / "sub" / "a.png", run.run_id) for run in (live, dead))
+    for path in (mine, theirs, tmp_path / ".other-hidden.png"):
+        path.write_bytes(b"x")
+    assert clean_leftovers(tmp_path, "t1") == 1
+    assert mine.exists() and not theirs.exists() and (tmp_path / ".other-hidden.png").exists()
+    assert sorted(p.stem for p in (tmp_path / STATE_DIR).iterdir()) == sorted([live.run_id, dead.run_id])
+    live.close()
