@@ -50,7 +50,7 @@ from gtacity.engine.benchstats import (
     device_peak_mib, machine_info, matmul_rate, percentile, reset_device_peak, synchronize,
     time_calls, versions,
 )
-from gtacity.engine.imagepool import default_workers
+from gtacity.engine.imagepool import default_workers, pool_stage_times
 from gtacity.engine.jobs import pooled_folder_io
 from gtacity.engine.pipeline import run_pipeline
 from gtacity.engine.sinks import VIDEO_EXTENSIONS, open_sink
@@ -425,6 +425,7 @@ class _Bench:
                 with pooled_folder_io(path, Path(tmp) / "out", workers) as (src, sink):
                     times = run_pipeline(src, sink, backend, batch_size=batch, streams=self.cfg.streams,
                                          queue_frames=2 * workers)
+                    pool_stage_times(times, src, sink, workers)
             else:
                 with open_source(path) as src:
                     sink = open_sink(_output_path(src, Path(tmp)), src)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -24,7 +25,24 @@ from typing import Any
 import numpy as np
 
 from gtacity.engine.frames import Frame, SinkContext, SourceContext
+from gtacity.engine.pipeline import StageTimes
 from gtacity.errors import GtacityError
+
+
+class _Busy:
+    """Thread-seconds spent in pool tasks of one kind (summed over threads, thread-safe)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def timed(self, fn: Callable, *args):
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            with self._lock:
+                self.seconds += time.perf_counter() - start
 
 
 def default_workers() -> int:
@@ -44,7 +62,7 @@ class PooledImageSource(SourceContext):
     """Decodes ``tasks`` on ``pool``, up to ``2 x workers`` ahead, and yields them in order.
 
     A file that cannot be read is passed to ``on_failure(task, reason)`` and skipped; the job goes
-    on. ``Frame.meta`` is the task's ``meta``.
+    on. ``Frame.meta`` is the task's ``meta``. ``busy_s`` is the thread-seconds spent decoding.
     """
 
     kind = "images"
@@ -59,6 +77,11 @@ class PooledImageSource(SourceContext):
         self._read = read
         self._on_failure = on_failure
         self._pending: deque[tuple[ImageTask, Future]] = deque()
+        self._busy = _Busy()
+
+    @property
+    def busy_s(self) -> float:
+        return self._busy.seconds
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -68,7 +91,7 @@ class PooledImageSource(SourceContext):
         index = 0
         while True:
             while len(self._pending) < self._ahead and (task := next(queued, None)) is not None:
-                self._pending.append((task, self._pool.submit(self._read, task.path)))
+                self._pending.append((task, self._pool.submit(self._busy.timed, self._read, task.path)))
             if not self._pending:
                 return
             task, future = self._pending.popleft()
@@ -93,7 +116,8 @@ class PooledWriter(SinkContext):
     ``write`` here only queues; the pool calls ``write_one(frame)``, which must finish or clean up
     one output on its own and report its failures itself (a failed write never stops the others).
     ``close()`` waits for every queued write; ``abort()`` cancels the queued ones and waits for
-    those already running, so no write is cut off half-way by this process.
+    those already running, so no write is cut off half-way by this process. ``busy_s`` is the
+    thread-seconds spent writing.
     """
 
     def __init__(self, root: Path, pool: ThreadPoolExecutor, workers: int,
@@ -104,6 +128,11 @@ class PooledWriter(SinkContext):
         self._write_one = write_one
         self._running: set[Future] = set()
         self._lock = threading.Lock()
+        self._busy = _Busy()
+
+    @property
+    def busy_s(self) -> float:
+        return self._busy.seconds
 
     def write(self, frame: Frame) -> None:
         """Queue one frame; blocks while ``2 x workers`` writes are already queued."""
@@ -111,7 +140,7 @@ class PooledWriter(SinkContext):
             while len(self._running) >= self._limit:
                 done, self._running = wait(self._running, return_when=FIRST_COMPLETED)
                 _raise_first(done)
-            self._running.add(self._pool.submit(self._write_one, frame))
+            self._running.add(self._pool.submit(self._busy.timed, self._write_one, frame))
 
     def close(self) -> None:
         """Wait for every queued write; re-raise the first unexpected error of one."""
@@ -126,6 +155,19 @@ class PooledWriter(SinkContext):
                 future.cancel()
             wait(self._running)
             self._running = set()
+
+
+def pool_stage_times(times: StageTimes, source: PooledImageSource, writer: PooledWriter,
+                     workers: int) -> StageTimes:
+    """``times`` with decode and encode set to the pool's work: thread-seconds over ``workers``.
+
+    The pipeline's own decode/encode stages only hand frames to and from the pool; the work is on
+    the pool's threads. Divided by the thread count, a stage's seconds near the wall time mean the
+    pool is saturated, as one thread's busy seconds near the wall time do for the other stages.
+    """
+    times.busy["decode"] = source.busy_s / workers
+    times.busy["encode"] = writer.busy_s / workers
+    return times
 
 
 def _raise_first(futures) -> None:

@@ -27,7 +27,7 @@ from gtacity import __version__
 from gtacity.engine.backends import Backend
 from gtacity.engine.datasets import Item, list_items, write_train_ids
 from gtacity.engine.frames import Frame
-from gtacity.engine.imagepool import ImageTask, PooledImageSource, PooledWriter
+from gtacity.engine.imagepool import ImageTask, PooledImageSource, PooledWriter, pool_stage_times
 from gtacity.engine.jobstate import RunJournal, clean_leftovers, done_keys, ensure_manifest, temp_name
 from gtacity.engine.pipeline import STAGES, StageTimes, run_pipeline
 from gtacity.engine.shards import Shard
@@ -214,7 +214,7 @@ class _Run:
                 writer = PooledWriter(self.job.output, pool, workers, self._write_image)
                 times = run_pipeline(source, writer, self.backend, batch_size=self.batch_size,
                                      queue_frames=2 * workers, on_frames=bar.update)
-        self._add(times)
+        self._add(pool_stage_times(times, source, writer, workers))
 
     def _write_image(self, frame: Frame) -> None:
         """On a pool thread: labels, then the image, each renamed into place, then the journal."""
