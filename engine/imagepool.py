@@ -12,7 +12,6 @@ number of frames (``2 x workers`` each), so memory stays flat however big the fo
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -27,6 +26,7 @@ import numpy as np
 from gtacity.engine.frames import Frame, SinkContext, SourceContext
 from gtacity.engine.pipeline import StageTimes
 from gtacity.errors import GtacityError
+from gtacity.hardware import usable_cores
 
 
 class _Busy:
@@ -47,7 +47,7 @@ class _Busy:
 
 def default_workers() -> int:
     """Threads for image I/O: every core this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
 
 
 @dataclass(frozen=True)
