@@ -251,3 +251,12 @@ def test_cleanup_removes_dead_runs_leftovers_and_keeps_live_ones(tmp_path):
     assert mine.exists() and not theirs.exists() and (tmp_path / ".other-hidden.png").exists()
     assert sorted(p.stem for p in (tmp_path / STATE_DIR).iterdir()) == sorted([live.run_id, dead.run_id])
     live.close()
+
+
+def test_folder_options_on_a_single_file_are_refused_in_one_line(tmp_path):
+    make_clip(tmp_path / "drive.mp4", frames=2, size=SIZE, audio=None)
+    result = run_cli("translate", tmp_path / "drive.mp4", "-o", tmp_path / "out.mp4", "--shard", "1/2")
+    assert result.exit_code == 1 and "--shard work on a folder input" in result.stderr
+    bad = run_cli("translate", tmp_path, "-o", tmp_path / "out", "--shard", "2")
+    assert bad.exit_code == 1 and "use K/N" in bad.stderr and "Traceback" not in bad.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drive.mp4"]
