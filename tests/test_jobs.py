@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -78,7 +79,11 @@ def test_sigkill_at_random_points_then_rerun_gives_exactly_the_complete_set(tmp_
     assert before < len(images), "the job finished before the kills; the test proves nothing"
     done = subprocess.run(command(tmp_path / "in", out, weights), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"{len(images) - before} translated, {before} already done, 0 failed" in done.stdout
+    counts = re.search(r"files: (\d+) translated, (\d+) already done, 0 failed", done.stdout)
+    translated, already = int(counts[1]), int(counts[2])
+    # An image renamed into place but not yet journalled when killed is redone, so "already done"
+    # may fall short of what was on disk by the images in flight, never exceed it.
+    assert translated + already == len(images) and 0 < already <= before
     assert user_files(out) == sorted(str(p) for p in images)
     hidden = [p for p in out.rglob(".*") if STATE_DIR not in p.parts]
     assert hidden == [], f"temporary files left: {hidden}"
