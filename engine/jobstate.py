@@ -4,7 +4,7 @@ Layout inside the output folder::
 
     gtacity-job.json            the manifest: what defines the result (weights checksum, direction,
                                 backend, precision, gtacity version, dataset options) + a token
-    .gtacity-job/RUNID.journal  one per run: "token T", then "done KEY" per finished item
+    .gtacity-job/RUNID.journal  one per run: "token T", then 'done "KEY"' per finished item
 
 A run holds an exclusive ``flock`` on its own journal while it lives, and every temporary file it
 writes carries ``.gtacity-RUNID`` in its name. So the next run (or a shard running beside it) can
@@ -149,7 +149,7 @@ class RunJournal:
 
     def done(self, key: str) -> None:
         """Record that every output of item ``key`` is in place under its final name."""
-        self._write(f"done {key}")
+        self._write(f"done {json.dumps(key)}")  # quoted: a file name may hold a newline
 
     def _write(self, line: str) -> None:
         # One write() per line: a kill lands before or after it, never inside another line.
@@ -168,7 +168,7 @@ def done_keys(root: Path, token: str) -> set[str]:
     for journal in (root / STATE_DIR).glob("*.journal"):
         lines = _complete_lines(journal)
         if lines[:1] == [f"token {token}"]:
-            done.update(line[5:] for line in lines[1:] if line.startswith("done "))
+            done.update(json.loads(line[5:]) for line in lines[1:] if line.startswith("done "))
     return done
 
 

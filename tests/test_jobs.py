@@ -114,7 +114,7 @@ def test_shards_started_together_cover_the_input_exactly_once(tmp_path, weights)
     assert user_files(out) == sorted(str(p) for p in images)
     recorded = []
     for journal in (out / STATE_DIR).glob("*.journal"):
-        recorded += [line[5:] for line in journal.read_text().splitlines() if line.startswith("done ")]
+        recorded += [json.loads(line[5:]) for line in journal.read_text().splitlines() if line.startswith("done ")]
     assert sorted(recorded) == sorted(str(p) for p in images)  # each file translated by one shard
     manifest = json.loads((out / MANIFEST).read_text())
     assert (manifest["direction"], manifest["backend"], manifest["precision"]) == ("gta2city", "torch", "fp32")
