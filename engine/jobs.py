@@ -28,7 +28,7 @@ from gtacity.engine.backends import Backend
 from gtacity.engine.datasets import Item, list_items, write_train_ids
 from gtacity.engine.frames import Frame
 from gtacity.engine.imagepool import ImageTask, PooledImageSource, PooledWriter, pool_stage_times
-from gtacity.engine.jobstate import RunJournal, clean_leftovers, done_keys, ensure_manifest, temp_name
+from gtacity.engine.jobstate import RunJournal, clean_leftovers, done_keys, open_job, temp_name
 from gtacity.engine.pipeline import STAGES, StageTimes, run_pipeline
 from gtacity.engine.shards import Shard
 from gtacity.engine.sinks import ImageFolderSink, _check_folder_output, open_sink
@@ -157,13 +157,11 @@ def run_folder_job(job: FolderJob, items: list[Item], backend: Backend, batch_si
         GtacityError: from the backend; failures of single items are recorded, not raised.
     """
     mine = job.shard.select(items) if job.shard else items
-    job.output.mkdir(parents=True, exist_ok=True)
-    token = ensure_manifest(job.output, job.settings, job.overwrite)
-    journal = RunJournal(job.output, token)
+    journal = open_job(job.output, job.settings, job.overwrite)
     summary = JobSummary(job.output, shard=job.shard)
     try:
-        clean_leftovers(job.output, token)
-        done = set() if job.overwrite else done_keys(job.output, token)
+        clean_leftovers(job.output, journal.token)
+        done = set() if job.overwrite else done_keys(job.output, journal.token)
         pending = []
         for item in mine:
             if item.key in done and all(p.exists() for p in item.outputs):
@@ -176,9 +174,9 @@ def run_folder_job(job: FolderJob, items: list[Item], backend: Backend, batch_si
         run.images([i for i in pending if i.kind == "image"])
         for item in (i for i in pending if i.kind == "video"):
             run.video(item)
+        summary.failures_file = _write_failures(job, summary, journal.run_id)
     finally:
         journal.close()
-    summary.failures_file = _write_failures(job, summary)
     return summary
 
 
@@ -272,14 +270,14 @@ class _Run:
         self.summary.frames += times.frames
 
 
-def _write_failures(job: FolderJob, summary: JobSummary) -> Path | None:
+def _write_failures(job: FolderJob, summary: JobSummary, run_id: str) -> Path | None:
     """This shard's failures file (``KEY<TAB>reason`` per line), or none when nothing failed."""
     name = FAILURES if job.shard is None else f"{FAILURES}-shard-{job.shard.index}-of-{job.shard.count}"
     path = job.output / f"{name}.txt"
     if not summary.failures:
         path.unlink(missing_ok=True)
         return None
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp = temp_name(path, run_id)
     temp.write_text("".join(f"{key}\t{' '.join(why.split())}\n" for key, why in sorted(summary.failures)))
     os.replace(temp, path)
     return path

@@ -27,7 +27,6 @@ import os
 import re
 import secrets
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -50,27 +49,39 @@ def temp_name(path: Path, run_id: str) -> Path:
     return path.with_name(f".{path.name}.gtacity-{run_id}{path.suffix}")
 
 
-def ensure_manifest(root: Path, settings: dict[str, str], overwrite: bool) -> str:
-    """Write the manifest if there is none; return the job's token.
+def open_job(root: Path, settings: dict[str, str], overwrite: bool) -> RunJournal:
+    """Start a run in output folder ``root``: its locked journal, under the manifest's token.
 
-    Shards starting together race to create it: exactly one wins (a hard link never replaces), the
-    others read the winner's and must agree with it.
+    The manifest is written if there is none. Shards starting together race to create it: exactly
+    one wins (a hard link never replaces), the others read the winner's and must agree with it.
+    The journal is locked before any file is written, so even a kill in the middle of writing the
+    manifest leaves only files the next run recognises as a dead run's.
 
     Raises:
         JobStateError: the manifest records different settings (without ``overwrite``), or the
             folder holds files but no manifest (not a gtacity job; never mixed into without
-            ``overwrite``).
+            ``overwrite``). Nothing is left in ``root`` then.
     """
     path = root / MANIFEST
+    if not overwrite and _read_manifest(path) is None and _has_user_files(root):
+        raise JobStateError(
+            f"{root}: already holds files but no {MANIFEST} (not a gtacity job folder); "
+            "choose an empty or new output folder, or pass --overwrite to translate into it"
+        )
+    journal = RunJournal(root)
+    try:
+        journal.start(_manifest_token(path, settings, overwrite, journal.run_id))
+    except BaseException:
+        journal.discard()
+        raise
+    return journal
+
+
+def _manifest_token(path: Path, settings: dict[str, str], overwrite: bool, run_id: str) -> str:
     existing = _read_manifest(path)
     if existing is None:
-        if not overwrite and _has_user_files(root):
-            raise JobStateError(
-                f"{root}: already holds files but no {MANIFEST} (not a gtacity job folder); "
-                "choose an empty or new output folder, or pass --overwrite to translate into it"
-            )
         token = secrets.token_hex(8)
-        if _create_once(path, {**settings, "token": token}):
+        if _create_once(path, {**settings, "token": token}, run_id):
             return token
         existing = _read_manifest(path)
     differences = [k for k in sorted(set(settings) | set(existing) - {"token"})
@@ -80,11 +91,12 @@ def ensure_manifest(root: Path, settings: dict[str, str], overwrite: bool) -> st
     if not overwrite:
         what = "; ".join(f"{k} was {existing.get(k)!r}, now {settings.get(k)!r}" for k in differences)
         raise JobStateError(
-            f"{root}: was made with other settings ({what}); rerun with the same ones to resume, "
-            "choose another output folder, or pass --overwrite to redo it with these"
+            f"{path.parent}: was made with other settings ({what}); rerun with the same ones to "
+            "resume, choose another output folder, or pass --overwrite to redo it with these"
         )
     token = secrets.token_hex(8)
-    _write_json(path, {**settings, "token": token}, replace=True)
+    temp = _write_json(temp_name(path, run_id), {**settings, "token": token})
+    os.replace(temp, path)
     return token
 
 
@@ -93,24 +105,20 @@ def _has_user_files(root: Path) -> bool:
 
 
 def _read_manifest(path: Path) -> dict | None:
-    for _ in range(50):  # a shard may be reading while another's rename is in flight
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            time.sleep(0.05)
-            continue
-        if isinstance(data, dict) and "token" in data:
-            return data
-        break
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict) and "token" in data:
+        return data
     raise JobStateError(f"{path}: is not a gtacity job manifest; move it away or choose another output folder")
 
 
-def _create_once(path: Path, data: dict) -> bool:
+def _create_once(path: Path, data: dict, run_id: str) -> bool:
     """Create ``path`` with ``data`` unless it exists (atomically); False when another run won."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _write_json(path.with_name(f".{path.name}.{secrets.token_hex(4)}"), data, replace=False)
+    temp = _write_json(temp_name(path, run_id), data)
     try:
         os.link(temp, path)
         return True
@@ -120,12 +128,9 @@ def _create_once(path: Path, data: dict) -> bool:
         temp.unlink(missing_ok=True)
 
 
-def _write_json(path: Path, data: dict, *, replace: bool) -> Path:
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp") if replace else path
-    temp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    if replace:
-        os.replace(temp, path)
-    return temp
+def _write_json(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 class RunJournal:
@@ -136,15 +141,19 @@ class RunJournal:
         token: the manifest token the records belong to.
     """
 
-    def __init__(self, root: Path, token: str):
+    def __init__(self, root: Path):
         self.run_id = secrets.token_hex(8)
-        self.token = token
+        self.token: str | None = None
         folder = root / STATE_DIR
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{self.run_id}.journal"
         self._file = open(self.path, "x", encoding="utf-8")  # noqa: SIM115 - held for the run
         self._lock = threading.Lock()  # items finish on several writer threads
         fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def start(self, token: str) -> None:
+        """Say which manifest token the records that follow belong to (the journal's first line)."""
+        self.token = token
         self._write(f"token {token}")
 
     def done(self, key: str) -> None:
@@ -160,6 +169,13 @@ class RunJournal:
     def close(self) -> None:
         """Release the lock: from now on this run counts as finished (or dead)."""
         self._file.close()
+
+    def discard(self) -> None:
+        """Close and delete the journal of a run that never started (refused settings)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the state folder goes too if this run made it
+            self.path.parent.rmdir()
 
 
 def done_keys(root: Path, token: str) -> set[str]:

@@ -165,8 +165,9 @@ def test_resume_with_other_settings_is_refused_unless_overwrite(tmp_path, weight
                            direction="gta2city")
     args = ("translate", tmp_path / "in", "-o", tmp_path / "out", "--backend", "torch", "-q", "--weights")
     assert run_cli(*args, weights).exit_code == 0
+    journals = sorted((tmp_path / "out" / STATE_DIR).iterdir())
     refused = run_cli(*args, other)
-    assert refused.exit_code == 1
+    assert refused.exit_code == 1 and sorted((tmp_path / "out" / STATE_DIR).iterdir()) == journals
     line = refused.stderr.strip()
     assert "\n" not in line and "was made with other settings (weights_sha256 was '" in line
     assert "--overwrite" in line
@@ -243,10 +244,11 @@ def test_bench_e2e_on_a_folder_runs_the_pooled_folder_path(tmp_path):
 def test_cleanup_removes_dead_runs_leftovers_and_keeps_live_ones(tmp_path):
     from gtacity.engine.jobstate import RunJournal, clean_leftovers, temp_name
 
-    live = RunJournal(tmp_path, "t1")  # holds its lock, like a shard still running
-    dead = RunJournal(tmp_path, "t1")
+    live, dead, old = RunJournal(tmp_path), RunJournal(tmp_path), RunJournal(tmp_path)
+    live.start("t1")  # holds its lock, like a shard still running
+    dead.start("t1")
     dead.close()  # what a SIGKILL leaves: the journal, its lock released by the kernel
-    old = RunJournal(tmp_path, "t0")  # a run of settings since replaced with --overwrite
+    old.start("t0")  # a run of settings since replaced with --overwrite
     old.close()
     (tmp_path / "sub").mkdir()
     mine, theirs = (temp_name(tmp_path / "sub" / "a.png", run.run_id) for run in (live, dead))
