@@ -101,7 +101,8 @@ def _manifest_token(path: Path, settings: dict[str, str], overwrite: bool, run_i
 
 
 def _has_user_files(root: Path) -> bool:
-    return root.is_dir() and any(p.name != STATE_DIR for p in root.iterdir())
+    # A shard starting beside another may see that one's journal folder and unfinished manifest.
+    return root.is_dir() and any(p.name != STATE_DIR and not _TEMP.search(p.name) for p in root.iterdir())
 
 
 def _read_manifest(path: Path) -> dict | None:
