@@ -50,6 +50,7 @@ class FolderJob:
         settings: what defines the result; recorded in the manifest, compared on resume.
         shard: this process's share, or None for the whole folder.
         workers: threads decoding and encoding images.
+        streams: batches in flight (see :func:`gtacity.engine.pipeline.run_pipeline`).
         log: takes one line per failed item as it happens (and nothing else).
     """
 
@@ -64,6 +65,7 @@ class FolderJob:
     crf: int = 18
     preset: str = "medium"
     progress: bool = False
+    streams: int | None = None
     log: Callable[[str], None] = lambda line: None
 
 
@@ -211,7 +213,8 @@ class _Run:
                     PooledImageSource(self.job.input, tasks, pool, workers, read_image, unreadable) as source:
                 writer = PooledWriter(self.job.output, pool, workers, self._write_image)
                 times = run_pipeline(source, writer, self.backend, batch_size=self.batch_size,
-                                     queue_frames=2 * workers, on_frames=bar.update)
+                                     streams=self.job.streams, queue_frames=2 * workers,
+                                     on_frames=bar.update)
         self._add(pool_stage_times(times, source, writer, workers))
 
     def _write_image(self, frame: Frame) -> None:
@@ -251,7 +254,7 @@ class _Run:
             ) as bar:
                 sink = open_sink(temp, source, crf=self.job.crf, preset=self.job.preset)
                 times = run_pipeline(source, sink, self.backend, batch_size=self.batch_size,
-                                     on_frames=bar.update)
+                                     streams=self.job.streams, on_frames=bar.update)
             os.replace(temp, item.output)
         except GtacityError as e:
             temp.unlink(missing_ok=True)
@@ -267,6 +270,7 @@ class _Run:
             total.busy[stage] += times.busy[stage]
         total.wall += times.wall
         total.frames += times.frames
+        total.streams = times.streams
         self.summary.frames += times.frames
 
 

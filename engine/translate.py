@@ -129,7 +129,7 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
                                 any(i.kind == "video" for i in items), cfg.crf, cfg.preset)
         job = FolderJob(Path(cfg.input), Path(cfg.output), settings, cfg.overwrite, shard, cfg.dataset,
                         cfg.labels, cfg.workers or default_workers(), cfg.crf, cfg.preset, cfg.progress,
-                        log=lambda line: tqdm.write(line, file=sys.stderr))
+                        log=lambda line: tqdm.write(line, file=sys.stderr), streams=cfg.streams)
         done = run_folder_job(job, items, backend, batch_size)
         return TranslateReport(job.output, done.frames, done.times, backend.name, backend.precision,
                                info, job=done)
