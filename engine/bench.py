@@ -50,6 +50,8 @@ from gtacity.engine.benchstats import (
     device_peak_mib, machine_info, matmul_rate, percentile, reset_device_peak, synchronize,
     time_calls, versions,
 )
+from gtacity.engine.imagepool import default_workers, pool_stage_times
+from gtacity.engine.jobs import pooled_folder_io
 from gtacity.engine.pipeline import run_pipeline
 from gtacity.engine.sinks import VIDEO_EXTENSIONS, open_sink
 from gtacity.engine.sources import open_source
@@ -417,9 +419,17 @@ class _Bench:
         itself on the same batch, every other stage from its busy seconds (each has its own thread)."""
         self._warm_up(backend, x)
         alone_s = percentile(time_calls(backend, x, self.cfg.repeats, self.cfg.budget_s), 50)
-        with tempfile.TemporaryDirectory(prefix="gtacity-bench-") as tmp, open_source(path) as src:
-            sink = open_sink(_output_path(src, Path(tmp)), src)
-            times = run_pipeline(src, sink, backend, batch_size=batch, streams=self.cfg.streams)
+        with tempfile.TemporaryDirectory(prefix="gtacity-bench-") as tmp:
+            if path.is_dir():  # as a folder job runs: images decoded and encoded on a thread pool
+                workers = default_workers()
+                with pooled_folder_io(path, Path(tmp) / "out", workers) as (src, sink):
+                    times = run_pipeline(src, sink, backend, batch_size=batch, streams=self.cfg.streams,
+                                         queue_frames=2 * workers)
+                    pool_stage_times(times, src, sink, workers)
+            else:
+                with open_source(path) as src:
+                    sink = open_sink(_output_path(src, Path(tmp)), src)
+                    times = run_pipeline(src, sink, backend, batch_size=batch, streams=self.cfg.streams)
         alone = {stage: times.frames / s for stage, s in times.busy.items() if s > 0}
         alone["infer"] = batch / alone_s
         slowest = min(alone.values())
@@ -434,7 +444,8 @@ class _Bench:
         self.report.e2e.append(result)
         self.log(f"e2e {backend.describe()} batch {batch}: {result.fps:.2f} frames/s, "
                  f"bound by {result.bound_by}, {100 * result.share_of_slowest:.0f}% of the slowest "
-                 f"stage alone ({result.slowest_alone})")
+                 f"stage alone ({result.slowest_alone}), model busy {times.busy['infer'] / times.wall:.0%} "
+                 "of the run")
 
 
 def _first_frame_size(path: Path) -> Size:

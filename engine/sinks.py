@@ -77,7 +77,7 @@ def open_sink(
     """
     path = Path(path)
     if source.kind == "images":
-        _check_folder_target(path, source.path)
+        check_folder_target(path, source.path)
     elif source.kind in ("video", "image"):
         extensions = VIDEO_EXTENSIONS if source.kind == "video" else IMAGE_EXTENSIONS
         _check_file_target(path, source.path, extensions)
@@ -120,7 +120,7 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
 
 
-def _check_folder_target(out: Path, input_root: Path) -> None:
+def check_folder_target(out: Path, input_root: Path) -> None:
     out_r, in_r = out.resolve(), input_root.resolve()
     if out_r == in_r:
         raise SinkError(
@@ -359,9 +359,14 @@ def _to_8_bit(pixels: np.ndarray) -> np.ndarray:
 class ImageFolderSink(SinkContext):
     """Mirrors an image folder: each frame goes to ``root / frame.meta`` (same subfolders, name and
     format as its input). Each file appears complete or not at all; ``abort()`` keeps the finished
-    ones."""
+    ones.
 
-    def __init__(self, root: Path, lock: OutputLock):
+    ``lock`` is the folder's :class:`OutputLock`, released on ``close()``/``abort()``; a bulk job
+    (:mod:`gtacity.engine.jobs`) passes None, because its shards share the folder and its journals
+    say which run owns which file.
+    """
+
+    def __init__(self, root: Path, lock: OutputLock | None = None):
         self.path = root
         self._lock = lock
         root.mkdir(parents=True, exist_ok=True)
@@ -379,11 +384,12 @@ class ImageFolderSink(SinkContext):
 
     def close(self) -> None:
         """Every file was finished as it was written; release the folder."""
-        self._lock.release()
+        if self._lock is not None:
+            self._lock.release()
 
     def abort(self) -> None:
         """Finished files are complete and stay; no partial file can exist between writes."""
-        self._lock.release()
+        self.close()
 
 
 class ImageSink(SinkContext):

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,7 +18,11 @@ from tqdm import tqdm
 from gtacity.checkpoint import DIRECTIONS, GeneratorInfo, bundled_generator, load_generator
 from gtacity.engine.backends import create_backend
 from gtacity.engine.damage import Damage
+from gtacity.engine.datasets import LABEL_MODES
+from gtacity.engine.imagepool import default_workers
+from gtacity.engine.jobs import FolderJob, JobSummary, job_settings, list_job, run_folder_job
 from gtacity.engine.pipeline import StageTimes, run_pipeline
+from gtacity.engine.shards import parse_shard
 from gtacity.engine.sinks import open_sink
 from gtacity.engine.sources import open_source
 from gtacity.engine.tiles import TiledBackend, Tiling
@@ -57,6 +62,17 @@ class TranslateConfig:
         allow_damaged: return normally when the input video was damaged (decode errors, damaged
             frames, an early end); otherwise :class:`DamagedInputError` is raised once the
             output (kept, incomplete) is written.
+        shard: folder inputs: ``"K/N"`` (do shard K of N, from 1), ``"auto"`` or ``"auto/N"`` (from
+            a Slurm array or Kubernetes indexed Job); None does the whole folder.
+        dataset: folder inputs: ``"gta5"`` (images/ + labels/) or ``"cityscapes"`` (leftImg8bit/ +
+            gtFine/): label maps travel with their images.
+        labels: with ``dataset``: ``"copy"`` (unchanged) or ``"trainids"`` (copied, plus Cityscapes
+            train-ID maps beside them).
+        workers: threads decoding and encoding a folder's images; None uses every core.
+
+    A folder job resumes: rerunning it into the same output folder skips finished files. It
+    records its settings in ``gtacity-job.json`` there and refuses to resume with other settings
+    unless ``overwrite`` (which redoes every file).
     """
 
     input: str | Path
@@ -74,6 +90,10 @@ class TranslateConfig:
     progress: bool = True
     tile: int | None = None
     allow_damaged: bool = False
+    shard: str | None = None
+    dataset: str | None = None
+    labels: str = "copy"
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,7 @@ class TranslateReport:
     precision: str
     generator: GeneratorInfo
     damage: Damage | None = None
+    job: JobSummary | None = None
 
     @property
     def complete(self) -> bool:
@@ -94,12 +115,15 @@ class TranslateReport:
         return not self.damage
 
     def summary(self) -> str:
-        """One line: frames, seconds, fps, backend, precision, output (and damage, if any)."""
+        """One line: frames, seconds, fps, backend, precision, output (a folder job: files too;
+        a damaged input: what was lost)."""
         t = self.times
         line = (
             f"translated {self.frames} frame{'s' * (self.frames != 1)} in {t.wall:.1f} s "
             f"({t.fps:.2f} fps) with {self.backend} {self.precision} -> {self.output}"
         )
+        if self.job is not None:
+            line = f"{line}; {self.job.line()}"
         return line if self.complete else f"{line}; INCOMPLETE, damaged input: {self.damage.describe()}"
 
 
@@ -132,10 +156,24 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
         raise TranslateError(f"--streams must be at least 1, got {cfg.streams}")
     if cfg.tile is not None and cfg.tile != 0 and cfg.tile < MIN_TILE:
         raise TranslateError(f"--tile must be 0 (never tile) or at least {MIN_TILE}, got {cfg.tile}")
+    shard = parse_shard(cfg.shard)
+    folder = Path(cfg.input).is_dir()
+    _check_folder_options(cfg, folder)
+    items = list_job(Path(cfg.input), Path(cfg.output), cfg.dataset, cfg.labels) if folder else None
     net, info = _generator(cfg)
     backend = create_backend(cfg.backend, net, precision=cfg.precision, device=cfg.device)
     backend = TiledBackend(backend, Tiling(tile=cfg.tile, ngf=info.ngf))  # huge frames in tiles
     batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
+    if folder:
+        settings = job_settings(_weights_path(cfg), info.direction, backend, cfg.dataset, cfg.labels,
+                                any(i.kind == "video" for i in items), cfg.crf, cfg.preset)
+        job = FolderJob(Path(cfg.input), Path(cfg.output), settings, cfg.overwrite, shard, cfg.dataset,
+                        cfg.labels, cfg.workers or default_workers(), cfg.crf, cfg.preset, cfg.progress,
+                        log=lambda line: tqdm.write(line, file=sys.stderr), streams=cfg.streams,
+                        allow_damaged=cfg.allow_damaged)
+        done = run_folder_job(job, items, backend, batch_size)
+        return TranslateReport(job.output, done.frames, done.times, backend.name, backend.precision,
+                               info, job=done)
     with open_source(cfg.input) as source:
         sink = open_sink(cfg.output, source, overwrite=cfg.overwrite, crf=cfg.crf, preset=cfg.preset)
         total = len(source)
@@ -170,17 +208,33 @@ def _out_of_memory(error: BaseException) -> bool:
     )
 
 
-def _generator(cfg: TranslateConfig):
-    weights = cfg.weights
+def _check_folder_options(cfg: TranslateConfig, folder: bool) -> None:
+    given = [f"--{name}" for name in ("shard", "dataset") if getattr(cfg, name) is not None]
+    if given and not folder:
+        raise TranslateError(f"{cfg.input}: {' and '.join(given)} work on a folder input; pass a folder")
+    if cfg.labels not in LABEL_MODES:
+        raise TranslateError(f"unknown --labels {cfg.labels!r}; choose {' or '.join(LABEL_MODES)}")
+    if cfg.labels != "copy" and cfg.dataset is None:
+        raise TranslateError("--labels needs --dataset gta5 or --dataset cityscapes (where the labels are)")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise TranslateError(f"--workers must be at least 1, got {cfg.workers}")
+
+
+def _weights_path(cfg: TranslateConfig) -> Path:
+    if cfg.weights is not None:
+        return Path(cfg.weights)
+    direction = cfg.direction or "gta2city"
+    weights = bundled_generator(direction)
     if weights is None:
-        direction = cfg.direction or "gta2city"
-        weights = bundled_generator(direction)
-        if weights is None:
-            raise TranslateError(
-                f"no bundled {direction} generator in this installation; pass --weights FILE "
-                "(a run's gta2city.safetensors from `gtacity train`, or an official latest_net_G_A.pth)"
-            )
-    net, info = load_generator(weights, direction=cfg.direction)
+        raise TranslateError(
+            f"no bundled {direction} generator in this installation; pass --weights FILE "
+            "(a run's gta2city.safetensors from `gtacity train`, or an official latest_net_G_A.pth)"
+        )
+    return Path(weights)
+
+
+def _generator(cfg: TranslateConfig):
+    net, info = load_generator(_weights_path(cfg), direction=cfg.direction)
     if info.direction is None:  # an official file and no --direction: the project's default
         info = replace(info, direction="gta2city")
     return net, info

@@ -87,6 +87,11 @@ Examples:
   gtacity translate drive.mp4 -o out.mp4 --weights latest_net_G_A.pth   # official CycleGAN weights
   gtacity translate drive.mp4 -o out.mp4 --weights runs/exp1/gta2city.safetensors --crf 14
   gtacity translate drive.mp4 -o out.mp4 --device cuda --streams 3   # torch CUDA: fp16, CUDA graphs
+  gtacity translate gta5/images -o gta5_city/images             # rerun the same command = resume
+  gtacity translate gta5/images -o out --shard 3/16             # one of 16 machines
+  gtacity translate gta5/images -o out --shard auto             # in a Slurm array / Kubernetes indexed Job
+  gtacity translate gta5/ -o gta5_city/ --dataset gta5 --labels trainids   # labels carried along
+  gtacity translate clips/ -o clips_city/                       # a folder of videos, each translated
 """)
 @click.argument("input", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(),
@@ -105,7 +110,14 @@ Examples:
               help="Batches in flight at once, each on its own CUDA stream on a GPU.  [default: 3]")
 @click.option("--crf", default=18, show_default=True, help="Video quality (libx264 CRF; lower = better, bigger).")
 @click.option("--preset", default="medium", show_default=True, help="libx264 preset (ultrafast ... veryslow).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output (never the input).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (never the input); a folder job redoes every file.")
+@click.option("--shard", default=None, metavar="K/N|auto|auto/N",
+              help="Folder input: translate shard K of N (from 1); auto reads Slurm array / Kubernetes indexed Job variables.")
+@click.option("--dataset", default=None, metavar="gta5|cityscapes",
+              help="Folder input is a GTA5 (images/ labels/) or Cityscapes (leftImg8bit/ gtFine/) tree: label maps travel along.")
+@click.option("--labels", default="copy", show_default=True, metavar="copy|trainids",
+              help="With --dataset: copy label maps unchanged, or also write Cityscapes train-ID maps (19 classes, 255 = ignore).")
+@click.option("--workers", type=int, default=None, help="Threads decoding/encoding a folder's images.  [default: every core]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--tile", type=int, default=None, metavar="N",
               help="Translate frames larger than N pixels in overlapping NxN tiles; 0 never tiles.  "
@@ -116,13 +128,21 @@ def translate(input, output, quiet, **opts) -> None:
     """Translate a video, a folder of images or an image between GTA5 and Cityscapes looks.
 
     Videos keep their frame rate, timestamps, colours and audio; folders are mirrored with the
-    same relative paths, names and formats; every output has the size of its input.
+    same relative paths, names and formats; every output has the size of its input. A folder job
+    resumes when rerun, goes on past unreadable files (listed in gtacity-failures.txt; exit 1),
+    and can be split over machines with --shard.
     """
     from gtacity.engine.translate import TranslateConfig
     from gtacity.engine.translate import translate as run_translate
 
     report = run_translate(TranslateConfig(input=input, output=output, progress=not quiet, **opts))
     click.echo(report.summary())
+    if report.job is not None and report.job.failed:
+        from gtacity.engine.jobs import JobFailedError
+
+        listed = report.job.failures_file
+        raise JobFailedError(f"{report.job.failed} file(s) failed and were skipped (listed in {listed}); "
+                             "fix or remove them and rerun the same command to finish the job")
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -22,6 +22,7 @@ EPYC with AVX2 only, eager bf16 convolutions ran 17-23x slower than fp32 and a b
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,3 +184,11 @@ def default_precision(caps: CpuCapabilities, backend: str) -> str:
     if backend == "openvino" and caps.native_bf16 and "BF16" in caps.openvino:
         return "bf16"
     return "fp32"
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a Slurm or container CPU limit shows
+    here, where ``os.cpu_count()`` would report the whole machine)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -139,17 +139,18 @@ def test_a_file_cut_short_is_an_error_naming_it_not_a_grey_half(tmp_path, weight
     assert sorted(os.listdir(tmp_path)) == [name, "g.safetensors"]
 
 
-def test_a_cut_image_in_a_folder_stops_the_job_naming_it_and_leaves_only_whole_files(
-    tmp_path, weights
-):
+def test_a_cut_image_in_a_folder_is_listed_as_failed_and_the_job_goes_on(tmp_path, weights):
     make_image(tmp_path / "in" / "a.jpg")
     make_image(tmp_path / "in" / "b.jpg")
     truncate(tmp_path / "in" / "b.jpg", 0.7)
     result = translate_cli(weights, tmp_path / "in", "-o", tmp_path / "out")
     assert result.exit_code == 1 and "b.jpg: not a readable image (cut short" in result.stderr
-    # The pipeline stops every stage at the first error: a.jpg may or may not have been written,
-    # but nothing partial (no hidden file, no lock) is left.
-    assert set(os.listdir(tmp_path / "out")) <= {"a.jpg"}
+    # A folder is a bulk job: the good image is finished, the cut one listed with its reason,
+    # and nothing partial is left beside them (only the job's own records).
+    out = tmp_path / "out"
+    assert read_unchanged(out / "a.jpg").shape == read_unchanged(tmp_path / "in" / "a.jpg").shape
+    assert "b.jpg\t" in (out / "gtacity-failures.txt").read_text()
+    assert set(os.listdir(out)) == {"a.jpg", "gtacity-failures.txt", "gtacity-job.json", ".gtacity-job"}
     assert sorted(os.listdir(tmp_path)) == ["g.safetensors", "in", "out"]
 
 

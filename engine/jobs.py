@@ -1,0 +1,295 @@
+"""Bulk folder jobs: resumable, shardable, going on past bad files, carrying label maps.
+
+``gtacity translate FOLDER -o OUT`` lands here. The job lists its items (images and videos under
+the folder, or a GTA5 / Cityscapes tree with its label maps), keeps this shard's share, skips what
+an earlier run finished, and translates the rest: images through one pipeline with decoding and
+encoding on a pool of threads, videos one by one. Every output is written under a temporary name
+and renamed into place, then recorded in the run's journal (:mod:`gtacity.engine.jobstate`), so a
+job killed at any moment loses at most the items in flight, and rerunning the same command
+resumes it. A file that fails is reported, listed in the failures file, and the job goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from gtacity import __version__
+from gtacity.engine.backends import Backend
+from gtacity.engine.datasets import Item, list_items, write_train_ids
+from gtacity.engine.frames import Frame
+from gtacity.engine.imagepool import ImageTask, PooledImageSource, PooledWriter, pool_stage_times
+from gtacity.engine.jobstate import RunJournal, clean_leftovers, done_keys, open_job, temp_name
+from gtacity.engine.pipeline import STAGES, StageTimes, run_pipeline
+from gtacity.engine.shards import Shard
+from gtacity.engine.sinks import ImageFolderSink, check_folder_target, open_sink
+from gtacity.engine.sources import SourceError, open_source, read_image
+from gtacity.errors import GtacityError
+
+FAILURES = "gtacity-failures"
+
+
+class JobFailedError(GtacityError):
+    """Some items of a finished job failed (the others are done); the CLI exits 1 with this."""
+
+
+@dataclass(frozen=True)
+class FolderJob:
+    """One folder job (see :class:`gtacity.engine.translate.TranslateConfig` for the options).
+
+    Attributes:
+        settings: what defines the result; recorded in the manifest, compared on resume.
+        shard: this process's share, or None for the whole folder.
+        workers: threads decoding and encoding images.
+        streams: batches in flight (see :func:`gtacity.engine.pipeline.run_pipeline`).
+        allow_damaged: count a damaged video (decode errors, lost frames, an early end) as done;
+            otherwise its output is kept but it is listed as failed, and a rerun tries it again.
+        log: takes one line per failed item as it happens (and nothing else).
+    """
+
+    input: Path
+    output: Path
+    settings: dict[str, str]
+    overwrite: bool = False
+    shard: Shard | None = None
+    dataset: str | None = None
+    labels: str = "copy"
+    workers: int = 1
+    crf: int = 18
+    preset: str = "medium"
+    progress: bool = False
+    streams: int | None = None
+    allow_damaged: bool = False
+    log: Callable[[str], None] = lambda line: None
+
+
+@dataclass
+class JobSummary:
+    """What a folder job did, in files (``frames`` counts video frames too)."""
+
+    output: Path
+    translated: int = 0
+    already_done: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    frames: int = 0
+    times: StageTimes = field(default_factory=StageTimes)
+    shard: Shard | None = None
+    failures_file: Path | None = None
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def line(self) -> str:
+        """``files: 28 translated, 10 already done, 2 failed (listed in out/gtacity-failures.txt)``."""
+        text = f"files: {self.translated} translated, {self.already_done} already done, {self.failed} failed"
+        if self.failures_file is not None:
+            text += f" (listed in {self.failures_file})"
+        return text if self.shard is None else f"shard {self.shard.label}: {text}"
+
+
+def job_settings(weights: Path, direction: str, backend: Backend, dataset: str | None,
+                 labels: str, has_video: bool, crf: int, preset: str) -> dict[str, str]:
+    """What makes two runs' outputs the same: the manifest's fields."""
+    settings = {
+        "gtacity_version": __version__,
+        "weights_sha256": _sha256(weights),
+        "direction": direction,
+        "backend": backend.name,
+        "precision": backend.precision,
+        "dataset": dataset or "none",
+        "labels": labels if dataset else "none",
+    }
+    if has_video:
+        settings["video"] = f"libx264 crf {crf} preset {preset}"
+    return settings
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_job(input_root: Path, output: Path, dataset: str | None, labels: str) -> list[Item]:
+    """Every item of the job (all shards), sorted; checks the output's place first.
+
+    Raises:
+        SinkError: the output folder is, lies in or contains the input folder.
+        SourceError: nothing to translate under ``input_root``.
+        DatasetError: a dataset tree without its folders.
+    """
+    # Only the location rules: a non-empty output folder is the manifest's business here.
+    check_folder_target(output, input_root)
+    items = list_items(input_root, output, dataset, labels)
+    if not items:
+        raise SourceError(f"{input_root}: no images or videos found in this folder or below; check the path")
+    return items
+
+
+@contextlib.contextmanager
+def pooled_folder_io(root: Path, output: Path, workers: int) -> Iterator[tuple[PooledImageSource, PooledWriter]]:
+    """Source and sink of a plain image-folder translation on a pool of ``workers`` threads, without
+    a job's records (what ``gtacity bench --e2e FOLDER`` times); an unreadable image raises."""
+    items = [item for item in list_items(root, output) if item.kind == "image"]
+    tasks = [ImageTask(item.source, item.output.relative_to(output)) for item in items]
+    sink = ImageFolderSink(output)
+
+    def unreadable(task: ImageTask, reason: str) -> None:
+        raise SourceError(reason)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="gtacity-io") as pool, \
+            PooledImageSource(root, tasks, pool, workers, read_image, unreadable) as source:
+        yield source, PooledWriter(output, pool, workers, sink.write)
+
+
+def run_folder_job(job: FolderJob, items: list[Item], backend: Backend, batch_size: int) -> JobSummary:
+    """Translate this shard's unfinished ``items`` into ``job.output``; returns what was done.
+
+    Raises:
+        JobStateError: the output folder holds another job (other settings, or no manifest).
+        GtacityError: from the backend; failures of single items are recorded, not raised.
+    """
+    mine = job.shard.select(items) if job.shard else items
+    journal = open_job(job.output, job.settings, job.overwrite)
+    summary = JobSummary(job.output, shard=job.shard)
+    try:
+        clean_leftovers(job.output, journal.token)
+        done = set() if job.overwrite else done_keys(job.output, journal.token)
+        pending = []
+        for item in mine:
+            if item.key in done and all(p.exists() for p in item.outputs):
+                summary.already_done += 1
+            elif item.problem:
+                _fail(job, summary, item, item.problem)
+            else:
+                pending.append(item)
+        run = _Run(job, backend, batch_size, journal, summary)
+        run.images([i for i in pending if i.kind == "image"])
+        for item in (i for i in pending if i.kind == "video"):
+            run.video(item)
+        summary.failures_file = _write_failures(job, summary, journal.run_id)
+    finally:
+        journal.close()
+    return summary
+
+
+def _fail(job: FolderJob, summary: JobSummary, item: Item, reason: str) -> None:
+    summary.failures.append((item.key, reason))
+    job.log(f"failed: {item.key}: {reason}")
+
+
+class _Run:
+    """The translating part of one run: images on the pool, then each video."""
+
+    def __init__(self, job: FolderJob, backend: Backend, batch_size: int, journal: RunJournal,
+                 summary: JobSummary):
+        self.job, self.backend, self.batch_size = job, backend, batch_size
+        self.journal, self.summary = journal, summary
+        self._sink = ImageFolderSink(job.output)
+        self._count = threading.Lock()  # images finish on several writer threads
+
+    def images(self, items: list[Item]) -> None:
+        if not items:
+            return
+        workers = self.job.workers
+        tasks = [ImageTask(item.source, item) for item in items]
+        with tqdm(total=len(items), unit="image", disable=not self.job.progress, dynamic_ncols=True,
+                  desc=f"{self.backend.name} {self.backend.precision}") as bar:
+
+            def unreadable(task: ImageTask, reason: str) -> None:
+                _fail(self.job, self.summary, task.meta, reason)
+                bar.update(1)
+
+            with ThreadPoolExecutor(workers, thread_name_prefix="gtacity-io") as pool, \
+                    PooledImageSource(self.job.input, tasks, pool, workers, read_image, unreadable) as source:
+                writer = PooledWriter(self.job.output, pool, workers, self._write_image)
+                times = run_pipeline(source, writer, self.backend, batch_size=self.batch_size,
+                                     streams=self.job.streams, queue_frames=2 * workers,
+                                     on_frames=bar.update)
+        self._add(pool_stage_times(times, source, writer, workers))
+
+    def _write_image(self, frame: Frame) -> None:
+        """On a pool thread: labels, then the image, each renamed into place, then the journal."""
+        item: Item = frame.meta
+        temps = []
+        try:
+            for label in item.labels:
+                temps.append(temp_name(label.output, self.journal.run_id))
+                label.output.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(label.source, temps[-1])
+                if label.train_ids is not None:
+                    temps.append(temp_name(label.train_ids, self.journal.run_id))
+                    write_train_ids(label.source, temps[-1])
+            temps.append(temp_name(item.output, self.journal.run_id))
+            self._sink.write(replace(frame, meta=temps[-1].relative_to(self.job.output)))  # alpha kept
+            # The image goes last: an item whose image exists has all its labels.
+            finals = [*item.outputs[1:], item.output]
+            for temp, final in zip(temps, finals, strict=True):
+                os.replace(temp, final)
+            self.journal.done(item.key)
+            with self._count:
+                self.summary.translated += 1
+        except (GtacityError, OSError) as e:
+            _fail(self.job, self.summary, item, str(e) if isinstance(e, GtacityError) else f"{e.strerror}: {e.filename}")
+        finally:
+            for temp in temps:
+                with contextlib.suppress(FileNotFoundError):
+                    temp.unlink()
+
+    def video(self, item: Item) -> None:
+        temp = temp_name(item.output, self.journal.run_id)
+        try:
+            with open_source(item.source) as source, tqdm(
+                total=len(source), unit="frame", disable=not self.job.progress, dynamic_ncols=True,
+                desc=item.key,
+            ) as bar:
+                sink = open_sink(temp, source, crf=self.job.crf, preset=self.job.preset)
+                times = run_pipeline(source, sink, self.backend, batch_size=self.batch_size,
+                                     streams=self.job.streams, on_frames=bar.update)
+            os.replace(temp, item.output)
+        except GtacityError as e:
+            temp.unlink(missing_ok=True)
+            _fail(self.job, self.summary, item, str(e))
+            return
+        self._add(times)
+        damage = getattr(source, "damage", None)
+        if damage and not self.job.allow_damaged:
+            _fail(self.job, self.summary, item, f"damaged input: {damage.describe()}; the output is "
+                  "kept but incomplete; pass --allow-damaged to accept it")
+            return
+        self.journal.done(item.key)
+        self.summary.translated += 1
+
+    def _add(self, times: StageTimes) -> None:
+        total = self.summary.times
+        for stage in STAGES:
+            total.busy[stage] += times.busy[stage]
+        total.wall += times.wall
+        total.frames += times.frames
+        total.streams = times.streams
+        self.summary.frames += times.frames
+
+
+def _write_failures(job: FolderJob, summary: JobSummary, run_id: str) -> Path | None:
+    """This shard's failures file (``KEY<TAB>reason`` per line), or none when nothing failed."""
+    name = FAILURES if job.shard is None else f"{FAILURES}-shard-{job.shard.index}-of-{job.shard.count}"
+    path = job.output / f"{name}.txt"
+    if not summary.failures:
+        path.unlink(missing_ok=True)
+        return None
+    temp = temp_name(path, run_id)
+    temp.write_text("".join(f"{key}\t{' '.join(why.split())}\n" for key, why in sorted(summary.failures)))
+    os.replace(temp, path)
+    return path
