@@ -85,6 +85,7 @@ TOLERANCES: Mapping[str, Tolerance] = MappingProxyType({
     "tf32": Tolerance(max_abs=0.06, mean_abs=0.006),
     "fp16": Tolerance(max_abs=0.06, mean_abs=0.006),
     "bf16": Tolerance(max_abs=0.25, mean_abs=0.025),
+    "int8": Tolerance(max_abs=0.5, mean_abs=0.05),
 })
 
 
@@ -343,6 +344,9 @@ class _Bench:
         start = time.perf_counter()
         try:
             backend = create_backend(target.backend, self.net, target.precision, target.device)
+            if backend.needs_calibration():  # int8: on the bench's own inputs, every size
+                backend.calibrate([x[i : i + 1] for x, _ in self._inputs.values() for i in range(len(x))])
+                self.log(backend.int8_check.line())
         except BackendError as e:
             self.report.unavailable.append(replace(target, reason=str(e)))
             self.log(f"unavailable: {target.backend} {target.precision} on {target.device}: {e}")

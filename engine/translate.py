@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from gtacity.checkpoint import DIRECTIONS, GeneratorInfo, bundled_generator, load_generator
 from gtacity.engine.backends import create_backend
+from gtacity.engine.int8 import calibration_frames
 from gtacity.engine.pipeline import StageTimes, run_pipeline
 from gtacity.engine.sinks import open_sink
 from gtacity.engine.sources import open_source
@@ -45,6 +47,8 @@ class TranslateConfig:
         crf, preset: libx264 quality and speed for video output.
         overwrite: replace an existing output (never the input).
         progress: show a progress bar on stderr.
+        calibration: int8 only: a video, image folder or image to calibrate on; None = the job's
+            own input (up to 32 frames spread over it; see :mod:`gtacity.engine.int8`).
     """
 
     input: str | Path
@@ -60,6 +64,7 @@ class TranslateConfig:
     preset: str = "medium"
     overwrite: bool = False
     progress: bool = True
+    calibration: str | Path | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
         raise TranslateError(f"--streams must be at least 1, got {cfg.streams}")
     net, info = _generator(cfg)
     backend = create_backend(cfg.backend, net, precision=cfg.precision, device=cfg.device)
+    _calibrate(backend, cfg)
     batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
     with open_source(cfg.input) as source:
         sink = open_sink(cfg.output, source, overwrite=cfg.overwrite, crf=cfg.crf, preset=cfg.preset)
@@ -106,6 +112,16 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
             times = run_pipeline(source, sink, backend, batch_size=batch_size, streams=cfg.streams,
                                  on_frames=bar.update)
     return TranslateReport(Path(sink.path), times.frames, times, backend.name, backend.precision, info)
+
+
+def _calibrate(backend, cfg: TranslateConfig) -> None:
+    """Quantised precisions: calibrate on the job's frames and say how close to fp32 they come."""
+    if not backend.needs_calibration():
+        if cfg.calibration is not None:
+            raise TranslateError(f"--calibration is for --precision int8; this job runs {backend.precision}")
+        return
+    backend.calibrate(calibration_frames(cfg.calibration or cfg.input))
+    print(backend.int8_check.line(), file=sys.stderr)
 
 
 def _generator(cfg: TranslateConfig):
