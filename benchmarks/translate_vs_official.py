@@ -47,7 +47,9 @@ from gtacity.engine.sources import open_source
 from gtacity.engine.translate import TranslateConfig, translate
 from gtacity.nets import ResnetGenerator, count_macs, init_weights
 
-GTA_FRAMES = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "gta5"
+# ../shared/data/real/gta5 seen from the project root (or from a worktree's parent folders).
+GTA_FRAMES = next((p / "shared" / "data" / "real" / "gta5" for p in Path(__file__).resolve().parents
+                   if (p / "shared" / "data" / "real" / "gta5").is_dir()), Path("shared/data/real/gta5"))
 SIZE, FPS, CRF, PRESET = 256, 25, 18, "medium"
 BT601 = (6, 6, 6)  # matrix, primaries, transfer: SMPTE 170M, what SD video is tagged with
 
