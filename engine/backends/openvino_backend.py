@@ -79,8 +79,14 @@ class OpenVINOConfig:
             ``~/.cache/gtacity``; ``""`` = no cache.
         performance_hint: ``"LATENCY"`` (one stream using every core) or ``"THROUGHPUT"`` (several
             streams; a batch is split across them).
-        num_threads: CPU threads for inference; 0 = OpenVINO's choice (all physical cores). Lower it
-            to leave cores to video decoding and encoding.
+        num_threads: CPU threads for inference; 0 = OpenVINO's choice (all physical cores), the
+            default. Capping it to leave a core to video decoding and encoding does not pay on a
+            few cores: in ``gtacity bench --e2e`` (benchmarks/RESULTS.md) decode and encode are 1-8%
+            of the busy time at 256x256 (3% with the demo generator in bf16, about twice that with
+            int8, which halves inference), so one thread fewer out of two would give up to half the
+            inference rate to win at most that share back. The side-by-side run of both settings
+            (issue 9) could not be timed on the shared 2-core machine (load 20+); it is the check
+            to repeat on a many-core CPU, where a cap may pay.
         min_psnr_db: int8 only: the least PSNR vs fp32 (worst calibration frame) an int8 model
             must reach to be used (see :mod:`gtacity.engine.int8`).
     """
