@@ -85,6 +85,9 @@ TOLERANCES: Mapping[str, Tolerance] = MappingProxyType({
     "tf32": Tolerance(max_abs=0.06, mean_abs=0.006),
     "fp16": Tolerance(max_abs=0.06, mean_abs=0.006),
     "bf16": Tolerance(max_abs=0.25, mean_abs=0.025),
+    # int8, calibrated on the bench's own random input: 2x bf16's bound. Real frames with the demo
+    # generator stay far inside it (45-51 dB PSNR, RESULTS.md); ngf 64 at random weights was not
+    # measured on the shared machine in time.
     "int8": Tolerance(max_abs=0.5, mean_abs=0.05),
 })
 

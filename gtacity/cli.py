@@ -240,15 +240,15 @@ def data_download(name: str, to: str, url: str | None, force: bool, keep_zip: bo
 @cli.command(epilog="""\b
 Examples:
   gtacity bench                                  # best backends for this machine, sensible sizes
-  gtacity bench --fp16                           # each backend's reduced-precision paths (fp16/bf16)
+  gtacity bench --fp16                           # also the native fp16/bf16 paths; emulated ones listed
   gtacity bench --backend torch,openvino --size 512x256,1024x512 --batch-size 1,4 --json out.json
   gtacity bench --e2e drive.mp4                  # the whole decode -> translate -> encode path
   gtacity bench --weights runs/exp1/gta2city.safetensors --device all
 """)
 @click.option("--backend", "backends", default="", metavar="NAME[,NAME...]",
               help="Backends to run.  [default: every registered one]")
-@click.option("--precision", default="auto", show_default=True, metavar="auto|reduced|fp32|fp16|bf16[,...]",
-              help="auto: each backend's default; reduced: every fp16/bf16 path it has.")
+@click.option("--precision", default="auto", show_default=True, metavar="auto|reduced|fp32|fp16|bf16|int8[,...]",
+              help="auto: each backend's default; reduced: its fp16/bf16 paths native here; int8: openvino, calibrated on the bench input.")
 @click.option("--fp16", is_flag=True, help="Also bench the reduced-precision paths (fp16/bf16) this CPU or GPU runs natively; adds --precision reduced.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present, else CPU), all, cpu, cuda or cuda:N.")
 @click.option("--size", "sizes", default="", metavar="WxH[,WxH...]",
