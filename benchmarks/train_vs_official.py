@@ -4,8 +4,9 @@ Both train the paper's networks (generators ngf 64 with 9 blocks, 70x70 PatchGAN
 256x256 crops, batch 1, with the same losses (LSGAN, cycle x10, identity x0.5), Adam (2e-4, 0.5)
 and 50-image pools, on the CPU.
 
-- ours: :func:`gtacity.trainer.step.train_step` with ``Precision("cpu", torch.bfloat16)``, what
-  ``gtacity train`` uses on a CPU by default (``--amp auto``).
+- ours: :func:`gtacity.trainer.step.train_step` at the precision ``gtacity train --amp auto`` picks
+  on this CPU (:func:`gtacity.hardware.train_amp`): bf16 autocast where bf16 is native (AVX512-BF16,
+  AMX), fp32 elsewhere.
 - baseline: ``optimize_parameters`` of the official ``cycle_gan_model.py`` (forward, G step with the
   discriminators frozen, then D_A and D_B on pooled fakes) in eager fp32, with its ``GANLoss``
   (MSE against expanded label tensors), ``L1Loss`` and ``ImagePool``.
@@ -28,6 +29,7 @@ import time
 import torch
 from torch import nn
 
+from gtacity import hardware
 from gtacity.engine.benchstats import describe_machine, describe_versions, machine_info, versions
 from gtacity.nets import PatchDiscriminator, ResnetGenerator, init_weights
 from gtacity.trainer.step import CycleGAN, Precision, StepConfig, train_step
@@ -122,7 +124,8 @@ def main() -> None:
     random.seed(0)
     gta, city = torch.rand(2, 1, 3, args.size, args.size) * 2 - 1  # (1, 3, S, S) each
     ours = CycleGAN(64, 9, 64, StepConfig(), seed=0)
-    precision = Precision("cpu", torch.bfloat16)
+    amp = hardware.train_amp(hardware.cpu_capabilities())
+    precision = Precision("cpu", torch.bfloat16 if amp == "bf16" else None)
     official = OfficialCycleGAN()
     steps = {
         "ours": lambda: train_step(ours, gta, city, precision),
@@ -142,7 +145,8 @@ def main() -> None:
     ours_s, base_s = statistics.median(seconds["ours"]), statistics.median(seconds["baseline"])
     print(f"\n{args.size}x{args.size} crops, batch 1, ngf 64 / 9 blocks, ndf 64; {args.warmup} warm-up steps each, "
           f"median of {args.steps} alternating steps\n")
-    print("| | baseline (official-style, eager fp32) | ours (train_step, bf16 autocast) | ratio |")
+    ours_name = "bf16 autocast" if amp == "bf16" else "fp32, bf16 not native here"
+    print(f"| | baseline (official-style, eager fp32) | ours (train_step, --amp auto: {ours_name}) | ratio |")
     print("|---|---|---|---|")
     print(f"| iterations/s | {1 / base_s:.3f} | {1 / ours_s:.3f} | {base_s / ours_s:.2f}x |")
     print(f"| seconds per iteration (median) | {base_s:.2f} | {ours_s:.2f} | |")

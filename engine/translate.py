@@ -21,6 +21,7 @@ from gtacity.engine.damage import Damage
 from gtacity.engine.datasets import LABEL_MODES
 from gtacity.engine.imagepool import default_workers
 from gtacity.engine.jobs import FolderJob, JobSummary, job_settings, list_job, run_folder_job
+from gtacity.engine.int8 import calibration_frames
 from gtacity.engine.pipeline import StageTimes, run_pipeline
 from gtacity.engine.shards import parse_shard
 from gtacity.engine.sinks import open_sink
@@ -73,6 +74,8 @@ class TranslateConfig:
     A folder job resumes: rerunning it into the same output folder skips finished files. It
     records its settings in ``gtacity-job.json`` there and refuses to resume with other settings
     unless ``overwrite`` (which redoes every file).
+        calibration: int8 only: a video, image folder or image to calibrate on; None = the job's
+            own input (up to 32 frames spread over it; see :mod:`gtacity.engine.int8`).
     """
 
     input: str | Path
@@ -94,6 +97,7 @@ class TranslateConfig:
     dataset: str | None = None
     labels: str = "copy"
     workers: int | None = None
+    calibration: str | Path | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,7 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
     items = list_job(Path(cfg.input), Path(cfg.output), cfg.dataset, cfg.labels) if folder else None
     net, info = _generator(cfg)
     backend = create_backend(cfg.backend, net, precision=cfg.precision, device=cfg.device)
+    _calibrate(backend, cfg)
     backend = TiledBackend(backend, Tiling(tile=cfg.tile, ngf=info.ngf))  # huge frames in tiles
     batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
     if folder:
@@ -231,6 +236,16 @@ def _weights_path(cfg: TranslateConfig) -> Path:
             "(a run's gta2city.safetensors from `gtacity train`, or an official latest_net_G_A.pth)"
         )
     return Path(weights)
+
+
+def _calibrate(backend, cfg: TranslateConfig) -> None:
+    """Quantised precisions: calibrate on the job's frames and say how close to fp32 they come."""
+    if not backend.needs_calibration():
+        if cfg.calibration is not None:
+            raise TranslateError(f"--calibration is for --precision int8; this job runs {backend.precision}")
+        return
+    backend.calibrate(calibration_frames(cfg.calibration or cfg.input))
+    print(backend.int8_check.line(), file=sys.stderr)
 
 
 def _generator(cfg: TranslateConfig):

@@ -92,6 +92,7 @@ Examples:
   gtacity translate gta5/images -o out --shard auto             # in a Slurm array / Kubernetes indexed Job
   gtacity translate gta5/ -o gta5_city/ --dataset gta5 --labels trainids   # labels carried along
   gtacity translate clips/ -o clips_city/                       # a folder of videos, each translated
+  gtacity translate drive.mp4 -o out.mp4 --precision int8       # CPU: ~1.5x openvino fp32, PSNR printed
 """)
 @click.argument("input", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(),
@@ -102,8 +103,11 @@ Examples:
               help="Generator file: ours (.safetensors) or an official latest_net_G_*.pth.  [default: bundled demo]")
 @click.option("--backend", default="auto", show_default=True, metavar="auto|torch|openvino",
               help="Inference backend (auto: tensorrt or torch on CUDA, else openvino, else torch).")
-@click.option("--precision", default="auto", show_default=True, metavar="auto|fp32|fp16|bf16",
-              help="Inference precision (auto: bf16 on CPUs that have it via openvino, fp16 on CUDA).")
+@click.option("--precision", default="auto", show_default=True, metavar="auto|fp32|fp16|bf16|int8",
+              help="Inference precision (auto: bf16 on CPUs that have it natively via openvino, else fp32; "
+                   "fp16 on CUDA). int8: openvino, calibrated on the input, PSNR vs fp32 printed.")
+@click.option("--calibration", type=click.Path(), default=None,
+              help="int8: video, folder or image to calibrate on.  [default: 32 frames of the input]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, default=None, help="Frames per inference call.  [default: 1 on CPU, 8 on CUDA]")
 @click.option("--streams", type=int, default=None,
@@ -290,15 +294,15 @@ def data_download(name: str, to: str, url: str | None, force: bool, keep_zip: bo
 @cli.command(epilog="""\b
 Examples:
   gtacity bench                                  # best backends for this machine, sensible sizes
-  gtacity bench --fp16                           # each backend's reduced-precision paths (fp16/bf16)
+  gtacity bench --fp16                           # also the native fp16/bf16 paths; emulated ones listed
   gtacity bench --backend torch,openvino --size 512x256,1024x512 --batch-size 1,4 --json out.json
   gtacity bench --e2e drive.mp4                  # the whole decode -> translate -> encode path
   gtacity bench --weights runs/exp1/gta2city.safetensors --device all
 """)
 @click.option("--backend", "backends", default="", metavar="NAME[,NAME...]",
               help="Backends to run.  [default: every registered one]")
-@click.option("--precision", default="auto", show_default=True, metavar="auto|reduced|fp32|fp16|bf16[,...]",
-              help="auto: each backend's default; reduced: every fp16/bf16 path it has.")
+@click.option("--precision", default="auto", show_default=True, metavar="auto|reduced|fp32|fp16|bf16|int8[,...]",
+              help="auto: each backend's default; reduced: its fp16/bf16 paths native here; int8: openvino, calibrated on the bench input.")
 @click.option("--fp16", is_flag=True, help="Also bench the reduced-precision paths (fp16/bf16) this CPU or GPU runs natively; adds --precision reduced.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present, else CPU), all, cpu, cuda or cuda:N.")
 @click.option("--size", "sizes", default="", metavar="WxH[,WxH...]",

@@ -162,7 +162,9 @@ def test_unsupported_precision_says_what_is_supported(tiny_generator):
         message = f"^the openvino backend supports {supported} on cpu here, not fp16$"
         with pytest.raises(BackendError, match=message):
             create_backend("openvino", tiny_generator, precision="fp16")
-    with pytest.raises(BackendError, match="unknown precision 'int8'; use auto, fp32, fp16, bf16"):
+    with pytest.raises(BackendError, match="unknown precision 'int4'; use auto, fp32, fp16, bf16, int8"):
+        create_backend("torch", tiny_generator, precision="int4")
+    with pytest.raises(BackendError, match="^the torch backend supports fp32, bf16 on cpu here, not int8$"):
         create_backend("torch", tiny_generator, precision="int8")
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gtacity import hardware
-from gtacity.engine.backends import create_backend
+from gtacity.engine.backends import OpenVINOBackend, TorchBackend
 from gtacity.engine.bench import BenchConfig, plan
 from gtacity.hardware import CpuCapabilities, default_precision, emulation_reason, train_amp
 from gtacity.trainer.loop import _precision
@@ -80,15 +80,14 @@ def test_this_machines_detection_agrees_with_every_report():
     assert caps.openvino == set(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
-def test_defaults_here_follow_the_decisions(tiny_generator):
+def test_defaults_here_follow_the_decisions():
     caps = hardware.cpu_capabilities()
     cpu = torch.device("cpu")
     prec = _precision("auto", cpu)
     assert (prec.dtype == torch.bfloat16) is caps.native_bf16
-    assert _precision("auto", cpu).dtype in (None, torch.bfloat16)
-    backend = create_backend("openvino", tiny_generator, device="cpu")
-    backend.prepare(1, 32, 32)
-    assert backend.precision == default_precision(caps, "openvino")
+    assert prec.dtype in (None, torch.bfloat16) and prec.scaler is None
+    assert OpenVINOBackend.resolve_precision(cpu, "auto") == default_precision(caps, "openvino")
+    assert TorchBackend.resolve_precision(cpu, "auto") == "fp32"
 
 
 def test_bench_lists_emulated_precisions_and_times_them_only_by_name():

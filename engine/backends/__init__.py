@@ -117,7 +117,8 @@ def create_backend(
     Args:
         name: a key of :data:`BACKENDS`, or ``"auto"`` (see :func:`backend_class`).
         net: the generator, e.g. from :func:`gtacity.checkpoint.load_generator`.
-        precision: ``"auto"`` (each backend's best default), ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        precision: ``"auto"`` (each backend's best default), ``"fp32"``, ``"fp16"``, ``"bf16"`` or
+            ``"int8"`` (openvino; call ``backend.calibrate(frames)`` before ``prepare``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         **options: fields of the backend's config dataclass (e.g. ``performance_hint="THROUGHPUT"``
             for openvino, ``channels_last=False`` for torch).

@@ -24,8 +24,8 @@ from torch import nn
 from gtacity.errors import GtacityError
 from gtacity.nets import SIZE_MULTIPLE
 
-Precision = Literal["fp32", "fp16", "bf16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16")
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16", "int8")
 # The generator downsamples twice and reflect-pads by 1 at 1/4 resolution, which needs 2 pixels there.
 MIN_SIZE = 2 * SIZE_MULTIPLE
 
@@ -71,7 +71,7 @@ class Backend(ABC):
 
         Args:
             net: the generator (fp32); it is never modified.
-            precision: ``"auto"``, ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+            precision: ``"auto"``, ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"int8"``.
             device: ``"auto"`` or a torch device string of a type in :attr:`precisions`.
             config: an instance of :attr:`config_class`; ``None`` takes its defaults.
 
@@ -157,6 +157,17 @@ class Backend(ABC):
                 f"not {precision}"
             )
         return precision  # type: ignore[return-value]
+
+    def needs_calibration(self) -> bool:
+        """Whether :meth:`calibrate` must run before :meth:`prepare` (quantised precisions)."""
+        return False
+
+    def calibrate(self, frames: list[torch.Tensor]) -> None:
+        """Derive a quantised model from sample frames ``(1, 3, H, W)`` in [-1, 1] on the CPU.
+
+        Only backends whose :meth:`needs_calibration` is true override this; for the others
+        there is nothing to derive.
+        """
 
     def prepare(self, max_batch: int, height: int, width: int) -> None:
         """Make batches of up to ``max_batch`` frames of ``height x width`` ready to run.

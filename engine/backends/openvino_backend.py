@@ -9,15 +9,17 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.export import Dim
 
 from gtacity import hardware
+from gtacity.engine import int8
 from gtacity.engine.backends.base import MIN_SIZE, Backend, BackendError, Precision
 from gtacity.nets import SIZE_MULTIPLE
 
@@ -29,7 +31,7 @@ except ImportError:
 _HINTS = ("LATENCY", "THROUGHPUT")
 _OV_TYPE = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _PRECISION = {ov_type: precision for precision, ov_type in _OV_TYPE.items()}
-_CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
+_CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16", "int8": "INT8"}
 # Upper bounds of the exported graph's dynamic dims; each prepared shape is compiled static inside.
 _MAX_BATCH, _MAX_SIDE = 1024, 16384
 
@@ -77,13 +79,22 @@ class OpenVINOConfig:
             ``~/.cache/gtacity``; ``""`` = no cache.
         performance_hint: ``"LATENCY"`` (one stream using every core) or ``"THROUGHPUT"`` (several
             streams; a batch is split across them).
-        num_threads: CPU threads for inference; 0 = OpenVINO's choice (all physical cores). Lower it
-            to leave cores to video decoding and encoding.
+        num_threads: CPU threads for inference; 0 = OpenVINO's choice (all physical cores), the
+            default. Capping it to leave a core to video decoding and encoding does not pay on a
+            few cores: in ``gtacity bench --e2e`` (benchmarks/RESULTS.md) decode and encode are 1-8%
+            of the busy time at 256x256 (3% with the demo generator in bf16, about twice that with
+            int8, which halves inference), so one thread fewer out of two would give up to half the
+            inference rate to win at most that share back. The side-by-side run of both settings
+            (issue 9) could not be timed on the shared 2-core machine (load 20+); it is the check
+            to repeat on a many-core CPU, where a cap may pay.
+        min_psnr_db: int8 only: the least PSNR vs fp32 (worst calibration frame) an int8 model
+            must reach to be used (see :mod:`gtacity.engine.int8`).
     """
 
     performance_hint: str = "LATENCY"
     num_threads: int = 0
     cache_dir: str | None = None
+    min_psnr_db: float = int8.MIN_PSNR_DB
 
     def __post_init__(self):
         if self.performance_hint not in _HINTS:
@@ -145,16 +156,20 @@ def _cache_key(net: nn.Module) -> str:
 
 def _load_or_convert(net: nn.Module, cache_dir: str | None) -> tuple["ov.Model", bool]:
     """(model, whether it came from the cache); a fresh conversion is stored for next time."""
-    root = _cache_root(cache_dir)
+    return _cached(_cache_root(cache_dir), _cache_key(net), lambda: _to_openvino(net))
+
+
+def _cached(root: Path | None, name: str, make: Callable[[], "ov.Model"]) -> tuple["ov.Model", bool]:
+    """(the model stored as ``root/name``, or ``make()``'s, stored there for next time; from cache)."""
     if root is None:
-        return _to_openvino(net), False
-    entry = root / _cache_key(net)
+        return make(), False
+    entry = root / name
     if (entry / "model.xml").is_file():
         try:
             return _core().read_model(str(entry / "model.xml")), True
         except RuntimeError:
-            shutil.rmtree(entry, ignore_errors=True)  # damaged entry: convert again below
-    model = _to_openvino(net)
+            shutil.rmtree(entry, ignore_errors=True)  # damaged entry: make it again below
+    model = make()
     with contextlib.suppress(OSError):  # a read-only or full cache only costs the next run time
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f"{entry.name}.partial-", dir=root))
@@ -178,7 +193,7 @@ class OpenVINOBackend(Backend):
 
     name = "openvino"
     config_class = OpenVINOConfig
-    precisions = {"cpu": ("fp32", "bf16", "fp16")}
+    precisions = {"cpu": ("fp32", "bf16", "fp16", "int8")}
     auto_rank = {"cpu": 10}
 
     def __init__(
@@ -190,8 +205,11 @@ class OpenVINOBackend(Backend):
         config: OpenVINOConfig | None = None,
     ):
         super().__init__(net, precision=precision, device=device, config=config)
-        self._precision_hint = _OV_TYPE[self.precision]
+        # int8 models keep their unquantised ops (first/last convolution, norms) in fp32.
+        self._precision_hint = _OV_TYPE.get(self.precision, "f32")
         self._model, self.from_cache = _load_or_convert(net, self.config.cache_dir)
+        self._weights_key = _cache_key(net)
+        self.int8_check: int8.Int8Check | None = None
 
     @classmethod
     def unavailable_reason(cls, device: torch.device | None = None) -> str | None:
@@ -202,7 +220,7 @@ class OpenVINOBackend(Backend):
 
     @classmethod
     def supported_precisions(cls, device: torch.device) -> tuple[Precision, ...]:
-        """fp32, plus bf16 and fp16 where the CPU reports them as optimisation capabilities."""
+        """fp32, plus bf16, fp16 and int8 where the CPU reports them as optimisation capabilities."""
         capabilities = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         return tuple(p for p in cls.precisions["cpu"] if p == "fp32" or _CAPABILITY[p] in capabilities)
 
@@ -215,7 +233,42 @@ class OpenVINOBackend(Backend):
         """E.g. ``"openvino 2026.4.1 CPU, bf16, LATENCY"``."""
         return f"openvino {_ov_version()} CPU, {self.precision}, {self.config.performance_hint}"
 
+    def needs_calibration(self) -> bool:
+        """True for int8 until :meth:`calibrate` has run."""
+        return self.precision == "int8" and self.int8_check is None
+
+    def calibrate(self, frames: list[torch.Tensor]) -> None:
+        """int8: quantise on ``frames`` (or load the cached model), then check it against fp32.
+
+        Sets :attr:`int8_check`; see :mod:`gtacity.engine.int8` for the method and its cost.
+
+        Raises:
+            BackendError: NNCF missing, or the int8 model below ``config.min_psnr_db``.
+        """
+        if self.precision != "int8":
+            return
+        seconds = []
+
+        def quantize() -> "ov.Model":
+            start = time.perf_counter()
+            model = int8.quantize(self._model, frames)
+            seconds.append(time.perf_counter() - start)
+            return model
+
+        name = int8.cache_name(f"{self._weights_key} ov {ov.__version__}", frames)
+        quantized, from_cache = _cached(_cache_root(self.config.cache_dir), name, quantize)
+        self.int8_check = int8.check(
+            self._compile_fp32, self._model, quantized, frames, self.config.min_psnr_db,
+            quantize_s=sum(seconds), from_cache=from_cache,
+        )
+        self._model = quantized
+
+    def _compile_fp32(self, model: "ov.Model") -> Any:
+        return _core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
     def _build(self, max_batch: int, height: int, width: int) -> list[Any]:
+        if self.needs_calibration():
+            raise BackendError("int8 needs calibration frames first: call calibrate(frames) before prepare")
         model = self._model.clone()
         model.reshape([ov.Dimension(1, max_batch), 3, height, width])
         properties: dict[str, Any] = {"PERFORMANCE_HINT": self.config.performance_hint}
@@ -223,7 +276,8 @@ class OpenVINOBackend(Backend):
         if self.config.num_threads:
             properties["INFERENCE_NUM_THREADS"] = self.config.num_threads
         compiled = _core().compile_model(model, "CPU", properties)
-        self.precision = _PRECISION[compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()]
+        if self.precision != "int8":
+            self.precision = _PRECISION[compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()]
         n_requests = min(max_batch, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         # The requests keep the compiled model alive.
         return [compiled.create_infer_request() for _ in range(n_requests)]

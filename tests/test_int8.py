@@ -1,0 +1,89 @@
+"""int8 on the openvino backend: NNCF quantisation, its cache, the PSNR gate, translate and bench."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from media import make_clip
+
+from gtacity import hardware
+from gtacity.checkpoint import save_generator
+from gtacity.cli import cli
+from gtacity.engine.backends import BackendError, create_backend
+from gtacity.engine.bench import BenchConfig, run_bench
+from gtacity.engine.int8 import calibration_frames, psnr_db
+from gtacity.engine.sources import open_source
+
+pytest.importorskip("nncf")
+if hardware.emulation_reason(hardware.cpu_capabilities(), "int8"):
+    pytest.skip("OpenVINO runs no int8 on this CPU", allow_module_level=True)
+
+
+def frames(n: int, seed: int, size: int = 48) -> list[torch.Tensor]:
+    """Smooth test images (int8 ranges are set by content; noise would be the worst case)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, size // 8, size // 8, generator=g) * 2 - 1
+    x = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    return list(x.split(1))
+
+
+def test_int8_is_calibrated_checked_cached_and_close_to_fp32(tiny_generator):
+    calibration = frames(6, seed=1)
+    backend = create_backend("openvino", tiny_generator, precision="int8", device="cpu")
+    assert backend.needs_calibration()
+    with pytest.raises(BackendError, match="int8 needs calibration frames first"):
+        backend.prepare(1, 48, 48)
+    backend.calibrate(calibration)
+    check = backend.int8_check
+    assert not check.from_cache and check.quantize_s > 0 and check.frames == 6
+    assert 30 <= check.worst_db <= check.mean_db < 80
+    assert check.line().startswith(f"int8: PSNR vs fp32 on {check.checked} calibration frames: mean ")
+    backend.prepare(2, 48, 48)
+    x = torch.cat(frames(2, seed=7))
+    y = backend.infer(x)
+    with torch.no_grad():
+        expected = tiny_generator(x)
+    assert y.shape == x.shape and backend.precision == "int8"
+    assert 28 < psnr_db(y.numpy(), expected.numpy()) < 80  # unseen frames, int8 and not fp32
+    # same weights and frames: the cached model, same numbers; other frames: quantised afresh
+    again = create_backend("openvino", tiny_generator, precision="int8", device="cpu")
+    again.calibrate(calibration)
+    assert again.int8_check.from_cache and again.int8_check.worst_db == check.worst_db
+    other = create_backend("openvino", tiny_generator, precision="int8", device="cpu")
+    other.calibrate(frames(6, seed=2))
+    assert not other.int8_check.from_cache
+
+
+def test_int8_below_the_floor_is_refused_in_one_line(tiny_generator):
+    backend = create_backend("openvino", tiny_generator, precision="int8", device="cpu", min_psnr_db=99)
+    with pytest.raises(BackendError, match=r"^int8 refused: [\d.]+ dB PSNR vs fp32 .* below the 99 dB floor; use"):
+        backend.calibrate(frames(6, seed=1))
+
+
+def test_translate_int8_prints_its_psnr_and_writes_every_frame(tmp_path, tiny_generator):
+    weights = save_generator(tiny_generator, tmp_path / "g.safetensors", direction="gta2city")
+    clip = tmp_path / "drive.mp4"
+    make_clip(clip, frames=10, size=(64, 48), audio=None)
+    assert len(calibration_frames(clip, count=4)) == 4
+    runner = CliRunner()
+    result = runner.invoke(cli, ["translate", str(clip), "-o", str(tmp_path / "out.mp4"), "-q",
+                                 "--weights", str(weights), "--precision", "int8"])
+    assert result.exit_code == 0, result.output
+    assert "int8: PSNR vs fp32 on" in result.stderr and "with openvino int8" in result.stdout
+    with open_source(tmp_path / "out.mp4") as out:
+        images = [f.image for f in out]
+    assert len(images) == 10 and images[0].shape == (48, 64, 3) and np.ptp(images[0]) > 0
+    refused = runner.invoke(cli, ["translate", str(clip), "-o", str(tmp_path / "o2.mp4"), "--weights",
+                                  str(weights), "--precision", "fp32", "--calibration", str(clip)])
+    assert refused.exit_code == 1
+    assert refused.stderr.strip() == "error: --calibration is for --precision int8; this job runs fp32"
+
+
+def test_int8_joins_the_bench_by_name(tiny_generator, tmp_path):
+    weights = save_generator(tiny_generator, tmp_path / "g.safetensors", direction="gta2city")
+    cfg = BenchConfig(backends=("openvino",), device="cpu", precisions=("int8",), sizes=((48, 48),),
+                      weights=weights, repeats=3, warmup=1)
+    report = run_bench(cfg)
+    assert report.ok and [(r.backend, r.precision) for r in report.results] == [("openvino", "int8")]
