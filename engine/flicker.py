@@ -199,15 +199,25 @@ def _check_sizes(index: int, a: np.ndarray, b: np.ndarray, report: FlickerReport
         )
 
 
-# Colours (BGR, what OpenCV draws with) of the plot's output and input curves.
-_OUTPUT_BGR, _INPUT_BGR, _INK = (40, 90, 230), (150, 150, 150), (40, 40, 40)
+# Line colours (BGR, what OpenCV draws with), in the order curves are given; the last is grey for
+# the input's floor.
+_PALETTE = ((40, 90, 230), (200, 120, 30), (60, 160, 60), (150, 60, 160))
+_FLOOR_BGR, _INK = (150, 150, 150), (40, 40, 40)
 
 
-def plot_curves(report: FlickerReport, path: str | Path, size: tuple[int, int] = (900, 320)) -> Path:
-    """Draw E_pair(t) of output and input against the frame pair as a PNG (OpenCV, no plotting deps).
+def plot_curves(report: FlickerReport, path: str | Path) -> Path:
+    """Draw E_pair(t) of the output and of the input (the floor) as a PNG; see :func:`draw_curves`."""
+    return draw_curves({"output": report.output_curve}, report.input_curve, path)
+
+
+def draw_curves(
+    curves: dict[str, list[float]], floor: list[float], path: str | Path, size: tuple[int, int] = (900, 320)
+) -> Path:
+    """Draw per-pair warping-error curves against the frame pair, with OpenCV (no plotting deps).
 
     Args:
-        report: a measured :class:`FlickerReport`.
+        curves: label -> E_pair(t), one line each (at most four); the legend shows each mean.
+        floor: E_pair(t) of the input, drawn in grey.
         path: the image file to write (its extension picks the format).
         size: ``(width, height)`` in pixels.
 
@@ -215,10 +225,10 @@ def plot_curves(report: FlickerReport, path: str | Path, size: tuple[int, int] =
         FlickerError: the image cannot be written there.
     """
     width, height = size
-    left, right, top, bottom = 78, 20, 44, 40
+    left, right, top, bottom = 78, 20, 26 + 18 * len(curves), 40
     canvas = np.full((height, width, 3), 255, np.uint8)
-    peak = max(max(report.output_curve), max(report.input_curve)) * 1.1 or 1.0
-    pairs = len(report.output_curve)
+    peak = max(max(c) for c in (*curves.values(), floor)) * 1.1 or 1.0
+    pairs = len(floor)
 
     def point(i: int, value: float) -> tuple[int, int]:
         x = left + (width - left - right) * (i / max(pairs - 1, 1))
@@ -233,11 +243,13 @@ def plot_curves(report: FlickerReport, path: str | Path, size: tuple[int, int] =
     for i in range(0, pairs, max(1, pairs // 10)):
         _text(canvas, str(i), (point(i, 0)[0] - 4, height - bottom + 18))
     _text(canvas, "frame pair t, t+1", (width // 2 - 60, height - 6))
-    for curve, colour in ((report.input_curve, _INPUT_BGR), (report.output_curve, _OUTPUT_BGR)):
+    lines = [("input (floor)", floor, _FLOOR_BGR)] + [
+        (label, curve, colour) for (label, curve), colour in zip(curves.items(), _PALETTE)
+    ]
+    for row, (label, curve, colour) in enumerate(lines):
         points = np.array([point(i, v) for i, v in enumerate(curve)], np.int32)
         cv2.polylines(canvas, [points], False, colour, 2, cv2.LINE_AA)
-    _text(canvas, f"output  E_warp {report.output_error:.5f}", (left + 8, 18), _OUTPUT_BGR)
-    _text(canvas, f"input (floor)  {report.input_error:.5f}", (left + 8, 36), _INPUT_BGR)
+        _text(canvas, f"{label}  E_warp {np.mean(curve):.5f}", (left + 8, 18 + 18 * row), colour)
     path = Path(path)
     if not cv2.imwrite(str(path), canvas):
         raise FlickerError(f"{path}: the plot could not be written; use a .png name in a writable folder")

@@ -92,6 +92,7 @@ Examples:
   gtacity translate gta5/images -o out --shard auto             # in a Slurm array / Kubernetes indexed Job
   gtacity translate gta5/ -o gta5_city/ --dataset gta5 --labels trainids   # labels carried along
   gtacity translate clips/ -o clips_city/                       # a folder of videos, each translated
+  gtacity translate drive.mp4 -o out.mp4 --temporal flow        # less flicker (gtacity eval flicker)
 """)
 @click.argument("input", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(),
@@ -124,6 +125,9 @@ Examples:
                    "[default: tiles of 1024 when a frame would need more than 4 GiB]")
 @click.option("--allow-damaged", is_flag=True,
               help="Exit 0 when the input video is damaged (the summary still says what was lost).")
+@click.option("--temporal", default="off", show_default=True, type=click.Choice(["off", "stats", "flow"]),
+              help="Flicker remedy for videos: stats (InstanceNorm statistics averaged over frames; torch "
+                   "backend) or flow (previous output blended in along the optical flow; any backend).")
 def translate(input, output, quiet, **opts) -> None:
     """Translate a video, a folder of images or an image between GTA5 and Cityscapes looks.
 
