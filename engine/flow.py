@@ -106,6 +106,16 @@ def colour_histograms(x: torch.Tensor) -> torch.Tensor:
     return hist.flatten(1)
 
 
-def histogram_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Total-variation distance of :func:`colour_histograms` rows, averaged over channels: 0..1."""
-    return (a - b).abs().sum(-1) / 6
+def thumbnail_histograms(thumb: np.ndarray) -> np.ndarray:
+    """The histograms of :func:`colour_histograms` (up to rounding at bin edges) for one ``(H, W, 3)`` uint8 RGB image, in numpy:
+    ``(3 * HIST_BINS,)``. For the CPU side of the pipeline, where torch's thread pool would compete
+    with inference for every tiny call."""
+    small = cv2.resize(thumb, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32) / 127.5 - 1
+    bins = np.clip(((small + 1) * (HIST_BINS / 2)).astype(np.int64), 0, HIST_BINS - 1)  # (32, 32, 3)
+    counts = [np.bincount(bins[..., c].ravel(), minlength=HIST_BINS) for c in range(3)]
+    return (np.concatenate(counts) / (32 * 32)).astype(np.float32)
+
+
+def histogram_distance(a, b):
+    """Total-variation distance of histogram rows (torch or numpy), averaged over channels: 0..1."""
+    return abs(a - b).sum(-1) / 6

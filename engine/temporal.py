@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from gtacity.engine.backends import BACKENDS, Backend, TorchBackend
-from gtacity.engine.flow import FlowPair, colour_histograms, histogram_distance, warp
+from gtacity.engine.flow import FlowPair, colour_histograms, histogram_distance, thumbnail_histograms, warp
 from gtacity.engine.frames import Frame, FrameSink, FrameSource
 from gtacity.errors import GtacityError
 from gtacity.nets import InstanceNorm2dFP32
@@ -251,7 +251,7 @@ class FlowBlend:
         # and popleft are thread-safe (decode thread in, encode thread out).
         self._pending: collections.deque = collections.deque()
         self._flow = FlowPair("medium")
-        self._previous: tuple[np.ndarray, torch.Tensor, np.ndarray] | None = None
+        self._previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def watch(self, source: FrameSource) -> FrameSource:
         """``source`` as it is, keeping a thumbnail of each frame for :meth:`blend`."""
@@ -267,8 +267,7 @@ class FlowBlend:
         scale = min(1.0, self.thumb_side / max(h, w))
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         thumb = cv2.resize(frame.image, size, interpolation=cv2.INTER_AREA)  # (h, w, 3)
-        pixels = torch.from_numpy(thumb).permute(2, 0, 1)[None].float().div_(127.5).sub_(1)
-        self._pending.append((frame.index, cv2.cvtColor(thumb, cv2.COLOR_RGB2GRAY), colour_histograms(pixels)))
+        self._pending.append((frame.index, cv2.cvtColor(thumb, cv2.COLOR_RGB2GRAY), thumbnail_histograms(thumb)))
 
     def blend(self, frame: Frame) -> Frame:
         """Translated ``frame`` blended with the past; frames must come in input order."""
@@ -281,7 +280,7 @@ class FlowBlend:
         self._previous = (thumb, hist, out)
         return frame.with_image(np.clip(np.rint(out), 0, 255).astype(np.uint8))
 
-    def _continues(self, thumb: np.ndarray, hist: torch.Tensor, out: np.ndarray) -> bool:
+    def _continues(self, thumb: np.ndarray, hist: np.ndarray, out: np.ndarray) -> bool:
         if self._previous is None:
             return False
         last_thumb, last_hist, last_out = self._previous

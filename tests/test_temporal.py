@@ -14,7 +14,8 @@ from gtacity.cli import cli
 from gtacity.engine.backends import create_backend
 from gtacity.engine.flicker import measure_flicker
 from gtacity.engine.sources import open_source
-from gtacity.engine.temporal import smooth_norm_stats
+from gtacity.engine.flow import colour_histograms, histogram_distance, thumbnail_histograms
+from gtacity.engine.temporal import CUT_THRESHOLD, smooth_norm_stats
 from gtacity.engine.translate import TranslateConfig, translate
 
 # Irregular timestamps (1/25 s units, a late start and a gap) that every remedy must keep.
@@ -87,6 +88,15 @@ def test_stats_run_in_frame_order_within_a_batch_and_reset_at_a_hard_cut(tiny_ge
     # ... every other frame carries the past along.
     for i in (1, 2, 3, 5):
         assert (together[i] - expected[i]).abs().max() > 1e-3
+
+
+def test_cut_detector_sees_the_same_histograms_on_both_sides_of_the_pipeline():
+    """The flow remedy reads thumbnails in numpy, the stats remedy batches on the device: one measure."""
+    images = [texture(96, 64, seed=1), (texture(96, 64, seed=2) * 0.4).astype(np.uint8)]
+    on_device = colour_histograms(frames_tensor(images)).numpy()
+    in_numpy = np.stack([thumbnail_histograms(im) for im in images])
+    np.testing.assert_allclose(in_numpy, on_device, atol=0.01)
+    assert histogram_distance(in_numpy[0], in_numpy[1]) > CUT_THRESHOLD > histogram_distance(in_numpy[0], in_numpy[0])
 
 
 def test_stats_refused_by_a_backend_that_cannot_carry_state(tmp_path, weights, flickering_clip):
