@@ -26,6 +26,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gtacity.engine.backends import BACKENDS, Backend, TorchBackend
@@ -94,21 +95,25 @@ def tile_for(mode: str, tile: int | None) -> int | None:
 
 
 class _Cuts:
-    """Which frames of the batch in flight start a new shot; shared by every smoothed layer."""
+    """Per batch in flight: how much of the past each frame keeps; shared by every smoothed layer.
 
-    def __init__(self, threshold: float):
-        self.threshold = threshold
-        self.reset: torch.Tensor | None = None  # (N,) bool
+    ``keep[n]`` is the moving average's momentum, or 0 where frame ``n`` starts a new shot.
+    """
+
+    def __init__(self, momentum: float, threshold: float):
+        self.momentum, self.threshold = momentum, threshold
+        self.keep: torch.Tensor | None = None  # (N,) float
         self._last: torch.Tensor | None = None  # (1, bins) histogram of the previous frame
         self._shape: tuple[int, int] | None = None
 
     def observe(self, x: torch.Tensor) -> None:
-        """Mark the cuts of batch ``x`` ``(N, 3, H, W)``; the first frame and a new size are cuts."""
+        """Weigh the past for batch ``x`` ``(N, 3, H, W)``; the first frame and a new size are cuts."""
         hist = colour_histograms(x)  # (N, bins)
         if self._last is None or self._shape != tuple(x.shape[-2:]):
             self._last = torch.full_like(hist[:1], float("inf"))
         before = torch.cat([self._last, hist[:-1]])
-        self.reset = histogram_distance(hist, before) > self.threshold
+        cut = histogram_distance(hist, before) > self.threshold
+        self.keep = torch.where(cut, 0.0, self.momentum)
         self._last, self._shape = hist[-1:], tuple(x.shape[-2:])
 
     def forget(self) -> None:
@@ -120,39 +125,41 @@ class SmoothedInstanceNorm(nn.Module):
     """InstanceNorm (no affine) whose statistics are an exponential moving average over frames.
 
     For frame ``t`` of the stream, per channel: ``m_t = a * m_{t-1} + (1 - a) * mean_t`` and the same
-    for the variance; the frame is normalised with ``(m_t, v_t)``. A cut (see :class:`_Cuts`) sets
-    ``m_t = mean_t``. Within a batch the average runs in frame order; everything stays on the device
-    (no host synchronisation), in fp32 like :class:`~gtacity.nets.InstanceNorm2dFP32`.
+    for the variance, with ``a`` the momentum, or 0 at a cut (see :class:`_Cuts`); the frame is
+    normalised with ``(m_t, v_t)``. Within a batch the average runs in frame order; everything stays
+    on the device (no host synchronisation), in fp32 like :class:`~gtacity.nets.InstanceNorm2dFP32`.
+    The normalisation itself is one fused ``batch_norm`` call with the averaged statistics.
 
     Args:
         eps: the replaced layer's epsilon.
-        momentum: ``a`` above; 0 is plain InstanceNorm.
-        cuts: the shared cut flags of the current batch.
+        cuts: the shared per-frame weights of the batch in flight.
     """
 
-    def __init__(self, eps: float, momentum: float, cuts: _Cuts):
+    def __init__(self, eps: float, cuts: _Cuts):
         super().__init__()
-        self.eps, self.momentum, self._cuts = eps, momentum, cuts
-        self._mean: torch.Tensor | None = None  # (C, 1, 1) of the previous frame
+        self.eps, self._cuts = eps, cuts
+        self._mean: torch.Tensor | None = None  # (C,) of the previous frame
         self._var: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
         xf = x.float()
-        var, mean = torch.var_mean(xf, dim=(2, 3), keepdim=True, correction=0)  # (N, C, 1, 1)
-        keep = (~self._cuts.reset).float() * self.momentum  # (N,)
+        var, mean = torch.var_mean(xf, dim=(2, 3), correction=0)  # (N, C)
+        keep = self._cuts.keep
         means, variances = [], []
         m, v = self._mean, self._var
-        for n in range(x.shape[0]):
-            if m is None or m.shape != mean[n].shape:
-                m, v = mean[n], var[n]
+        for i in range(n):
+            if m is None or m.shape != mean[i].shape:
+                m, v = mean[i], var[i]
             else:
-                m = keep[n] * m + (1 - keep[n]) * mean[n]
-                v = keep[n] * v + (1 - keep[n]) * var[n]
+                m = torch.lerp(mean[i], m, keep[i])  # keep * m + (1 - keep) * mean
+                v = torch.lerp(var[i], v, keep[i])
             means.append(m)
             variances.append(v)
         self._mean, self._var = m, v
-        y = (xf - torch.stack(means)) * torch.rsqrt(torch.stack(variances) + self.eps)
-        return y.to(x.dtype)
+        # Frames side by side as channels of one sample: one fused pass for the whole batch.
+        y = F.batch_norm(xf.reshape(1, n * c, h, w), torch.cat(means), torch.cat(variances), eps=self.eps)
+        return y.reshape(n, c, h, w).to(x.dtype)
 
 
 class _SmoothedStats:
@@ -199,12 +206,12 @@ def smooth_norm_stats(
     """
     if not isinstance(backend, TorchBackend):
         raise TemporalError(_STATS_REFUSAL.format(name=backend.name))
-    cuts = _Cuts(cut_threshold)
+    cuts = _Cuts(momentum, cut_threshold)
     swapped = 0
     for module in list(backend.net.modules()):
         for name, child in module.named_children():
             if isinstance(child, InstanceNorm2dFP32):
-                setattr(module, name, SmoothedInstanceNorm(child.eps, momentum, cuts))
+                setattr(module, name, SmoothedInstanceNorm(child.eps, cuts))
                 swapped += 1
     if not swapped:
         raise TemporalError("--temporal stats: this generator has no InstanceNorm layers to smooth")
