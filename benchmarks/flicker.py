@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--size", default="512x256", help="WxH the clip is scaled to (multiples of 4)")
     parser.add_argument("--ngf64-size", default=None, help="WxH for the ngf 64 generator (default: --size)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--generators", default="demo,ngf64", help="which of demo, ngf64 to run")
     parser.add_argument("--overhead", action="store_true", help="only the interleaved per-frame costs")
     parser.add_argument("--plot", type=Path, default=None, help="write the demo generator's per-pair curves here")
     args = parser.parse_args()
@@ -153,6 +154,8 @@ def main() -> None:
         ngf64 = save_generator(init_weights(ResnetGenerator(ngf=64, n_blocks=9)).eval(),
                                work / "ngf64.safetensors", direction="city2gta")
         for label, weights in (("demo", bundled_generator("city2gta")), ("ngf64", ngf64)):
+            if label not in args.generators.split(","):
+                continue
             w, h = (int(v) for v in sizes[label].split("x"))
             clip = work / f"city_{w}x{h}.mp4"
             if not clip.exists():
