@@ -166,11 +166,14 @@ class _SmoothedStats:
     """A torch backend whose generator carries InstanceNorm statistics from frame to frame.
 
     Behaves as the backend it wraps (``name``, ``device``, ``precision``, ``describe``...);
-    ``prepare`` forgets the state when the backend ran a warm-up batch of its own.
+    ``prepare`` forgets the state when the backend ran a warm-up batch of its own. With batches in
+    flight on several CUDA streams, each batch waits on the GPU for the stream of the one before:
+    the average is a recurrence, so smoothed batches run one after another.
     """
 
     def __init__(self, backend: TorchBackend, cuts: _Cuts):
         self._backend, self._cuts = backend, cuts
+        self._stream = None  # the CUDA stream that last updated the averages
 
     def __getattr__(self, name: str):
         return getattr(self._backend, name)
@@ -182,6 +185,13 @@ class _SmoothedStats:
             self._cuts.forget()
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.device.type == "cuda":
+            # Batches in flight on several streams: this one reads the averages the previous batch
+            # wrote on its own stream, so it waits for that stream on the GPU (the host never waits).
+            stream = torch.cuda.current_stream(batch.device)
+            if self._stream is not None and self._stream != stream:
+                stream.wait_stream(self._stream)
+            self._stream = stream
         self._cuts.observe(batch)
         return self._backend.infer(batch)
 
