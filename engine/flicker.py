@@ -80,8 +80,9 @@ class FlickerReport:
         )
 
     def to_json(self) -> str:
-        """Everything above, as one JSON object (curves included)."""
-        return json.dumps({**asdict(self), "excess": self.excess}, indent=2)
+        """Everything above, as one JSON object (curves included; ``excess`` null when the floor is 0)."""
+        excess = self.excess if np.isfinite(self.excess) else None  # a still input has no floor
+        return json.dumps({**asdict(self), "excess": excess}, indent=2)
 
 
 @dataclass(frozen=True)
