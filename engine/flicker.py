@@ -119,7 +119,8 @@ def evaluate_flicker(cfg: FlickerConfig) -> FlickerReport:
         plot = Path(cfg.plot)
         if plot.suffix.lower() not in IMAGE_EXTENSIONS:
             raise FlickerError(f"{plot}: the plot is an image; give it a .png name")
-    with tqdm(unit="frame", disable=not cfg.progress, desc="flicker", dynamic_ncols=True) as bar:
+    # delay: a file refused at once leaves its one error line alone on stderr, without a bar.
+    with tqdm(unit="frame", disable=not cfg.progress, desc="flicker", dynamic_ncols=True, delay=1.0) as bar:
         report = measure_flicker(cfg.input, cfg.output, preset=cfg.preset, on_frame=bar.update)
     if cfg.plot is not None:
         plot_curves(report, cfg.plot)
