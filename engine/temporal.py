@@ -208,17 +208,29 @@ def smooth_norm_stats(
     place of its :class:`~gtacity.nets.InstanceNorm2dFP32` ones (the caller's net is untouched).
     The result keeps state: one backend per video, frames in order.
 
+    The backend runs eagerly: CUDA graphs are switched off for it (a replayed graph would not carry
+    the average along), and a compiled one is refused.
+
     Args:
         backend: a :class:`TorchBackend`, not yet prepared.
         momentum: weight of the past in the moving average (0.8: about 5 frames of memory).
         cut_threshold: histogram distance of consecutive inputs that resets the average.
 
     Raises:
-        TemporalError: any other backend (it cannot carry state between calls), or a generator
-            without InstanceNorm layers.
+        TemporalError: any other backend (it cannot carry state between calls), a compiled torch
+            backend, or a generator without InstanceNorm layers.
     """
     if not isinstance(backend, TorchBackend):
         raise TemporalError(_STATS_REFUSAL.format(name=backend.name))
+    if getattr(backend.config, "compile", None) is not None:
+        raise TemporalError(
+            "--temporal stats runs the generator eagerly: its layers keep state between calls, which "
+            "a compiled graph would not replay; drop the torch compile option"
+        )
+    # A captured CUDA graph replays the kernels, not the Python that carries the average from one
+    # call to the next (and it pads short batches with frames that would enter the average): eager.
+    if getattr(backend, "cuda_graphs", False):
+        backend.cuda_graphs = False
     cuts = _Cuts(momentum, cut_threshold)
     swapped = 0
     for module in list(backend.net.modules()):
