@@ -357,6 +357,9 @@ class _Blending:
         self._sink, self._blend = sink, blend
         self.path = sink.path
 
+    def __getattr__(self, name: str):
+        return getattr(self._sink, name)
+
     def write(self, frame: Frame) -> None:
         self._sink.write(self._blend.blend(frame))
 
