@@ -108,6 +108,12 @@ def test_stats_refused_by_a_backend_that_cannot_carry_state(tmp_path, weights, f
     assert result.exit_code != 0 and not out.exists()
     assert result.stderr.count("\n") == 1
     assert "--temporal stats needs the torch backend" in result.stderr and "openvino" in result.stderr
+    (tmp_path / "stills").mkdir()
+    write_video(tmp_path / "stills" / "a.mp4", [texture(32, 32)] * 2)
+    folder = CliRunner().invoke(cli, ["translate", str(tmp_path / "stills"), "-o", str(tmp_path / "city"), "--weights",
+                                      str(weights), "-q", "--temporal", "flow"])
+    assert folder.exit_code != 0 and not (tmp_path / "city").exists()
+    assert folder.stderr.count("\n") == 1 and "--temporal flow needs one video" in folder.stderr
     tiled = CliRunner().invoke(cli, [*args[:-4], "--backend", "torch", "--tile", "512", "--temporal", "stats"])
     assert tiled.exit_code != 0 and not out.exists()
     assert tiled.stderr.count("\n") == 1 and "--temporal stats cannot run on tiles" in tiled.stderr
