@@ -27,6 +27,7 @@ from gtacity.engine.shards import parse_shard
 from gtacity.engine.sinks import open_sink
 from gtacity.engine.sources import open_source
 from gtacity.engine.tiles import TiledBackend, Tiling
+from gtacity.engine.temporal import FlowBlend, backend_for, check_mode, smooth_norm_stats, tile_for
 from gtacity.errors import GtacityError
 
 
@@ -70,6 +71,9 @@ class TranslateConfig:
         labels: with ``dataset``: ``"copy"`` (unchanged) or ``"trainids"`` (copied, plus Cityscapes
             train-ID maps beside them).
         workers: threads decoding and encoding a folder's images; None uses every core.
+        temporal: flicker remedy, ``off``, ``stats`` (InstanceNorm statistics averaged over frames;
+            torch backend only, which ``backend="auto"`` then picks) or ``flow`` (the previous output
+            blended in along the optical flow; any backend). See :mod:`gtacity.engine.temporal`.
 
     A folder job resumes: rerunning it into the same output folder skips finished files. It
     records its settings in ``gtacity-job.json`` there and refuses to resume with other settings
@@ -98,6 +102,7 @@ class TranslateConfig:
     labels: str = "copy"
     workers: int | None = None
     calibration: str | Path | None = None
+    temporal: str = "off"
 
 
 @dataclass(frozen=True)
@@ -164,10 +169,14 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
     folder = Path(cfg.input).is_dir()
     _check_folder_options(cfg, folder)
     items = list_job(Path(cfg.input), Path(cfg.output), cfg.dataset, cfg.labels) if folder else None
+    check_mode(cfg.temporal, folder)
     net, info = _generator(cfg)
-    backend = create_backend(cfg.backend, net, precision=cfg.precision, device=cfg.device)
+    backend = create_backend(backend_for(cfg.temporal, cfg.backend), net, precision=cfg.precision, device=cfg.device)
     _calibrate(backend, cfg)
-    backend = TiledBackend(backend, Tiling(tile=cfg.tile, ngf=info.ngf))  # huge frames in tiles
+    if cfg.temporal == "stats":
+        backend = smooth_norm_stats(backend)
+    tile = tile_for(cfg.temporal, cfg.tile)
+    backend = TiledBackend(backend, Tiling(tile=tile, ngf=info.ngf))  # huge frames in tiles
     batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
     if folder:
         settings = job_settings(_weights_path(cfg), info.direction, backend, cfg.dataset, cfg.labels,
@@ -181,11 +190,15 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
                                info, job=done)
     with open_source(cfg.input) as source:
         sink = open_sink(cfg.output, source, overwrite=cfg.overwrite, crf=cfg.crf, preset=cfg.preset)
+        frames = source
+        if cfg.temporal == "flow":
+            blend = FlowBlend()
+            frames, sink = blend.watch(source), blend.wrap(sink)
         total = len(source)
         try:
             with tqdm(total=total, unit="frame", disable=not cfg.progress or total < 2, dynamic_ncols=True,
                       desc=f"{info.direction} {backend.name}") as bar:
-                times = run_pipeline(source, sink, backend, batch_size=batch_size, streams=cfg.streams,
+                times = run_pipeline(frames, sink, backend, batch_size=batch_size, streams=cfg.streams,
                                      on_frames=bar.update)
         except BaseException as e:
             sink.abort()  # a signal before the pipeline took the sink over must not leak it

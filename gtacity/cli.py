@@ -93,6 +93,7 @@ Examples:
   gtacity translate gta5/ -o gta5_city/ --dataset gta5 --labels trainids   # labels carried along
   gtacity translate clips/ -o clips_city/                       # a folder of videos, each translated
   gtacity translate drive.mp4 -o out.mp4 --precision int8       # CPU: ~1.5x openvino fp32, PSNR printed
+  gtacity translate drive.mp4 -o out.mp4 --temporal flow        # less flicker (gtacity eval flicker)
 """)
 @click.argument("input", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(),
@@ -128,6 +129,9 @@ Examples:
                    "[default: tiles of 1024 when a frame would need more than 4 GiB]")
 @click.option("--allow-damaged", is_flag=True,
               help="Exit 0 when the input video is damaged (the summary still says what was lost).")
+@click.option("--temporal", default="off", show_default=True, type=click.Choice(["off", "stats", "flow"]),
+              help="Flicker remedy for videos: stats (InstanceNorm statistics averaged over frames; torch "
+                   "backend) or flow (previous output blended in along the optical flow; any backend).")
 def translate(input, output, quiet, **opts) -> None:
     """Translate a video, a folder of images or an image between GTA5 and Cityscapes looks.
 
@@ -488,6 +492,31 @@ def distill(resume, no_progress, stop_after, **opts) -> None:
         sample_every=opts["sample_every"],
     )
     run_distill(cfg, progress_bar=not no_progress, stop_after=stop_after)
+
+
+@evaluate.command("flicker", epilog="""\b
+Examples:
+  gtacity eval flicker drive.mp4 drive_city.mp4                  # how much the output flickers
+  gtacity eval flicker drive.mp4 drive_city.mp4 --plot flicker.png --json > flicker.json
+""")
+@click.argument("input", type=click.Path())
+@click.argument("output", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, per-pair curves included.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Draw the per-frame error curves into this PNG.")
+@click.option("--preset", default="medium", show_default=True, type=click.Choice(["ultrafast", "fast", "medium"]),
+              help="DIS optical-flow preset (faster presets: rougher flow, higher floor).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress counter.")
+def eval_flicker(input, output, as_json, plot, preset, quiet) -> None:
+    """How much OUTPUT (a translation of INPUT) flickers: the warping error of Lai et al. (2018).
+
+    Optical flow and occlusion masks come from INPUT; each OUTPUT frame is warped onto the one
+    before it and compared where the flow is reliable (mean squared RGB difference, 0..1 scale).
+    The same measure of INPUT itself is printed as the floor the scene allows.
+    """
+    from gtacity.engine.flicker import FlickerConfig, evaluate_flicker
+
+    report = evaluate_flicker(FlickerConfig(input, output, plot=plot, preset=preset, progress=not quiet))
+    click.echo(report.to_json() if as_json else report.summary())
 
 
 def main() -> None:
