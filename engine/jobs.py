@@ -28,7 +28,8 @@ from gtacity.engine.backends import Backend
 from gtacity.engine.datasets import Item, list_items, write_train_ids
 from gtacity.engine.frames import Frame
 from gtacity.engine.imagepool import ImageTask, PooledImageSource, PooledWriter, pool_stage_times
-from gtacity.engine.jobstate import RunJournal, clean_leftovers, done_keys, open_job, temp_name
+from gtacity.engine.jobstate import MANIFEST, RunJournal, clean_leftovers, done_keys, open_job, temp_name
+from gtacity.engine.outputs import remove_stale_partials_under
 from gtacity.engine.pipeline import STAGES, StageTimes, run_pipeline
 from gtacity.engine.shards import Shard
 from gtacity.engine.sinks import ImageFolderSink, check_folder_target, open_sink
@@ -162,6 +163,10 @@ def run_folder_job(job: FolderJob, items: list[Item], backend: Backend, batch_si
         GtacityError: from the backend; failures of single items are recorded, not raised.
     """
     mine = job.shard.select(items) if job.shard else items
+    if not (job.output / MANIFEST).exists():
+        # Debris of a killed plain translation (dead writers' partial files) is not a user's file;
+        # with no manifest yet, no shard of this job can be writing here.
+        remove_stale_partials_under(job.output)
     journal = open_job(job.output, job.settings, job.overwrite)
     summary = JobSummary(job.output, shard=job.shard)
     try:

@@ -101,8 +101,13 @@ def _manifest_token(path: Path, settings: dict[str, str], overwrite: bool, run_i
 
 
 def _has_user_files(root: Path) -> bool:
-    # A shard starting beside another may see that one's journal folder and unfinished manifest.
-    return root.is_dir() and any(p.name != STATE_DIR and not _TEMP.search(p.name) for p in root.iterdir())
+    # A shard starting beside another may see that one's journal folder and unfinished manifest;
+    # empty folders (what a killed job leaves once its partial files are gone) hold nothing.
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d != STATE_DIR]
+        if any(not _TEMP.search(name) for name in names):
+            return True
+    return False
 
 
 def _read_manifest(path: Path) -> dict | None:

@@ -253,9 +253,11 @@ def run_pipeline(
     }
     workers = [_Worker(run, name, target) for name, target in stages.items()]
     start = time.perf_counter()
-    for worker in workers:
-        worker.start()
     try:
+        # Started inside the try: a signal (Ctrl-C, SIGTERM) arriving between two starts must
+        # still stop the threads already running, or they outlive the run and crash the exit.
+        for worker in workers:
+            worker.start()
         try:
             _infer(run)
         except _Stopped:
@@ -266,16 +268,20 @@ def run_pipeline(
         sink.close()
     except BaseException as e:
         run.fail(e)
-        for worker in workers:
-            worker.join(timeout=10)
+        _join(workers)
         sink.abort()
         raise
     finally:
         run.stop.set()
-        for worker in workers:
-            worker.join(timeout=10)
+        _join(workers)
         run.times.wall = time.perf_counter() - start
     return run.times
+
+
+def _join(workers: list[_Worker]) -> None:
+    for worker in workers:
+        if worker.ident is not None:  # started (join refuses a thread that never was)
+            worker.join(timeout=10)
 
 
 def _decode(run: _Run, source: FrameSource) -> None:

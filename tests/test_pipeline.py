@@ -153,8 +153,16 @@ def test_a_failing_stage_stops_everything_and_aborts_the_output(tiny_generator, 
     source = MemorySource(60, [(32, 32)], fail_at=17 if where == "decode" else None)
     sink = MemorySink(source, fail_at=17 if where == "encode" else None)
     if where == "infer":
-        source.sizes = [(32, 32)] * 10 + [(4, 4)]  # frame 10: a size the backend refuses
-    with pytest.raises((OSError, ValueError), match="simulated|at least 8"):
+        calls, real_infer = [], backend.infer
+
+        def infer(x):  # the sixth batch (frames 10-11) fails inside the backend
+            calls.append(x)
+            if len(calls) == 6:
+                raise ValueError("simulated inference failure")
+            return real_infer(x)
+
+        backend.infer = infer
+    with pytest.raises((OSError, ValueError), match="simulated"):
         run_pipeline(source, sink, backend, batch_size=2)
     assert sink.aborted and not sink.closed
     assert len(sink.frames) < 60 and pipeline_threads() == []
