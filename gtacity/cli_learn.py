@@ -1,0 +1,193 @@
+"""The learning commands of the ``gtacity`` CLI: ``train``, ``data download`` and ``distill``.
+
+Kept apart from :mod:`gtacity.cli` (which registers them on the ``gtacity`` group) so that each
+file stays readable; the same rule holds: parse -> one frozen config -> ONE call into
+:mod:`gtacity.trainer`.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(epilog="""\b
+Examples:
+  gtacity train --data data/cityscapes2gta --out runs/exp1 --gta-side B   # trainA/ trainB/ layout
+  gtacity train --gta GTA5/ --city cityscapes/ --out runs/exp1      # raw trees or image folders
+  gtacity train --resume runs/exp1                                  # continue exactly where it stopped
+  gtacity train --data data/cityscapes2gta --out runs/hd \\
+      --preprocess scale_width_and_crop --load-size 1024 --crop-size 360
+  torchrun --nproc-per-node 4 -m gtacity train --data ... --out runs/ddp   # data-parallel
+  tensorboard --logdir runs/exp1
+""")
+@click.option("--gta", "gta", multiple=True, type=click.Path(), help="GTA5 images: a GTA5 tree (images/) or any image folder. Repeatable.")
+@click.option("--city", "city", multiple=True, type=click.Path(), help="Cityscapes images: a Cityscapes tree (leftImg8bit/train) or any image folder. Repeatable.")
+@click.option("--data", type=click.Path(), help="A CycleGAN unaligned folder (trainA/ trainB/), e.g. the cityscapes2gta archive.")
+@click.option("--gta-side", type=click.Choice(["A", "B"]), default=None,
+              help="Which letter of --data (and of an official --init-from run) is GTA5.  [default: read from the file names]")
+@click.option("--out", type=click.Path(), help="Run folder for checkpoints, generators, logs and samples.")
+@click.option("--resume", type=click.Path(), help="Continue the run in this folder with its saved settings.")
+@click.option("--init-from", type=click.Path(), help="Start from weights: a gtacity run/checkpoint or an official CycleGAN run folder.")
+@click.option("--ngf", default=64, show_default=True, help="Generator width.")
+@click.option("--n-blocks", default=9, show_default=True, help="Residual blocks in each generator.")
+@click.option("--ndf", default=64, show_default=True, help="Discriminator width.")
+@click.option("--preprocess", default="resize_and_crop", show_default=True,
+              type=click.Choice(["resize_and_crop", "scale_width_and_crop", "scale_width", "crop", "none"]))
+@click.option("--load-size", default=286, show_default=True, help="Resize target (side, or width for scale_width*).")
+@click.option("--crop-size", default=256, show_default=True, help="Square training crop.")
+@click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
+@click.option("--batch-size", default=1, show_default=True, help="Images per domain per step (per process).")
+@click.option("--epochs", default=100, show_default=True, help="Epochs at the initial learning rate.")
+@click.option("--epochs-decay", default=100, show_default=True, help="Epochs of linear decay to zero.")
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--beta1", default=0.5, show_default=True)
+@click.option("--lambda-cycle", default=10.0, show_default=True, help="Weight of the cycle-consistency loss.")
+@click.option("--lambda-identity", default=0.5, show_default=True, help="Identity loss weight, relative to --lambda-cycle.")
+@click.option("--pool-size", default=50, show_default=True, help="Generated images remembered for the discriminators.")
+@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]),
+              help="Mixed precision (auto: bf16 on CPUs with native bf16, else fp32; bf16, else fp16 with grad scaling, on CUDA).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", default=2, show_default=True, help="DataLoader worker processes.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--checkpoint-every", default=1000, show_default=True, help="Steps between checkpoints.")
+@click.option("--log-every", default=50, show_default=True, help="Steps between metrics lines.")
+@click.option("--sample-every", default=500, show_default=True, help="Steps between sample grids.")
+@click.option("--stop-after", type=int, default=None,
+              help="Stop (with a checkpoint) after this many steps; --resume continues. For time-boxed jobs.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(resume, no_progress, stop_after, **opts) -> None:
+    """Train GTA5 <-> Cityscapes generators (CycleGAN) and export both directions.
+
+    Writes, in the run folder: gta2city.safetensors and city2gta.safetensors (what
+    `gtacity translate --weights` takes), checkpoints/latest.pt, metrics.jsonl,
+    TensorBoard logs and samples/*.png.
+    """
+    from gtacity.trainer.data import Preprocess
+    from gtacity.trainer.loop import TrainConfig
+    from gtacity.trainer.loop import train as run_training
+    from gtacity.trainer.step import StepConfig
+
+    if resume:
+        given = [k for k in ("out", "data", "init_from") if opts[k]] + [k for k in ("gta", "city") if opts[k]]
+        if given:
+            raise click.UsageError(f"--resume continues with the run's saved settings; drop --{given[0].replace('_', '-')}")
+        run_training(TrainConfig(out=resume), resume=True, progress_bar=not no_progress, stop_after=stop_after)
+        return
+    if not opts["out"]:
+        raise click.UsageError("--out is required (the run folder), or --resume a run")
+    cfg = TrainConfig(
+        out=opts["out"], gta=opts["gta"], city=opts["city"], data=opts["data"],
+        gta_side=opts["gta_side"],
+        ngf=opts["ngf"], n_blocks=opts["n_blocks"], ndf=opts["ndf"],
+        preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"]),
+        step=StepConfig(opts["lambda_cycle"], opts["lambda_identity"], opts["lr"], opts["beta1"], opts["pool_size"]),
+        batch_size=opts["batch_size"], epochs=opts["epochs"], epochs_decay=opts["epochs_decay"],
+        amp=opts["amp"], device=opts["device"], workers=opts["workers"], seed=opts["seed"],
+        checkpoint_every=opts["checkpoint_every"], log_every=opts["log_every"],
+        sample_every=opts["sample_every"], init_from=opts["init_from"],
+    )
+    run_training(cfg, progress_bar=not no_progress, stop_after=stop_after)
+
+
+@click.group()
+def data() -> None:
+    """Get the datasets the trainer learns from."""
+
+
+@data.command("download", epilog="""\b
+Examples:
+  gtacity data download cityscapes2gta                      # into data/cityscapes2gta/
+  gtacity data download cityscapes2gta --to /mnt/big/data   # a disk with room
+  gtacity data download cityscapes2gta --url http://127.0.0.1:8000/cityscapes2gta.zip   # a mirror
+  gtacity data download cityscapes2gta --force --no-keep-zip   # fetch again, drop the .zip after
+""")
+@click.argument("name")
+@click.option("--to", "to", default="data/", show_default=True, type=click.Path(file_okay=False),
+              help="Folder that receives NAME.zip and the unpacked NAME/ folder.")
+@click.option("--url", default=None, help="Download from this mirror instead of the authors' server.")
+@click.option("--force", is_flag=True, help="Download and unpack again even when the dataset is already there.")
+@click.option("--keep-zip/--no-keep-zip", default=True, show_default=True, help="Keep the .zip after unpacking it.")
+def data_download(name: str, to: str, url: str | None, force: bool, keep_zip: bool) -> None:
+    """Download dataset NAME (known: cityscapes2gta), unpack it and check its layout.
+
+    An interrupted download resumes where it stopped when the same command runs again.
+    Prints, per folder (trainA, trainB, testA, testB), the image count and the domain
+    (gta or city) where the file names show it.
+    """
+    from gtacity.trainer.download import download_dataset
+
+    layout = download_dataset(name, to, url=url, force=force, keep_zip=keep_zip, progress=True)
+    for line in layout.summary_lines():
+        click.echo(line)
+
+
+@click.command(epilog="""\b
+Examples:
+  gtacity distill --teacher runs/exp1/gta2city.safetensors --images GTA5/images --out runs/fast
+  gtacity distill --teacher runs/exp1/city2gta.safetensors --images cityscapes/ --out runs/fast_c \\
+      --arch resnet --ngf 16 --n-blocks 9
+  gtacity distill --resume runs/fast                 # continue exactly where it stopped
+  gtacity translate drive.mp4 -o out.mp4 --weights runs/fast/gta2city.safetensors
+""")
+@click.option("--teacher", type=click.Path(), help="Generator file to imitate (its direction is the student's).")
+@click.option("--images", multiple=True, type=click.Path(),
+              help="Images of the teacher's source domain (GTA5 for gta2city, Cityscapes for city2gta). Repeatable.")
+@click.option("--out", type=click.Path(), help="Run folder: <direction>.safetensors, checkpoints, logs, samples.")
+@click.option("--resume", type=click.Path(), help="Continue the run in this folder with its saved settings.")
+@click.option("--arch", type=click.Choice(["mobile", "resnet"]), default="mobile", show_default=True,
+              help="Student: depthwise-separable residual blocks (mobile) or the ResNet generator, smaller.")
+@click.option("--ngf", type=int, default=None, help="Student width.  [default: half the teacher's]")
+@click.option("--n-blocks", type=int, default=None, help="Student residual blocks.  [default: the teacher's]")
+@click.option("--steps", default=20000, show_default=True, help="Optimiser steps (lr constant for half, then linear to 0).")
+@click.option("--preprocess", default="resize_and_crop", show_default=True,
+              type=click.Choice(["resize_and_crop", "scale_width_and_crop", "scale_width", "crop", "none"]))
+@click.option("--load-size", default=286, show_default=True, help="Resize target (side, or width for scale_width*).")
+@click.option("--crop-size", default=256, show_default=True, help="Square training crop.")
+@click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
+@click.option("--batch-size", default=1, show_default=True)
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--lambda-l1", default=10.0, show_default=True, help="Weight of the L1 distance to the teacher's output.")
+@click.option("--lambda-feat", default=1.0, show_default=True, help="Weight of feature distillation (0 = off).")
+@click.option("--lambda-gan", default=1.0, show_default=True, help="Weight of the conditional GAN term (0 = off).")
+@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]),
+              help="Mixed precision (auto: bf16 only where the CPU/GPU computes it natively, else fp32 on CPU).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", default=1, show_default=True, help="DataLoader worker processes.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--checkpoint-every", default=1000, show_default=True)
+@click.option("--log-every", default=50, show_default=True)
+@click.option("--sample-every", default=500, show_default=True)
+@click.option("--stop-after", type=int, default=None, help="Stop (with a checkpoint) after this many steps; --resume continues.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def distill(resume, no_progress, stop_after, **opts) -> None:
+    """Distill a trained generator into a student several times cheaper to run.
+
+    The teacher translates --images on the fly (random crops and flips); the student learns the
+    pairs (L1, feature distillation, conditional GAN). Writes <direction>.safetensors in the run
+    folder, which `gtacity translate --weights` and every backend take like any generator.
+    """
+    from gtacity.trainer.data import Preprocess
+    from gtacity.trainer.distill import DistillConfig
+    from gtacity.trainer.distill import distill as run_distill
+    from gtacity.trainer.distill_step import DistillLosses
+
+    if resume:
+        given = [k for k in ("out", "teacher", "images") if opts[k]]
+        if given:
+            raise click.UsageError(f"--resume continues with the run's saved settings; drop --{given[0]}")
+        run_distill(DistillConfig(out=resume), resume=True, progress_bar=not no_progress, stop_after=stop_after)
+        return
+    for name in ("teacher", "out"):
+        if not opts[name]:
+            raise click.UsageError(f"--{name} is required (or --resume a run)")
+    cfg = DistillConfig(
+        out=opts["out"], teacher=opts["teacher"], images=opts["images"],
+        arch={"mobile": "mobile_resnet_generator", "resnet": "resnet_generator"}[opts["arch"]],
+        ngf=opts["ngf"], n_blocks=opts["n_blocks"], steps=opts["steps"],
+        preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"]),
+        losses=DistillLosses(opts["lambda_l1"], opts["lambda_feat"], opts["lambda_gan"], lr=opts["lr"]),
+        batch_size=opts["batch_size"], amp=opts["amp"], device=opts["device"], workers=opts["workers"],
+        seed=opts["seed"], checkpoint_every=opts["checkpoint_every"], log_every=opts["log_every"],
+        sample_every=opts["sample_every"],
+    )
+    run_distill(cfg, progress_bar=not no_progress, stop_after=stop_after)
