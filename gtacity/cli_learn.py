@@ -10,6 +10,32 @@ from __future__ import annotations
 import click
 
 
+def _run_options(workers: int):
+    """The options every training-style run takes (train, distill): precision, device, data
+    workers, seed, the checkpoint/log/sample cadence and time-boxing."""
+    options = [
+        click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]),
+                     help="Mixed precision (auto: bf16 only where the CPU/GPU computes it natively, else fp32 "
+                          "on CPU; bf16, else fp16 with grad scaling, on CUDA)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--workers", default=workers, show_default=True, help="DataLoader worker processes."),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--checkpoint-every", default=1000, show_default=True, help="Steps between checkpoints."),
+        click.option("--log-every", default=50, show_default=True, help="Steps between metrics lines."),
+        click.option("--sample-every", default=500, show_default=True, help="Steps between sample grids."),
+        click.option("--stop-after", type=int, default=None,
+                     help="Stop (with a checkpoint) after this many steps; --resume continues. For time-boxed jobs."),
+        click.option("--no-progress", is_flag=True, help="No progress bar."),
+    ]
+
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 @click.command(epilog="""\b
 Examples:
   gtacity train --data data/cityscapes2gta --out runs/exp1 --gta-side B   # trainA/ trainB/ layout
@@ -44,17 +70,7 @@ Examples:
 @click.option("--lambda-cycle", default=10.0, show_default=True, help="Weight of the cycle-consistency loss.")
 @click.option("--lambda-identity", default=0.5, show_default=True, help="Identity loss weight, relative to --lambda-cycle.")
 @click.option("--pool-size", default=50, show_default=True, help="Generated images remembered for the discriminators.")
-@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]),
-              help="Mixed precision (auto: bf16 on CPUs with native bf16, else fp32; bf16, else fp16 with grad scaling, on CUDA).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--workers", default=2, show_default=True, help="DataLoader worker processes.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--checkpoint-every", default=1000, show_default=True, help="Steps between checkpoints.")
-@click.option("--log-every", default=50, show_default=True, help="Steps between metrics lines.")
-@click.option("--sample-every", default=500, show_default=True, help="Steps between sample grids.")
-@click.option("--stop-after", type=int, default=None,
-              help="Stop (with a checkpoint) after this many steps; --resume continues. For time-boxed jobs.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_run_options(workers=2)
 def train(resume, no_progress, stop_after, **opts) -> None:
     """Train GTA5 <-> Cityscapes generators (CycleGAN) and export both directions.
 
@@ -149,16 +165,7 @@ Examples:
 @click.option("--lambda-l1", default=10.0, show_default=True, help="Weight of the L1 distance to the teacher's output.")
 @click.option("--lambda-feat", default=1.0, show_default=True, help="Weight of feature distillation (0 = off).")
 @click.option("--lambda-gan", default=1.0, show_default=True, help="Weight of the conditional GAN term (0 = off).")
-@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]),
-              help="Mixed precision (auto: bf16 only where the CPU/GPU computes it natively, else fp32 on CPU).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--workers", default=1, show_default=True, help="DataLoader worker processes.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--checkpoint-every", default=1000, show_default=True)
-@click.option("--log-every", default=50, show_default=True)
-@click.option("--sample-every", default=500, show_default=True)
-@click.option("--stop-after", type=int, default=None, help="Stop (with a checkpoint) after this many steps; --resume continues.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_run_options(workers=1)
 def distill(resume, no_progress, stop_after, **opts) -> None:
     """Distill a trained generator into a student several times cheaper to run.
 
