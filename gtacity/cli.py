@@ -93,7 +93,7 @@ Examples:
   gtacity translate gta5/images -o out --shard auto             # in a Slurm array / Kubernetes indexed Job
   gtacity translate gta5/ -o gta5_city/ --dataset gta5 --labels trainids   # labels carried along
   gtacity translate clips/ -o clips_city/                       # a folder of videos, each translated
-  gtacity translate drive.mp4 -o out.mp4 --precision int8       # CPU: ~1.5x openvino fp32, PSNR printed
+  gtacity translate drive.mp4 -o out.mp4 --precision int8       # CPU: faster than fp32, PSNR vs fp32 printed
   gtacity translate drive.mp4 -o out.mp4 --temporal flow        # less flicker (gtacity eval flicker)
 """)
 @click.argument("input", type=click.Path())
