@@ -28,7 +28,7 @@ from gtacity.quality import psnr
 from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files
 from gtacity.trainer.logs import RunLogger
 from gtacity.trainer.state import Progress, read_checkpoint
-from gtacity.trainer.step import Precision
+from gtacity.trainer.step import Precision, choose_precision
 from gtacity.trainer.distill_step import DistillLosses, Distiller, distill_step
 
 _DOMAIN = {"gta2city": "gta", "city2gta": "city"}
@@ -96,30 +96,6 @@ class SourceImages(UnpairedDataset):
     def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         return self._load(self.gta, index, np.random.default_rng([self.seed, epoch, index]))
-
-
-def choose_precision(amp: str, device: torch.device, native_bf16: bool) -> Precision:
-    """The autocast dtype for ``amp`` on ``device``; ``auto`` never picks an emulated precision.
-
-    Args:
-        native_bf16: whether the CPU computes bf16 in hardware
-            (:attr:`gtacity.hardware.CpuCapabilities.native_bf16`); elsewhere a bf16 step is ~17x
-            slower than fp32, so ``auto`` trains in fp32 there.
-    """
-    if amp == "auto":
-        if device.type == "cuda":
-            amp = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-        else:
-            amp = "bf16" if native_bf16 else "off"
-    if amp == "off":
-        return Precision(device.type)
-    if amp == "bf16":
-        return Precision(device.type, torch.bfloat16)
-    if amp == "fp16" and device.type == "cuda":
-        return Precision(device.type, torch.float16, torch.amp.GradScaler("cuda"))
-    if amp == "fp16":
-        raise DataError("--amp fp16 needs a CUDA GPU; on the CPU use --amp off (or bf16 where native)")
-    raise DataError(f"unknown --amp {amp!r}; choose auto, bf16, fp16 or off")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -22,7 +22,7 @@ from gtacity.trainer.data import (
 )
 from gtacity.trainer.logs import RunLogger
 from gtacity.trainer.state import Progress, init_from, read_checkpoint, restore, save_checkpoint
-from gtacity.trainer.step import CycleGAN, Precision, StepConfig, train_step
+from gtacity.trainer.step import CycleGAN, Precision, StepConfig, choose_precision, train_step
 
 
 @dataclass(frozen=True)
@@ -235,22 +235,8 @@ def _sample_batch(dataset: UnpairedDataset, device) -> dict[str, torch.Tensor]:
 
 
 def _precision(amp: str, device: torch.device) -> Precision:
-    if amp == "off":
-        return Precision(device.type)
-    if amp == "auto" and device.type == "cpu":
-        # bf16 only where the CPU has it in hardware: emulated bf16 made a step 17x slower (AVX2 EPYC).
-        amp = hardware.train_amp(hardware.cpu_capabilities())
-        if amp == "off":
-            return Precision(device.type)
-    if amp == "auto":
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if amp == "bf16":
-        return Precision(device.type, torch.bfloat16)
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise DataError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or --amp off")
-        return Precision(device.type, torch.float16, torch.amp.GradScaler("cuda"))
-    raise DataError(f"unknown --amp {amp!r}; choose auto, bf16, fp16 or off")
+    # bf16 only where the CPU has it in hardware: emulated bf16 made a step 17x slower (AVX2 EPYC).
+    return choose_precision(amp, device, hardware.cpu_capabilities().native_bf16)
 
 
 def _setup_processes(device: str) -> tuple[int, int, torch.device]:

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gtacity.nets import PatchDiscriminator, ResnetGenerator, init_weights
+from gtacity.trainer.data import DataError
 from gtacity.trainer.losses import ImagePool, l1, lsgan_loss
 
 
@@ -177,3 +178,27 @@ def _average_gradients(nets: tuple[nn.Module, ...]) -> None:
     flat /= dist.get_world_size()
     for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
         g.copy_(synced)
+
+
+def choose_precision(amp: str, device: torch.device, native_bf16: bool) -> Precision:
+    """The autocast dtype for ``amp`` on ``device``; ``auto`` never picks an emulated precision.
+
+    Args:
+        native_bf16: whether the CPU computes bf16 in hardware
+            (:attr:`gtacity.hardware.CpuCapabilities.native_bf16`); elsewhere a bf16 step is ~17x
+            slower than fp32, so ``auto`` trains in fp32 there.
+    """
+    if amp == "auto":
+        if device.type == "cuda":
+            amp = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+        else:
+            amp = "bf16" if native_bf16 else "off"
+    if amp == "off":
+        return Precision(device.type)
+    if amp == "bf16":
+        return Precision(device.type, torch.bfloat16)
+    if amp == "fp16" and device.type == "cuda":
+        return Precision(device.type, torch.float16, torch.amp.GradScaler("cuda"))
+    if amp == "fp16":
+        raise DataError("--amp fp16 needs a CUDA GPU; on the CPU use --amp off (or bf16 where native)")
+    raise DataError(f"unknown --amp {amp!r}; choose auto, bf16, fp16 or off")
