@@ -12,7 +12,6 @@ resumes it. A file that fails is reported, listed in the failures file, and the 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gtacity import __version__
+from gtacity.checkpoint import file_sha256
 from gtacity.engine.backends import Backend
 from gtacity.engine.datasets import Item, list_items, write_train_ids
 from gtacity.engine.frames import Frame
@@ -103,7 +103,7 @@ def job_settings(weights: Path, direction: str, backend: Backend, dataset: str |
     """What makes two runs' outputs the same: the manifest's fields."""
     settings = {
         "gtacity_version": __version__,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": file_sha256(weights),
         "direction": direction,
         "backend": backend.name,
         "precision": backend.precision,
@@ -113,14 +113,6 @@ def job_settings(weights: Path, direction: str, backend: Backend, dataset: str |
     if has_video:
         settings["video"] = f"libx264 crf {crf} preset {preset}"
     return settings
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def list_job(input_root: Path, output: Path, dataset: str | None, labels: str) -> list[Item]:

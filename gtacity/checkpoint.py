@@ -17,6 +17,7 @@ inferred from the tensors, and InstanceNorm running stats written by old PyTorch
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import asdict, dataclass, replace
@@ -270,3 +271,11 @@ def describe(info: GeneratorInfo) -> str:
         parts.append(f"trained at {info.trained_resolution} px")
     return ", ".join(parts)
 
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB pieces), e.g. a generator file a run or job records."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

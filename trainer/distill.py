@@ -12,7 +12,6 @@ on Cityscapes images.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gtacity import hardware
-from gtacity.checkpoint import describe, load_generator, save_generator
+from gtacity.checkpoint import describe, file_sha256, load_generator, save_generator
 from gtacity.nets import ARCHS
 from gtacity.quality import psnr
 from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files
@@ -96,14 +95,6 @@ class SourceImages(UnpairedDataset):
     def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         return self._load(self.gta, index, np.random.default_rng([self.seed, epoch, index]))
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
