@@ -17,7 +17,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,7 +32,7 @@ from gtacity.engine.jobstate import MANIFEST, RunJournal, clean_leftovers, done_
 from gtacity.engine.outputs import remove_stale_partials_under
 from gtacity.engine.pipeline import STAGES, StageTimes, run_pipeline
 from gtacity.engine.shards import Shard
-from gtacity.engine.sinks import ImageFolderSink, check_folder_target, open_sink
+from gtacity.engine.sinks import ImageFolderSink, check_folder_target, open_sink, write_image
 from gtacity.engine.sources import SourceError, open_source, read_image
 from gtacity.errors import GtacityError
 
@@ -194,7 +194,6 @@ class _Run:
                  summary: JobSummary):
         self.job, self.backend, self.batch_size = job, backend, batch_size
         self.journal, self.summary = journal, summary
-        self._sink = ImageFolderSink(job.output)
         self._count = threading.Lock()  # images finish on several writer threads
 
     def images(self, items: list[Item]) -> None:
@@ -230,7 +229,8 @@ class _Run:
                     temps.append(temp_name(label.train_ids, self.journal.run_id))
                     write_train_ids(label.source, temps[-1])
             temps.append(temp_name(item.output, self.journal.run_id))
-            self._sink.write(replace(frame, meta=temps[-1].relative_to(self.job.output)))  # alpha kept
+            item.output.parent.mkdir(parents=True, exist_ok=True)
+            write_image(temps[-1], frame)  # alpha and depth kept
             # The image goes last: an item whose image exists has all its labels.
             finals = [*item.outputs[1:], item.output]
             for temp, final in zip(temps, finals, strict=True):

@@ -333,7 +333,13 @@ class VideoSink(SinkContext):
                     closer.close()
 
 
-def _imwrite(path: Path, frame: Frame) -> None:
+def write_image(path: Path, frame: Frame) -> None:
+    """Write ``frame`` (its alpha and depth where the format holds them) to ``path`` as is, no
+    temporary name: for callers that manage their own (the bulk job's run-stamped names).
+
+    Raises:
+        SinkError: OpenCV could not write the file.
+    """
     # JPEG quality 95 keeps the translation's detail; PNG, BMP and TIFF are lossless and OpenCV
     # writes WebP lossless when no quality is given. (OpenCV 5 warns about options a format does
     # not use.) Depth and alpha go where the format holds them: 16 bits in PNG/TIFF, alpha in
@@ -377,7 +383,7 @@ class ImageFolderSink(SinkContext):
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = partial_path(target)
         try:
-            _imwrite(partial, frame)
+            write_image(partial, frame)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
@@ -403,7 +409,7 @@ class ImageSink(SinkContext):
     def write(self, frame: Frame) -> None:
         """Write the image under its unfinished name."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _imwrite(self._partial, frame)
+        write_image(self._partial, frame)
 
     def close(self) -> None:
         """Move the written image to its final name."""
