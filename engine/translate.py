@@ -217,12 +217,14 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
 
 def _out_of_memory(error: BaseException) -> bool:
     # torch reports a failed CPU allocation as a RuntimeError, CUDA's as OutOfMemoryError (also a
-    # RuntimeError), OpenVINO as a RuntimeError naming std::bad_alloc; numpy raises MemoryError.
+    # RuntimeError), OpenVINO as a RuntimeError naming std::bad_alloc; numpy raises MemoryError;
+    # Python says "can't start new thread" when a pipeline thread's stack no longer fits.
     if isinstance(error, MemoryError):
         return True
     text = str(error).lower()
     return isinstance(error, RuntimeError) and any(
-        words in text for words in ("can't allocate memory", "out of memory", "bad_alloc")
+        words in text for words in ("can't allocate memory", "out of memory", "bad_alloc",
+                                    "can't start new thread")
     )
 
 

@@ -61,6 +61,14 @@ class _Group(click.Group):
                 traceback.print_exc()
             click.echo("error: out of memory; close other programs or use a machine with more", err=True)
             sys.exit(1)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: usage errors and --help print as click means them to
+        except Exception as e:  # a bug of ours: one line, the traceback only with --debug
+            if _DEBUG["on"]:
+                raise
+            click.echo(f"error: internal error ({type(e).__name__}: {e}); run again with --debug "
+                       "and report the traceback", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -220,9 +220,38 @@ def test_running_out_of_memory_is_one_line(tmp_path, weights):
                            "-o", str(tmp_path / "out.png"), "--weights", str(weights),
                            "--backend", "torch", "--tile", "0", "-q"],
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})  # its buffers fit
+                          # One BLAS and one OpenMP thread: under the address-space cap, each
+                          # extra thread's stack and malloc arena could exhaust the headroom
+                          # before the translation does (libgomp then exits on its own, as it
+                          # did on a CI runner with more cores: "Thread creation failed").
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'big.png'}: out of memory while translating; try --tile 512 (or "
         "smaller) or --batch-size 1, or close other programs"]
     assert sorted(os.listdir(tmp_path)) == ["big.png", "g.safetensors"]
+
+
+_BUGGY = """import sys
+import gtacity.cli, gtacity.engine.translate
+def broken(cfg):
+    raise KeyError("a bug of ours")
+gtacity.engine.translate.translate = broken
+sys.argv = ["gtacity", *sys.argv[1:]]
+gtacity.cli.main()
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_bug_of_ours_is_one_line_unless_debug(tmp_path, debug):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    done = subprocess.run([sys.executable, "-c", _BUGGY, *(["--debug"] if debug else []), "translate",
+                           str(tmp_path / "a.png"), "-o", str(tmp_path / "b.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    if debug:
+        assert "Traceback" in done.stderr and "KeyError: 'a bug of ours'" in done.stderr
+    else:
+        assert done.stderr.strip().splitlines() == [
+            "error: internal error (KeyError: 'a bug of ours'); run again with --debug and report "
+            "the traceback"]
