@@ -31,6 +31,8 @@ from gtacity.nets import SIZE_MULTIPLE
 # Decoder pixel formats handed out as planes. Everything else (10-bit, 4:2:2, 4:4:4, RGB, ...) is
 # converted to RGB by swscale, which takes any format.
 PLANE_FORMATS = ("yuv420p", "nv12")
+# Side of the corner the chroma siting is probed on: enough random samples to tell the two apart.
+_PROBE_SIDE = 64
 
 
 def planes_pay(device: torch.device, temporal: str) -> bool:
@@ -51,7 +53,7 @@ class PlaneReader:
     HEVC frames co-site it with the even columns ("left", their default), JPEG-style frames centre
     it between two, and the difference reaches tens of levels at colour edges. PyAV does not
     show the tag, so the first frame that could travel as planes is converted both ways with
-    random planes written into it (then restored) and swscale's result says which siting the
+    random planes written into it (then restored), and swscale's result says which siting the
     stream has; when neither matches (another siting), the stream stays RGB.
     """
 
@@ -75,29 +77,43 @@ class PlaneReader:
         if self._chroma_left is None:
             return None
         # to_ndarray copies the planes out of FFmpeg's padded lines: a copy, not a conversion.
-        return self._planes(frame.to_ndarray(), fmt, self._chroma_left)
-
-    def _planes(self, data: np.ndarray, pix_fmt: str, chroma_left: bool) -> Planes:
-        return Planes(data, pix_fmt, self._colour.kernel_matrix, self._colour.full_range, chroma_left)
+        colour = self._colour
+        return Planes(frame.to_ndarray(), fmt, colour.kernel_matrix, colour.full_range,
+                      self._chroma_left)
 
     def _siting(self, frame: av.VideoFrame) -> bool | None:
-        """Whether swscale co-sites ``frame``'s chroma with the even columns (None: neither)."""
+        """Whether swscale co-sites ``frame``'s chroma with the even columns (None: neither);
+        compared on the top-left corner, away from where the corner's own edges clamp."""
         frame.make_writable()  # a copy if the decoder still holds the buffer
         saved = [bytes(plane) for plane in frame.planes]
         rng = np.random.default_rng(0)
         for plane in frame.planes:
             np.frombuffer(plane, np.uint8)[:] = rng.integers(16, 240, plane.buffer_size)
-        data = frame.to_ndarray()
+        data = torch.from_numpy(frame.to_ndarray())[None]  # (1, H*3/2, W)
         cpu = self._colour.to_rgb(frame, VideoReformatter())
         for plane, content in zip(frame.planes, saved):
             np.frombuffer(plane, np.uint8)[:] = np.frombuffer(content, np.uint8)
+        side = min(_PROBE_SIDE, frame.height, frame.width) // 4 * 4
+        y, u, v = _split(data, frame.format.name, frame.height)
+        half = side // 2
+        corner = (y[:, :side, :side], u[:, :half, :half], v[:, :half, :half])
         for left in (True, False):
-            probe = Frame(None, 0, planes=self._planes(data, frame.format.name, left))
-            x = planes_to_batch([probe], torch.device("cpu"), torch.float32, None)
-            rgb = kernels.from_model_output(x, frame.height, frame.width)[0].numpy()
-            if np.abs(rgb.astype(np.int16) - cpu).max() <= 1:
+            x = kernels.yuv420p_to_model_input(
+                *corner, matrix=self._colour.kernel_matrix, full_range=self._colour.full_range,
+                chroma_left=left,
+            )
+            rgb = kernels.from_model_output(x, side, side)[0, : side - 4, : side - 4].numpy()
+            if np.abs(rgb.astype(np.int16) - cpu[: side - 4, : side - 4]).max() <= 1:
                 return left
         return None
+
+
+def _split(data: torch.Tensor, pix_fmt: str, height: int) -> tuple[torch.Tensor, ...]:
+    """``(N, H*3/2, W)`` planes -> views ``y (N, H, W)``, ``u, v (N, H/2, W/2)`` (strided: NV12)."""
+    if pix_fmt == "nv12":
+        uv = data[:, height:].unflatten(2, (data.shape[2] // 2, 2))  # (N, H/2, W/2, 2)
+        return data[:, :height], uv[..., 0], uv[..., 1]
+    return kernels.split_yuv420p(data)
 
 
 def planes_to_batch(
@@ -106,14 +122,12 @@ def planes_to_batch(
     """Frames carrying planes -> ``(N, 3, Hp, Wp)`` model input on ``device``, like
     :func:`gtacity.engine.pipeline.to_batch` (same ``host`` buffer rules, ``(N, H*3/2, W)``)."""
     first = frames[0].planes
-    height, width = first.size
     data = upload([f.planes.data for f in frames], device, host)  # (N, H*3/2, W) uint8
-    options = dict(matrix=first.matrix, full_range=first.full_range, dtype=dtype,
-                   multiple=SIZE_MULTIPLE, chroma_left=first.chroma_left)
-    if first.pix_fmt == "nv12":
-        uv = data[:, height:].unflatten(2, (width // 2, 2))  # (N, H/2, W/2, 2)
-        return kernels.nv12_to_model_input(data[:, :height], uv, **options)
-    return kernels.yuv420p_to_model_input(*kernels.split_yuv420p(data), **options)
+    return kernels.yuv420p_to_model_input(
+        *_split(data, first.pix_fmt, first.size[0]), matrix=first.matrix,
+        full_range=first.full_range, dtype=dtype, multiple=SIZE_MULTIPLE,
+        chroma_left=first.chroma_left,
+    )
 
 
 def planes_from_batch(
