@@ -67,6 +67,10 @@ if [ -f benchmarks/kernels_bench.py ]; then
     "$py" benchmarks/kernels_bench.py 2>&1 | tee -a "$results" || status=1
 fi
 
+step "colour on the GPU: a 1080p H.264 clip of real frames, plane path vs RGB path (swscale), fp16, batch 8"
+"$py" benchmarks/colour_path.py --size 1920x1080 --frames 96 --device cuda --precision fp16 \
+    --batch-size 8 2>&1 | tee -a "$results" || status=1
+
 step "end to end: a 1024x512 H.264 clip and the same frames as PNGs, batch 8, 1 and 3 streams"
 clip="$work/drive.mp4"
 "${gtacity[@]}" demo-clip "$clip" --seconds 12 --size 1024x512 2>&1 | tee -a "$results"

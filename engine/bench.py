@@ -53,6 +53,7 @@ from gtacity.engine.benchstats import (
 from gtacity.engine.imagepool import default_workers, pool_stage_times
 from gtacity.engine.jobs import pooled_folder_io
 from gtacity.engine.pipeline import run_pipeline
+from gtacity.engine.planes import planes_pay
 from gtacity.engine.sinks import VIDEO_EXTENSIONS, open_sink
 from gtacity.engine.sources import open_source
 from gtacity.errors import GtacityError
@@ -434,7 +435,7 @@ class _Bench:
                                          queue_frames=2 * workers)
                     pool_stage_times(times, src, sink, workers)
             else:
-                with open_source(path) as src:
+                with open_source(path, planes=planes_pay(backend.device, "off")) as src:  # as translate
                     sink = open_sink(_output_path(src, Path(tmp)), src)
                     times = run_pipeline(src, sink, backend, batch_size=batch, streams=self.cfg.streams)
         alone = {stage: times.frames / s for stage, s in times.busy.items() if s > 0}

@@ -33,6 +33,14 @@ _AVCOL_SPC_TO_SWS = {
     10: Colorspace.BT2020,  # AVCOL_SPC_BT2020_CL
 }
 _SWS_TO_AVCOL_SPC = {Colorspace.ITU709: 1, Colorspace.ITU601: 6}
+# swscale's matrices by the names of gtacity.kernels.MATRICES, which converts with the same ones.
+_SWS_TO_KERNEL = {
+    Colorspace.ITU709: "bt709",
+    Colorspace.FCC: "fcc",
+    Colorspace.ITU601: "bt601",
+    Colorspace.SMPTE240M: "smpte240m",
+    Colorspace.BT2020: "bt2020",
+}
 _AVCOL_SPC_UNSPECIFIED = 2
 
 # swscale's default 8-bit YUV -> RGB path (table-based, nearest chroma) darkens limited-range video
@@ -101,6 +109,11 @@ class VideoColour:
         return _SWS_TO_AVCOL_SPC[self.conversion]
 
     @property
+    def kernel_matrix(self) -> str:
+        """The conversion matrix by its :data:`gtacity.kernels.MATRICES` name (GPU conversion)."""
+        return _SWS_TO_KERNEL[self.conversion]
+
+    @property
     def _sws_range(self) -> ColorRange:
         return ColorRange.JPEG if self.full_range else ColorRange.MPEG
 
@@ -131,8 +144,16 @@ class VideoColour:
         )
         # reformat tags the frame with its own idea of the matrix (601 -> SMPTE 170M even for a
         # BT.470BG input); the encoder must see exactly the input's tags.
-        yuv.colorspace = self.output_matrix
-        yuv.color_range = self.range
-        yuv.color_primaries = self.primaries
-        yuv.color_trc = self.transfer
-        return yuv
+        return self._tagged(yuv)
+
+    def from_planes(self, data: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+        """``(H * 3 // 2, W)`` 4:2:0 planes already in this video's colour -> a frame tagged like
+        the input; nothing is converted."""
+        return self._tagged(av.VideoFrame.from_ndarray(data, format=pix_fmt))
+
+    def _tagged(self, frame: av.VideoFrame) -> av.VideoFrame:
+        frame.colorspace = self.output_matrix
+        frame.color_range = self.range
+        frame.color_primaries = self.primaries
+        frame.color_trc = self.transfer
+        return frame

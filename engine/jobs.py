@@ -31,6 +31,7 @@ from gtacity.engine.imagepool import ImageTask, PooledImageSource, PooledWriter,
 from gtacity.engine.jobstate import MANIFEST, RunJournal, clean_leftovers, done_keys, open_job, temp_name
 from gtacity.engine.outputs import remove_stale_partials_under
 from gtacity.engine.pipeline import STAGES, StageTimes, run_pipeline
+from gtacity.engine.planes import planes_pay
 from gtacity.engine.shards import Shard
 from gtacity.engine.sinks import ImageFolderSink, check_folder_target, open_sink, write_image
 from gtacity.engine.sources import SourceError, open_source, read_image
@@ -248,7 +249,9 @@ class _Run:
     def video(self, item: Item) -> None:
         temp = temp_name(item.output, self.journal.run_id)
         try:
-            with open_source(item.source) as source, tqdm(
+            # Videos in a folder job never blend along the flow (check_mode refuses it there).
+            planes = planes_pay(self.backend.device, "off")
+            with open_source(item.source, planes=planes) as source, tqdm(
                 total=len(source), unit="frame", disable=not self.job.progress, dynamic_ncols=True,
                 desc=item.key,
             ) as bar:

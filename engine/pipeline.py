@@ -31,13 +31,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
 import torch
 
 from gtacity import kernels
 from gtacity.engine.backends import Backend
 from gtacity.engine.frames import Frame, FrameSink, FrameSource
-from gtacity.engine.slots import Slot, SlotPool
+from gtacity.engine.planes import planes_from_batch, planes_to_batch
+from gtacity.engine.slots import Slot, SlotPool, download, upload
 from gtacity.engine.tiles import fits_kernels, generic_to_batch, generic_to_frames
 from gtacity.nets import SIZE_MULTIPLE
 
@@ -51,12 +51,17 @@ _POLL_S = 0.1
 
 @dataclass
 class StageTimes:
-    """Seconds each stage spent working (not waiting on a queue), and the run's wall time."""
+    """Seconds each stage spent working (not waiting on a queue), and the run's wall time.
+
+    ``planes``: how many of the ``frames`` travelled as YUV planes, their colour converted on the
+    device rather than by swscale on the CPU (see :mod:`gtacity.engine.planes`).
+    """
 
     busy: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     wall: float = 0.0
     frames: int = 0
     streams: int = DEFAULT_STREAMS
+    planes: int = 0
 
     @property
     def bound_by(self) -> str:
@@ -83,25 +88,20 @@ def to_batch(
 
     The upload is uint8 (4x less traffic than float); scaling, HWC -> CHW, reflect-padding to a
     multiple of 4 and the cast happen on the device, in one Triton pass on CUDA
-    (:func:`gtacity.kernels.to_model_input`).
+    (:func:`gtacity.kernels.to_model_input`). Frames carrying YUV planes are converted to RGB in
+    the same pass (:func:`gtacity.engine.planes.planes_to_batch`).
 
     Args:
-        host: a pinned ``(>= N, H, W, 3)`` uint8 buffer to stack the frames into; the upload from
-            it is asynchronous on the current CUDA stream, so it must not be written again until
-            that stream has passed this point. None: a fresh buffer (pinned on the way to CUDA).
+        host: a pinned ``(>= N, *frame.pixels.shape)`` uint8 buffer to stack the frames into; the
+            upload from it is asynchronous on the current CUDA stream, so it must not be written
+            again until that stream has passed this point. None: a fresh buffer (pinned on the
+            way to CUDA).
     """
+    if frames[0].planes is not None:
+        return planes_to_batch(frames, device, dtype, host)
     if not fits_kernels(frames[0].image):  # 16-bit, or smaller than the generator takes
         return generic_to_batch(frames, device, dtype)
-    images = [f.image for f in frames]
-    if host is None:
-        pixels = torch.from_numpy(np.stack(images))  # (N, H, W, 3) uint8
-        if device.type == "cuda":
-            pixels = pixels.pin_memory()
-    else:
-        pixels = host[: len(frames)]
-        np.stack(images, out=pixels.numpy())
-    if device.type == "cuda":
-        pixels = pixels.to(device, non_blocking=True)
+    pixels = upload([f.image for f in frames], device, host)  # (N, H, W, 3) uint8
     return kernels.to_model_input(pixels, dtype=dtype, multiple=SIZE_MULTIPLE)
 
 
@@ -109,35 +109,35 @@ def to_frames(y: torch.Tensor, frames: list[Frame], host: torch.Tensor | None = 
     """``(N, 3, Hp, Wp)`` in [-1, 1] -> the input frames carrying ``(H, W, 3)`` uint8 translations.
 
     Cropping, rounding, CHW -> HWC and the cast to uint8 happen where ``y`` is (one Triton pass on
-    CUDA, :func:`gtacity.kernels.from_model_output`), so only bytes are downloaded.
+    CUDA, :func:`gtacity.kernels.from_model_output`), so only bytes are downloaded. Frames that
+    came as YUV planes leave as yuv420p planes (:func:`gtacity.engine.planes.planes_from_batch`).
 
     Args:
-        host: a pinned ``(>= N, H, W, 3)`` uint8 buffer for a CUDA ``y``: the download into it is
-            queued on the current stream and the returned images are views of it, valid once
-            that stream has passed this point (wait on an event) and until the buffer is reused.
-            None: a synchronous download into new arrays.
+        host: a pinned ``(>= N, *frame.pixels.shape)`` uint8 buffer for a CUDA ``y``: the download
+            into it is queued on the current stream and the returned pixels are views of it, valid
+            once that stream has passed this point (wait on an event) and until the buffer is
+            reused. None: a synchronous download into new arrays.
     """
+    if frames[0].planes is not None:
+        return planes_from_batch(y, frames, host)
     if not fits_kernels(frames[0].image):
         return generic_to_frames(y, frames)
-    h, w = frames[0].image.shape[:2]
+    h, w = frames[0].size
     pixels = kernels.from_model_output(y, h, w)  # (N, H, W, 3) uint8, where y is
-    if host is None:
-        pixels = pixels.cpu()
-    else:
-        pixels = host[: len(frames)].copy_(pixels, non_blocking=True)
-    return [f.with_image(img) for f, img in zip(frames, pixels.numpy())]
+    return [f.with_image(img) for f, img in zip(frames, download(pixels, host).numpy())]
 
 
 def batches(frames: Iterable[Frame], max_batch: int) -> Iterator[list[Frame]]:
-    """Consecutive frames of equal size and depth, up to ``max_batch`` at a time (a change flushes).
+    """Consecutive frames of equal size and form (depth, or plane format), up to ``max_batch`` at a
+    time (a change flushes).
 
     A full batch leaves at once, without waiting for the next frame: a source that fails on its
     next frame must not hold back the frames already read.
     """
     batch: list[Frame] = []
     for frame in frames:
-        first = batch[0].image if batch else None
-        if batch and (frame.image.shape != first.shape or frame.image.dtype != first.dtype):
+        first = batch[0] if batch else None
+        if batch and (frame.pixels.shape != first.pixels.shape or frame.form != first.form):
             yield batch
             batch = []
         batch.append(frame)
@@ -300,11 +300,10 @@ def _preprocess(run: _Run) -> None:
     for frames in batches(run.items(run.decoded), run.batch_size):
         slot = _take(run)
         t = time.perf_counter()
-        height, width = frames[0].image.shape[:2]
-        upload, _ = slot.staging(run.batch_size, height, width)
+        host, _ = slot.staging(run.batch_size, frames[0].pixels.shape)
         with slot.on_stream():
             slot.mark("upload")
-            slot.x = to_batch(frames, slot.device, host=upload)
+            slot.x = to_batch(frames, slot.device, host=host)
             slot.mark("uploaded")
         slot.frames = frames
         slot.host_seconds["preprocess"] = time.perf_counter() - t
@@ -342,17 +341,16 @@ def _postprocess(run: _Run) -> None:
     """Queue each slot's download, wait for it, hand the frames on in order, free the slot."""
     for slot in run.items(run.inferred):
         t = time.perf_counter()
-        height, width = slot.frames[0].image.shape[:2]
-        _, download = slot.staging(run.batch_size, height, width)
+        _, host = slot.staging(run.batch_size, slot.frames[0].pixels.shape)
         with slot.on_stream():
             slot.mark("download")
-            frames = to_frames(slot.y, slot.frames, download)
+            frames = to_frames(slot.y, slot.frames, host)
             slot.mark("downloaded")
         waited = time.perf_counter()
         device_seconds = slot.wait()
         t_copy = time.perf_counter()
-        if slot.cuda:  # the images are views of the slot's buffer, which the next batch reuses
-            frames = [f.with_image(f.image.copy()) for f in frames]
+        if slot.cuda:  # the pixels are views of the slot's buffer, which the next batch reuses
+            frames = [f.with_pixels(f.pixels.copy()) for f in frames]
         host = slot.host_seconds | {"postprocess": (waited - t) + (time.perf_counter() - t_copy)}
         _account(run, slot.cuda, host, device_seconds)
         run.pool.give_back(slot)
@@ -379,5 +377,6 @@ def _encode(run: _Run, sink: FrameSink, on_frames: Callable[[int], None] | None)
         sink.write(frame)
         run.add("encode", time.perf_counter() - t)
         run.times.frames += 1
+        run.times.planes += frame.planes is not None
         if on_frames:
             on_frames(1)

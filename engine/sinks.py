@@ -203,7 +203,8 @@ class VideoSink(SinkContext):
     - the stream time base is the input's and each frame keeps its input pts, so variable frame
       rates and non-zero start times survive;
     - RGB -> YUV uses the matrix and range the source decoded with, and the stream is tagged like
-      the input (see :mod:`gtacity.engine.colour`);
+      the input (see :mod:`gtacity.engine.colour`); frames carrying yuv420p planes (converted on
+      the GPU) are encoded as they are;
     - the input's display matrix (rotation/flip, e.g. a phone held upright) is carried over;
     - every audio stream is copied bit for bit.
     """
@@ -273,11 +274,14 @@ class VideoSink(SinkContext):
 
     def write(self, frame: Frame) -> None:
         """Encode one translated frame at its input timestamp (``frame.meta``: VideoFrameMeta)."""
-        height, width = frame.image.shape[:2]
+        height, width = frame.size
         if (width, height) != self._size:
             size = "x".join(map(str, self._size))
             raise ValueError(f"frame {frame.index} is {width}x{height}, the video is {size}")
-        yuv = self._colour.from_rgb(frame.image, self._pix_fmt, self._reformatter)
+        if frame.planes is not None:  # already YUV in the video's colour: no swscale
+            yuv = self._colour.from_planes(frame.planes.data, frame.planes.pix_fmt)
+        else:
+            yuv = self._colour.from_rgb(frame.image, self._pix_fmt, self._reformatter)
         pts = frame.meta.pts
         # Damaged inputs can repeat a timestamp; the muxer rejects that, so nudge it forward.
         if self._last_pts is not None and pts <= self._last_pts:

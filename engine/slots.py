@@ -22,6 +22,7 @@ import queue
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from gtacity.engine.frames import Frame
@@ -62,12 +63,13 @@ class Slot:
         """``with slot.on_stream():`` makes this slot's stream current (a no-op on the CPU)."""
         return torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext()
 
-    def staging(self, max_batch: int, height: int, width: int) -> tuple[torch.Tensor | None, ...]:
-        """(upload, download) pinned ``(max_batch, height, width, 3)`` uint8 buffers; (None, None) on
-        the CPU. Kept while the size stays; a new size (or a larger batch) makes new ones."""
+    def staging(self, max_batch: int, frame_shape: tuple[int, ...]) -> tuple[torch.Tensor | None, ...]:
+        """(upload, download) pinned ``(max_batch, *frame_shape)`` uint8 buffers (a frame's pixel
+        array: ``(H, W, 3)`` RGB or ``(H*3/2, W)`` planes); (None, None) on the CPU. Kept while the
+        shape stays; a new shape (or a larger batch) makes new ones."""
         if not self.cuda:
             return None, None
-        shape = (max_batch, height, width, 3)
+        shape = (max_batch, *frame_shape)
         if self._upload is None or self._upload.shape != shape:
             self._upload = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
             self._download = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
@@ -95,6 +97,33 @@ class Slot:
     def clear(self) -> None:
         """Drop the batch (its tensors go back to the allocator; the staging buffers stay)."""
         self.frames, self.x, self.y, self.host_seconds = [], None, None, {}
+
+
+def upload(arrays: list[np.ndarray], device: torch.device, host: torch.Tensor | None) -> torch.Tensor:
+    """Equal uint8 arrays -> one ``(N, ...)`` tensor on ``device``.
+
+    Args:
+        host: a pinned buffer of at least ``N`` arrays to stack them into; the upload from it is
+            asynchronous on the current CUDA stream, so it must not be written again until that
+            stream has passed this point. None: a fresh buffer (pinned on the way to CUDA).
+    """
+    if host is None:
+        data = torch.from_numpy(np.stack(arrays))
+        if device.type == "cuda":
+            data = data.pin_memory()
+    else:
+        data = host[: len(arrays)]
+        np.stack(arrays, out=data.numpy())
+    return data.to(device, non_blocking=True) if device.type == "cuda" else data
+
+
+def download(data: torch.Tensor, host: torch.Tensor | None) -> torch.Tensor:
+    """``data`` on the host: queued into the pinned ``host`` buffer on the current stream (valid
+    once that stream has passed this point, until the buffer is reused), or, for None, a
+    synchronous copy (no copy for CPU data)."""
+    if host is None:
+        return data.cpu()
+    return host[: len(data)].copy_(data, non_blocking=True)
 
 
 class SlotPool:

@@ -22,6 +22,7 @@ from av.video.reformatter import VideoReformatter
 from gtacity.engine.colour import VideoColour
 from gtacity.engine.damage import Damage
 from gtacity.engine.frames import Frame, SourceContext
+from gtacity.engine.planes import PlaneReader
 from gtacity.errors import GtacityError
 from gtacity.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_full
 
@@ -48,12 +49,16 @@ class VideoFrameMeta:
         return float(self.pts * self.time_base)
 
 
-def open_source(path: str | Path) -> VideoSource | ImageFolderSource | ImageSource:
+def open_source(
+    path: str | Path, *, planes: bool = False
+) -> VideoSource | ImageFolderSource | ImageSource:
     """Open a video, an image folder (searched recursively) or a single image.
 
     Args:
         path: a directory (-> :class:`ImageFolderSource`), a file with an image extension
             (-> :class:`ImageSource`), or anything else (-> :class:`VideoSource`).
+        planes: a video hands out the decoder's 4:2:0 planes where it can (see
+            :class:`VideoSource`); images ignore it.
 
     Raises:
         SourceError: the path is missing or is not a readable video/image/image folder.
@@ -65,7 +70,7 @@ def open_source(path: str | Path) -> VideoSource | ImageFolderSource | ImageSour
         return ImageFolderSource(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageSource(path)
-    return VideoSource(path)
+    return VideoSource(path, planes=planes)
 
 
 def ffmpeg_reason(error: av.FFmpegError) -> str:
@@ -96,6 +101,10 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 class VideoSource(SourceContext):
     """Decodes the first video stream of a file with PyAV (threaded), one RGB frame at a time.
 
+    With ``planes``, frames the decoder gives as 8-bit 4:2:0 (yuv420p, NV12) with even sides
+    carry those planes as they are (:class:`~gtacity.engine.frames.Planes`, colour converted
+    later on the device, see :mod:`gtacity.engine.planes`); any other frame is still RGB.
+
     The first frame is decoded on open, so a file that opens but cannot be decoded fails here, and
     the colour (matrix, range, primaries, transfer) is known before the sink is made. Damage does
     not stop decoding: packets the decoder rejects, frames it flags corrupt and an early end (a
@@ -114,12 +123,14 @@ class VideoSource(SourceContext):
         display_matrix: how a player turns the picture (FFmpeg's 9-int display matrix: rotation
             and flips, e.g. a phone video shot upright), or None; the sink writes it back.
         colour: tags and the YUV <-> RGB conversion, shared with the sink.
+        planes: whether frames carry the decoder's planes where they can.
     """
 
     kind = "video"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, planes: bool = False):
         self.path = path
+        self.planes = planes
         try:
             self._container = av.open(str(path))
         except av.FFmpegError as e:
@@ -166,6 +177,7 @@ class VideoSource(SourceContext):
         self.width, self.height = self._first.width, self._first.height
         self.sample_aspect_ratio = stream.sample_aspect_ratio
         self.colour = VideoColour.of_frame(self._first)
+        self._plane_reader = PlaneReader(self.colour)
         self.display_matrix = _display_matrix(self._first)
 
     def _decoded(self) -> Iterator[av.VideoFrame]:
@@ -220,8 +232,12 @@ class VideoSource(SourceContext):
                 pts = frame.pts
             else:
                 pts = 0 if pts is None else pts + step
-            image = self.colour.to_rgb(frame, self._reformatter)  # (H, W, 3)
-            yield Frame(image=image, index=index, meta=VideoFrameMeta(pts, self.time_base))
+            meta = VideoFrameMeta(pts, self.time_base)
+            planes = self._plane_reader(frame) if self.planes else None
+            if planes is not None:
+                yield Frame(None, index, meta=meta, planes=planes)
+            else:
+                yield Frame(self.colour.to_rgb(frame, self._reformatter), index, meta=meta)
             index += 1
             frame = next(self._frames, None)
         lost = sorted(self._packet_pts - self._frame_pts)

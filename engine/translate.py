@@ -23,6 +23,7 @@ from gtacity.engine.imagepool import default_workers
 from gtacity.engine.jobs import FolderJob, JobSummary, job_settings, list_job, run_folder_job
 from gtacity.engine.int8 import calibration_frames
 from gtacity.engine.pipeline import StageTimes, run_pipeline
+from gtacity.engine.planes import planes_pay
 from gtacity.engine.shards import parse_shard
 from gtacity.engine.sinks import open_sink
 from gtacity.engine.sources import open_source
@@ -188,7 +189,8 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
         done = run_folder_job(job, items, backend, batch_size)
         return TranslateReport(job.output, done.frames, done.times, backend.name, backend.precision,
                                info, job=done)
-    with open_source(cfg.input) as source:
+    # On CUDA a video's colour is converted on the GPU, fused with the generator's layout.
+    with open_source(cfg.input, planes=planes_pay(backend.device, cfg.temporal)) as source:
         sink = open_sink(cfg.output, source, overwrite=cfg.overwrite, crf=cfg.crf, preset=cfg.preset)
         frames = source
         if cfg.temporal == "flow":

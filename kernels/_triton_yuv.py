@@ -28,22 +28,34 @@ from gtacity.kernels.yuv import SHIFT, YuvCoefficients
 
 
 @triton.jit
-def _chroma_taps(i, chroma_size):
-    """The chroma sample nearest luma index ``i`` (weight 3) and the next nearest (weight 1)."""
+def _chroma_taps(i, chroma_size, COSITED: tl.constexpr):
+    """The two chroma samples luma index ``i`` interpolates between: centred, the nearest (weight
+    3) and the next nearest (1); co-sited, the sample at or left of ``i`` and the next (2 and 2;
+    the same sample twice on even ``i``)."""
     near = i // 2
-    far = tl.where(i % 2 == 0, near - 1, near + 1)
+    if COSITED:
+        far = near + i % 2
+    else:
+        far = tl.where(i % 2 == 0, near - 1, near + 1)
     return near, tl.minimum(tl.maximum(far, 0), chroma_size - 1)
 
 
 @triton.jit
-def _chroma_sum16(plane, s_h, s_w, row_near, row_far, col_near, col_far, mask):
-    """16x the bilinearly upsampled chroma (weights 9, 3, 3, 1), centred on 0."""
+def _chroma_sum16(
+    plane, s_h, s_w, row_near, row_far, col_near, col_far, mask, COSITED: tl.constexpr
+):
+    """16x the bilinearly upsampled chroma, centred on 0: rows weighted 3 and 1, columns 3 and 1
+    (centred) or 2 and 2 (co-sited): 9, 3, 3, 1 or 6, 6, 2, 2 in all."""
+    if COSITED:
+        w_near = 2
+    else:
+        w_near = 3
     near = plane + row_near * s_h
     far = plane + row_far * s_h
-    total = 9 * tl.load(near + col_near * s_w, mask=mask, other=0).to(tl.int32)
-    total += 3 * tl.load(near + col_far * s_w, mask=mask, other=0).to(tl.int32)
-    total += 3 * tl.load(far + col_near * s_w, mask=mask, other=0).to(tl.int32)
-    total += tl.load(far + col_far * s_w, mask=mask, other=0).to(tl.int32)
+    total = 3 * w_near * tl.load(near + col_near * s_w, mask=mask, other=0).to(tl.int32)
+    total += 3 * (4 - w_near) * tl.load(near + col_far * s_w, mask=mask, other=0).to(tl.int32)
+    total += w_near * tl.load(far + col_near * s_w, mask=mask, other=0).to(tl.int32)
+    total += (4 - w_near) * tl.load(far + col_far * s_w, mask=mask, other=0).to(tl.int32)
     return total - 128 * 16
 
 
@@ -64,16 +76,21 @@ def _yuv420_to_model_input_kernel(
     sy_n, sy_h, sy_w, su_n, su_h, su_w, sv_n, sv_h, sv_w,
     LUMA, R_V, G_U, G_V, B_U, Y_OFFSET,
     SHIFT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BF16_BITS: tl.constexpr,
+    CHROMA_LEFT: tl.constexpr,
 ):
     rows, cols, n = tile(BLOCK_H, BLOCK_W)
     mask = (rows < HP) & (cols < WP)
     i, j = reflect(rows, H), reflect(cols, W)
     luma = tl.load(y_ptr + n * sy_n + i * sy_h + j * sy_w, mask=mask, other=0).to(tl.int32)
     luma = (luma - Y_OFFSET) * LUMA * 16
-    row_near, row_far = _chroma_taps(i, HC)
-    col_near, col_far = _chroma_taps(j, WC)
-    u16 = _chroma_sum16(u_ptr + n * su_n, su_h, su_w, row_near, row_far, col_near, col_far, mask)
-    v16 = _chroma_sum16(v_ptr + n * sv_n, sv_h, sv_w, row_near, row_far, col_near, col_far, mask)
+    row_near, row_far = _chroma_taps(i, HC, False)
+    col_near, col_far = _chroma_taps(j, WC, CHROMA_LEFT)
+    u16 = _chroma_sum16(
+        u_ptr + n * su_n, su_h, su_w, row_near, row_far, col_near, col_far, mask, CHROMA_LEFT
+    )
+    v16 = _chroma_sum16(
+        v_ptr + n * sv_n, sv_h, sv_w, row_near, row_far, col_near, col_far, mask, CHROMA_LEFT
+    )
     out = dst + n * 3 * HP * WP + rows * WP + cols
     r = _to_byte(luma + R_V * v16, SHIFT + 4)
     g = _to_byte(luma - G_U * u16 - G_V * v16, SHIFT + 4)
@@ -132,6 +149,7 @@ def yuv420_to_model_input(
     k: YuvCoefficients,
     dtype: torch.dtype,
     multiple: int,
+    chroma_left: bool = False,
 ) -> torch.Tensor:
     """Triton :func:`gtacity.kernels.yuv.yuv420p_to_model_input` (arguments already checked)."""
     n, h, w = y.shape
@@ -144,7 +162,7 @@ def yuv420_to_model_input(
             *y.stride(), *u.stride(), *v.stride(),
             k.luma, k.r_v, k.g_u, k.g_v, k.b_u, k.y_offset,
             SHIFT=SHIFT, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, BF16_BITS=bf16_bits,
-            num_warps=NUM_WARPS,
+            CHROMA_LEFT=chroma_left, num_warps=NUM_WARPS,
         )
     return out
 

@@ -6,7 +6,10 @@ what the CPU path (``gtacity.engine.colour``, i.e. swscale with the flags it set
 against it on real and synthetic frames:
 
 - YUV -> RGB: chroma is upsampled bilinearly with chroma samples centred between luma samples
-  (weights 9/16, 3/16, 3/16, 1/16, edges clamped), the video's matrix and range are applied, and
+  (weights 9/16, 3/16, 3/16, 1/16, edges clamped), or, for ``chroma_left``, centred between rows
+  but co-sited with the even columns (H.264/HEVC/MPEG-2's default "left" siting, which swscale
+  follows when a decoder tags its frames so: each odd column the mean of its two neighbours,
+  weights 6/16, 6/16, 2/16, 2/16), the video's matrix and range are applied, and
   the result is rounded to a byte, then to the model value exactly like
   :func:`~gtacity.kernels.layout.to_model_input`.
 - RGB -> YUV: the model output is first rounded to bytes exactly like
@@ -113,6 +116,7 @@ def yuv420p_to_model_input(
     full_range: bool,
     dtype: torch.dtype = torch.float32,
     multiple: int = 4,
+    chroma_left: bool = False,
 ) -> torch.Tensor:
     """yuv420p planes -> ``(N, 3, Hp, Wp)`` model input in [-1, 1], reflect-padded, one pass.
 
@@ -123,6 +127,8 @@ def yuv420p_to_model_input(
         matrix: a :data:`MATRICES` name (the video's conversion matrix).
         full_range: YUV uses 0-255 ("pc"/"jpeg") rather than 16-235/240 ("tv"/"mpeg").
         dtype, multiple: as :func:`~gtacity.kernels.layout.to_model_input`.
+        chroma_left: chroma samples sit on the even columns (H.264's "left" siting) rather than
+            centred between two columns (JPEG's, and swscale's for frames that say nothing).
 
     Raises:
         ValueError: planes of the wrong dtype or shapes, an unknown matrix, a too small frame.
@@ -134,8 +140,10 @@ def yuv420p_to_model_input(
     if use_triton(y):
         from gtacity.kernels import _triton_yuv
 
-        return _triton_yuv.yuv420_to_model_input(y, u, v, coefficients, dtype, multiple)
-    rgb = yuv420_to_rgb_reference(y, u, v, coefficients)
+        return _triton_yuv.yuv420_to_model_input(
+            y, u, v, coefficients, dtype, multiple, chroma_left
+        )
+    rgb = yuv420_to_rgb_reference(y, u, v, coefficients, chroma_left)
     return to_model_input_reference(rgb, dtype=dtype, multiple=multiple)
 
 
@@ -196,22 +204,27 @@ def _check_planes(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> None:
         )
 
 
-def _upsample_sum16(c: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """4x the bilinear 2x upsampling of centred chroma along ``dim`` (weights 3 and 1, clamped)."""
+def _upsample_sum16(c: torch.Tensor, size: int, dim: int, cosited: bool) -> torch.Tensor:
+    """4x the bilinear 2x upsampling of chroma along ``dim``, edges clamped: samples centred
+    between two pixels (weights 3 and 1) or co-sited with the even ones (2 and 2)."""
     i = torch.arange(size, device=c.device)
     near = i // 2
+    if cosited:
+        far = (near + i % 2).clamp_(0, c.shape[dim] - 1)
+        return 2 * (c.index_select(dim, near) + c.index_select(dim, far))
     far = (near + torch.where(i % 2 == 0, -1, 1)).clamp_(0, c.shape[dim] - 1)
     return 3 * c.index_select(dim, near) + c.index_select(dim, far)
 
 
 def yuv420_to_rgb_reference(
-    y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, k: YuvCoefficients
+    y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, k: YuvCoefficients, chroma_left: bool = False
 ) -> torch.Tensor:
     """4:2:0 planes -> uint8 RGB ``(N, H, W, 3)`` in plain torch (the kernel's definition)."""
     h, w = y.shape[1:]
     luma = (y.int() - k.y_offset) * k.luma * 16
     u16, v16 = (
-        _upsample_sum16(_upsample_sum16(c.int(), h, 1), w, 2) - 128 * 16 for c in (u, v)
+        _upsample_sum16(_upsample_sum16(c.int(), h, 1, False), w, 2, chroma_left) - 128 * 16
+        for c in (u, v)
     )  # 16x the chroma at each pixel, centred on 0
     half = 1 << (SHIFT + 3)
     r = luma + k.r_v * v16

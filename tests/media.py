@@ -288,3 +288,22 @@ def video_info(path: str | Path) -> dict:
             if p.size
         ]
     return info
+
+
+def make_raw_clip(
+    path: str | Path, *, frames: int = 6, size: tuple[int, int] = (64, 48), pix_fmt: str = "nv12"
+) -> list[np.ndarray]:
+    """Write uncompressed video (``rawvideo`` in .mkv/.nut) in ``pix_fmt``, as a hardware decoder
+    or capture card hands it out (NV12), untagged BT.601 at 25 fps; returns its RGB frames."""
+    width, height = size
+    images = [patches(width, height, seed=i) for i in range(frames)]
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("rawvideo", rate=25)
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        video.codec_context.time_base = video.time_base = Fraction(1, 25)
+        for i, image in enumerate(images):
+            frame = _yuv_frame(rgb_to_yuv(image, "bt601"), "yuv420p").reformat(format=pix_fmt)
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return images

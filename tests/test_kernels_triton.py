@@ -118,15 +118,18 @@ YUV_CASES = (
 )
 
 
+@pytest.mark.parametrize("chroma_left", (False, True), ids=("centred", "left"))
 @pytest.mark.parametrize("case", YUV_CASES, ids=lambda c: "x".join(map(str, c[:3])) + f"-{c[3]}")
-def test_yuv420p_to_model_input_equals_reference(kernels, case):
+def test_yuv420p_to_model_input_equals_reference(kernels, case, chroma_left):
     _, triton_yuv = kernels
     n, h, w, matrix, full_range, dtype = case
     chroma = (n, (h + 1) // 2, (w + 1) // 2)
     y, u, v = _bytes((n, h, w), 1), _bytes(chroma, 2), _bytes(chroma, 3)
     k = yuv.YuvCoefficients.of(matrix, full_range)
-    got = triton_yuv.yuv420_to_model_input(*_on_device(y, u, v), k, dtype, 4)
-    want = yuv.yuv420p_to_model_input(y, u, v, matrix=matrix, full_range=full_range, dtype=dtype)
+    got = triton_yuv.yuv420_to_model_input(*_on_device(y, u, v), k, dtype, 4, chroma_left)
+    want = yuv.yuv420p_to_model_input(
+        y, u, v, matrix=matrix, full_range=full_range, dtype=dtype, chroma_left=chroma_left
+    )
     assert got.shape == want.shape and torch.equal(got.cpu(), want)
 
 
@@ -220,8 +223,9 @@ blocks = {"BLOCK_H": L.BLOCK_H, "BLOCK_W": L.BLOCK_W}
 cases = [
     (L._to_model_input_kernel, {"src": "*u8", "dst": "*i16"}, {**blocks, "BF16_BITS": True}),
     (L._from_model_output_kernel, {"src": "*fp16", "dst": "*u8"}, blocks),
-    (Y._yuv420_to_model_input_kernel, {"y_ptr": "*u8", "u_ptr": "*u8", "v_ptr": "*u8",
-     "dst": "*fp16"}, {**blocks, "SHIFT": 16, "BF16_BITS": False}),
+    *((Y._yuv420_to_model_input_kernel, {"y_ptr": "*u8", "u_ptr": "*u8", "v_ptr": "*u8",
+       "dst": "*fp16"}, {**blocks, "SHIFT": 16, "BF16_BITS": False, "CHROMA_LEFT": left})
+      for left in (False, True)),
     (Y._model_output_to_yuv420_kernel, {"src": "*fp32", "dst": "*u8"}, {**blocks, "SHIFT": 16}),
 ]
 for kernel, pointers, constexprs in cases:
@@ -250,4 +254,4 @@ def test_kernels_compile_for_a_cuda_gpu(tmp_path):
         [sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("compiled") == 4, run.stdout
+    assert run.stdout.count("compiled") == 5, run.stdout

@@ -171,7 +171,7 @@ def test_a_failing_stage_stops_everything_and_aborts_the_output(tiny_generator, 
 def test_slot_pool_bounds_batches_in_flight():
     pool = SlotPool(2, torch.device("cpu"))
     first, second = pool.take(), pool.take()
-    assert pool.free() == 0 and first.stream is None and first.staging(2, 8, 8) == (None, None)
+    assert pool.free() == 0 and first.stream is None and first.staging(2, (8, 8, 3)) == (None, None)
     with pytest.raises(queue.Empty):
         pool.take(timeout=0.01)
     first.frames = [Frame(np.zeros((8, 8, 3), np.uint8), 0)]
