@@ -8,6 +8,7 @@ file stays readable; the same rule holds: parse -> one frozen config -> ONE call
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 
 def _run_options(workers: int):
@@ -143,6 +144,7 @@ Examples:
   gtacity distill --teacher runs/exp1/city2gta.safetensors --images cityscapes/ --out runs/fast_c \\
       --arch resnet --ngf 16 --n-blocks 9
   gtacity distill --resume runs/fast                 # continue exactly where it stopped
+    gtacity distill --resume runs/fast --steps 40000   # ... and run longer than planned
   gtacity translate drive.mp4 -o out.mp4 --weights runs/fast/gta2city.safetensors
 """)
 @click.option("--teacher", type=click.Path(), help="Generator file to imitate (its direction is the student's).")
@@ -154,7 +156,8 @@ Examples:
               help="Student: depthwise-separable residual blocks (mobile) or the ResNet generator, smaller.")
 @click.option("--ngf", type=int, default=None, help="Student width.  [default: half the teacher's]")
 @click.option("--n-blocks", type=int, default=None, help="Student residual blocks.  [default: the teacher's]")
-@click.option("--steps", default=20000, show_default=True, help="Optimiser steps (lr constant for half, then linear to 0).")
+@click.option("--steps", default=20000, show_default=True,
+              help="Optimiser steps (lr constant for half, then linear to 0). With --resume: a new total for the run.")
 @click.option("--preprocess", default="resize_and_crop", show_default=True,
               type=click.Choice(["resize_and_crop", "scale_width_and_crop", "scale_width", "crop", "none"]))
 @click.option("--load-size", default=286, show_default=True, help="Resize target (side, or width for scale_width*).")
@@ -182,7 +185,9 @@ def distill(resume, no_progress, stop_after, **opts) -> None:
         given = [k for k in ("out", "teacher", "images") if opts[k]]
         if given:
             raise click.UsageError(f"--resume continues with the run's saved settings; drop --{given[0]}")
-        run_distill(DistillConfig(out=resume), resume=True, progress_bar=not no_progress, stop_after=stop_after)
+        steps_given = click.get_current_context().get_parameter_source("steps") is ParameterSource.COMMANDLINE
+        run_distill(DistillConfig(out=resume), resume=True, progress_bar=not no_progress, stop_after=stop_after,
+                    steps=opts["steps"] if steps_given else None)
         return
     for name in ("teacher", "out"):
         if not opts[name]:

@@ -77,6 +77,23 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path, teacher, images):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_with_a_new_total_equals_a_run_planned_that_long(tmp_path, teacher, images):
+    straight = config(tmp_path, teacher, images, out=str(tmp_path / "straight"), steps=6)
+    distill(straight, progress_bar=False)
+    longer = config(tmp_path, teacher, images, out=str(tmp_path / "longer"), steps=8)
+    distill(longer, progress_bar=False, stop_after=2)  # lr still constant under 6 and 8 steps
+    resume = ["distill", "--resume", longer.out, "--workers", "0", "--no-progress"]
+    short = CliRunner().invoke(cli, [*resume, "--steps", "1"])
+    assert short.exit_code == 1 and "the run is at step 2; --steps must be at least that" in short.output
+    done = CliRunner().invoke(cli, [*resume, "--steps", "6"])
+    assert done.exit_code == 0 and "done: 6 steps" in done.output, done.output
+    a, _ = read_generator_file(tmp_path / "straight" / "city2gta.safetensors")
+    b, _ = read_generator_file(tmp_path / "longer" / "city2gta.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    again = CliRunner().invoke(cli, resume)  # the new total is the run's own now
+    assert again.exit_code == 0 and "done: 6 steps" in again.output, again.output
+
+
 def test_resume_refuses_a_changed_teacher(tmp_path, teacher, images):
     distill(config(tmp_path, teacher, images), progress_bar=False, stop_after=1)
     torch.manual_seed(9)

@@ -113,13 +113,17 @@ class _Run:
 
 
 def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
-            stop_after: int | None = None) -> Path:
+            stop_after: int | None = None, steps: int | None = None) -> Path:
     """Run (or continue) a distillation run; returns the student file.
 
     Args:
         cfg: the run's settings. With ``resume`` only ``cfg.out`` is used: the run continues from
             ``<out>/checkpoints/latest.pt`` with its saved config, exactly where it stopped.
         stop_after: stop (with a checkpoint) after this many steps of this invocation.
+        steps: with ``resume``, a new total for the run (at least the step it reached): a run
+            that needs longer, or less, than planned. The learning rate follows the new total's
+            schedule from there on (constant for its first half, then linear to 0), so a run
+            lengthened or shortened while still in its constant half is the run that total gives.
 
     Raises:
         DataError: no images, a run already in ``out``, or a teacher that changed since the run began.
@@ -128,7 +132,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     run_dir = Path(cfg.out)
     state = read_checkpoint(run_dir) if resume else None
     if state is not None:
-        cfg = DistillConfig.from_dict({**state["config"], "out": cfg.out})
+        cfg = DistillConfig.from_dict({**state["config"], "out": cfg.out, "steps": steps or state["config"]["steps"]})
     elif (run_dir / "checkpoints" / "latest.pt").exists():
         raise DataError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
@@ -145,6 +149,8 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     distiller = Distiller(teacher, cfg.arch, ngf, n_blocks, cfg.losses).to(device)
     prec = choose_precision(cfg.amp, device, hardware.cpu_capabilities().native_bf16)
     progress = _restore(distiller, prec, state) if state is not None else Progress()
+    if progress.step > cfg.steps:
+        raise DataError(f"{run_dir}: the run is at step {progress.step}; --steps must be at least that")
     logger = RunLogger(run_dir)
     logger.start(cfg.to_dict(), resumed_at=progress.step if state else None, device=str(device),
                  precision=prec, command="distill")
