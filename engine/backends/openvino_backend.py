@@ -80,13 +80,13 @@ class OpenVINOConfig:
         performance_hint: ``"LATENCY"`` (one stream using every core) or ``"THROUGHPUT"`` (several
             streams; a batch is split across them).
         num_threads: CPU threads for inference; 0 = OpenVINO's choice (all physical cores), the
-            default. Capping it to leave a core to video decoding and encoding does not pay on a
-            few cores: in ``gtacity bench --e2e`` (benchmarks/RESULTS.md) decode and encode are 1-8%
-            of the busy time at 256x256 (3% with the demo generator in bf16, about twice that with
-            int8, which halves inference), so one thread fewer out of two would give up to half the
-            inference rate to win at most that share back. The side-by-side run of both settings
-            (issue 9) could not be timed on the shared 2-core machine (load 20+); it is the check
-            to repeat on a many-core CPU, where a cap may pay.
+            default. Capping it to leave a core to video decoding and encoding loses on a few
+            cores: measured side by side on a quiet 2-core AVX2 EPYC (benchmarks/cpu_threads.py,
+            demo generator, 256x256 H.264 clip, RESULTS.md), one inference thread of two ran the
+            whole translation at 0.58x (fp32) and 0.56x (int8) of all cores, because decoding,
+            colour and libx264 take only ~5% of the run there (end to end 7.3 vs 7.7 frames/s for
+            the model alone, int8). THROUGHPUT with batch 2 came within noise (1.01x, 1.04x). On a
+            many-core CPU a cap may pay; that is the check to repeat there.
         min_psnr_db: int8 only: the least PSNR vs fp32 (worst calibration frame) an int8 model
             must reach to be used (see :mod:`gtacity.engine.int8`).
     """
@@ -205,7 +205,7 @@ class OpenVINOBackend(Backend):
         config: OpenVINOConfig | None = None,
     ):
         super().__init__(net, precision=precision, device=device, config=config)
-        # int8 models keep their unquantised ops (first/last convolution, norms) in fp32.
+        # int8 models keep their unquantised ops (norms, element-wise ops) in fp32.
         self._precision_hint = _OV_TYPE.get(self.precision, "f32")
         self._model, self.from_cache = _load_or_convert(net, self.config.cache_dir)
         self._weights_key = _cache_key(net)
