@@ -14,7 +14,8 @@ For each (teacher, student) pair given as ``--pair NAME TEACHER STUDENT``:
 
 Nothing made from the frames is kept.
 
-    python benchmarks/distill.py --heldout DIR --pair demo T.safetensors S.safetensors [--pair ...]
+    python benchmarks/distill.py --heldout DIR --pair demo T.safetensors S.safetensors [--pair ...] \
+        [--frames 120] [--rounds 3] [--precision int8]
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ def write_clip(path: Path, frames: list[np.ndarray], count: int) -> None:
         out.mux(stream.encode())
 
 
-def e2e_fps(weights: str, clip: Path, tmp: Path) -> float:
-    report = translate(TranslateConfig(clip, tmp / "out.mp4", weights=weights, overwrite=True, progress=False))
+def e2e_fps(weights: str, clip: Path, tmp: Path, precision: str) -> float:
+    report = translate(TranslateConfig(clip, tmp / "out.mp4", weights=weights, overwrite=True, progress=False,
+                                       precision=precision))
     return report.times.fps
 
 
@@ -69,6 +71,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--precision", default="auto",
+                        help="translate --precision for both, end to end (int8: calibrated on the clip, "
+                             "during the untimed warm-up call); fidelity stays at the backend's default")
     args = parser.parse_args()
     print(f"machine   {describe_machine(machine_info())}")
     print(f"versions  {describe_versions(versions())}")
@@ -87,14 +92,14 @@ def main() -> None:
                 info = read_generator_file(path)[1]
                 macs[role] = (count_macs(info.ngf, info.n_blocks, 256, 256, arch=info.arch) / 1e9,
                               count_macs(info.ngf, info.n_blocks, -(-h // 4) * 4, w, arch=info.arch) / 1e9)
-                e2e_fps(path, tmp / "clip.mp4", tmp)  # warm-up: conversion cache
+                e2e_fps(path, tmp / "clip.mp4", tmp, args.precision)  # warm-up: conversion (and int8) cache
             fps = {"teacher": [], "student": []}
             for _ in range(args.rounds):
                 for role, path in (("teacher", teacher), ("student", student)):
-                    fps[role].append(e2e_fps(path, tmp / "clip.mp4", tmp))
+                    fps[role].append(e2e_fps(path, tmp / "clip.mp4", tmp, args.precision))
             med = {role: statistics.median(v) for role, v in fps.items()}
             fid = evaluate_fidelity(FidelityConfig(tmp / "heldout", teacher, student, progress=False))
-            print(f"\n[{name}]  ({fid.backend})")
+            print(f"\n[{name}]  (fidelity: {fid.backend}; e2e: --precision {args.precision})")
             print(f"{'':8} {'arch':24} {'ngf':>4} {'blocks':>6} {'GMAC@256':>9} {'GMAC@clip':>10} {'e2e fps':>8}")
             for role, m in (("teacher", fid.teacher), ("student", fid.student)):
                 print(f"{role:8} {m.info.arch:24} {m.info.ngf:>4} {m.info.n_blocks:>6} {macs[role][0]:>9.2f} "

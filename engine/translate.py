@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gtacity.checkpoint import DIRECTIONS, GeneratorInfo, bundled_generator, load_generator
+from gtacity.checkpoint import DIRECTIONS, GeneratorInfo, bundled_generator, generator_path, load_generator
 from gtacity.engine.backends import create_backend
 from gtacity.engine.damage import Damage
 from gtacity.engine.datasets import LABEL_MODES
@@ -244,7 +244,7 @@ def _check_folder_options(cfg: TranslateConfig, folder: bool) -> None:
 
 def _weights_path(cfg: TranslateConfig) -> Path:
     if cfg.weights is not None:
-        return Path(cfg.weights)
+        return generator_path(cfg.weights)  # a file, or a bundled generator's name
     direction = cfg.direction or "gta2city"
     weights = bundled_generator(direction)
     if weights is None:

@@ -111,9 +111,7 @@ def read_generator_file(path: str | Path) -> tuple[dict[str, torch.Tensor], Gene
     Raises:
         CheckpointError: missing, truncated, not a generator, or tensors that don't fit.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
+    path = generator_path(path)
     if path.suffix == ".safetensors":
         state, info = _read_ours(path)
     else:
@@ -148,10 +146,30 @@ def load_generator(
     return net.to(map_location).eval(), info
 
 
+def bundled_generators() -> dict[str, Path]:
+    """The generators shipped inside the package, by name (the file's stem, e.g. ``gta2city_demo``,
+    ``gta2city_demo_fast``): every ``--weights`` takes these names where no such file exists."""
+    return {path.stem: path for path in sorted((Path(__file__).parent / "models").glob("*.safetensors"))}
+
+
+def generator_path(path: str | Path) -> Path:
+    """``path`` itself where that file exists, else the bundled generator of that name.
+
+    Raises:
+        CheckpointError: neither.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    shipped = bundled_generators()
+    if str(path) not in shipped:
+        raise CheckpointError(f"{path}: no such weights file (or bundled generator: {', '.join(shipped)})")
+    return shipped[str(path)]
+
+
 def bundled_generator(direction: str) -> Path | None:
     """The demo generator shipped inside the package for ``direction``, or None if absent."""
-    path = Path(__file__).parent / "models" / f"{direction}_demo.safetensors"
-    return path if path.is_file() else None
+    return bundled_generators().get(f"{direction}_demo")
 
 
 def _read_ours(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:

@@ -136,3 +136,30 @@ def test_instance_norm_stays_fp32_under_autocast():
             low = net(x)
     assert low.dtype == torch.bfloat16
     assert (low.float() - ref).abs().max() < 0.05
+
+
+def test_bundled_generators_load_by_name_everywhere(tmp_path):
+    from click.testing import CliRunner
+
+    from gtacity.checkpoint import bundled_generators
+    from gtacity.cli import cli
+    from media import make_image
+
+    assert {"gta2city_demo", "city2gta_demo", "gta2city_demo_fast"} <= set(bundled_generators())
+    student, info = load_generator("gta2city_demo_fast")
+    assert (info.arch, info.ngf, info.n_blocks, info.direction) == ("mobile_resnet_generator", 16, 6, "gta2city")
+    assert count_macs(32, 6, 256, 256) / count_macs(16, 6, 256, 256, arch=info.arch) > 10
+    make_image(tmp_path / "a.png", size=(64, 48), seed=1)
+    outs = {}
+    for name, weights in (("by_name", "gta2city_demo_fast"), ("by_path", str(bundled_generators()["gta2city_demo_fast"]))):
+        result = CliRunner().invoke(cli, ["translate", str(tmp_path / "a.png"), "-o", str(tmp_path / f"{name}.png"),
+                                          "--weights", weights, "--backend", "torch", "-q"])
+        assert result.exit_code == 0, result.output
+        outs[name] = (tmp_path / f"{name}.png").read_bytes()
+    assert outs["by_name"] == outs["by_path"]
+    missing = CliRunner().invoke(cli, ["translate", str(tmp_path / "a.png"), "-o", str(tmp_path / "c.png"),
+                                       "--weights", "gta2city_demo_tiny"])
+    assert missing.exit_code == 1 and not (tmp_path / "c.png").exists()
+    assert missing.output.strip().splitlines() == [
+        "error: gta2city_demo_tiny: no such weights file (or bundled generator: city2gta_demo, gta2city_demo, "
+        "gta2city_demo_fast)"]

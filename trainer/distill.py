@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gtacity import hardware
-from gtacity.checkpoint import describe, file_sha256, load_generator, save_generator
+from gtacity.checkpoint import describe, file_sha256, generator_path, load_generator, save_generator
 from gtacity.nets import ARCHS
 from gtacity.quality import psnr
 from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files
@@ -138,7 +138,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     teacher, info = load_generator(cfg.teacher, map_location=device)
     direction = info.direction or "gta2city"
-    sha = file_sha256(cfg.teacher)
+    sha = file_sha256(generator_path(cfg.teacher))
     if state is not None and state["teacher_sha256"] != sha:
         raise DataError(f"{cfg.teacher}: the teacher file changed since this run began; restore it or start a new run")
     dataset = _dataset(cfg, direction)
