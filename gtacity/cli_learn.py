@@ -152,8 +152,9 @@ Examples:
               help="Images of the teacher's source domain (GTA5 for gta2city, Cityscapes for city2gta). Repeatable.")
 @click.option("--out", type=click.Path(), help="Run folder: <direction>.safetensors, checkpoints, logs, samples.")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder with its saved settings.")
-@click.option("--arch", type=click.Choice(["mobile", "resnet"]), default="mobile", show_default=True,
-              help="Student: depthwise-separable residual blocks (mobile) or the ResNet generator, smaller.")
+@click.option("--arch", type=click.Choice(["mobile", "lite", "resnet"]), default="mobile", show_default=True,
+              help="Student: depthwise-separable residual blocks (mobile), also separable 7x7 stem and output "
+                   "convs (lite: faster on CPUs), or the ResNet generator, smaller.")
 @click.option("--ngf", type=int, default=None, help="Student width.  [default: half the teacher's]")
 @click.option("--n-blocks", type=int, default=None, help="Student residual blocks.  [default: the teacher's]")
 @click.option("--steps", default=20000, show_default=True,
@@ -194,7 +195,8 @@ def distill(resume, no_progress, stop_after, **opts) -> None:
             raise click.UsageError(f"--{name} is required (or --resume a run)")
     cfg = DistillConfig(
         out=opts["out"], teacher=opts["teacher"], images=opts["images"],
-        arch={"mobile": "mobile_resnet_generator", "resnet": "resnet_generator"}[opts["arch"]],
+        arch={"mobile": "mobile_resnet_generator", "lite": "lite_mobile_resnet_generator",
+              "resnet": "resnet_generator"}[opts["arch"]],
         ngf=opts["ngf"], n_blocks=opts["n_blocks"], steps=opts["steps"],
         preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"]),
         losses=DistillLosses(opts["lambda_l1"], opts["lambda_feat"], opts["lambda_gan"], lr=opts["lr"]),

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 from gtacity.checkpoint import load_generator, read_generator_file, save_generator
 from gtacity.cli import cli
-from gtacity.engine.backends import create_backend
 from gtacity.nets import ResnetGenerator, init_weights
 from gtacity.quality import psnr, ssim
 from gtacity.trainer.data import DataError, Preprocess, find_images
@@ -109,15 +108,9 @@ def test_cli_writes_a_student_named_by_direction_that_every_backend_runs(tmp_pat
                                       "--steps", "2", "--workers", "0", "--no-progress"])
     assert result.exit_code == 0, result.output
     student = tmp_path / "cli" / "city2gta.safetensors"
-    net, info = load_generator(student)
+    _, info = load_generator(student)
     assert (info.arch, info.ngf, info.n_blocks, info.direction) == ("resnet_generator", 4, 1, "city2gta")
-    x = torch.rand(1, 3, 32, 48) * 2 - 1
-    outs = []
-    for name in ("torch", "openvino"):
-        backend = create_backend(name, net, precision="fp32", device="cpu")
-        backend.prepare(1, 32, 48)
-        outs.append(backend.infer(x))
-    assert (outs[0] - outs[1]).abs().max() < 1e-4
+    # (every arch runs alike on every backend: test_students.py)
     again = CliRunner().invoke(cli, ["distill", "--teacher", teacher, "--images", images, "--out", str(tmp_path / "cli")])
     assert again.exit_code == 1 and "already holds a run; continue it with --resume" in again.output
 

@@ -42,6 +42,29 @@ def test_mobile_student_is_ten_times_cheaper_than_the_paper_generator():
     assert teacher / count_macs(16, 9, 256, 256) > 14  # the narrow ResNet student
 
 
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_every_arch_round_trips_a_file_and_runs_alike_on_torch_and_openvino(tmp_path, arch):
+    torch.manual_seed(0)
+    net = init_weights(build_generator(arch, 8, 2)).eval()
+    loaded, info = load_generator(save_generator(net, tmp_path / "g.safetensors", direction="gta2city"))
+    assert (type(loaded), info.arch) == (type(net), arch)
+    x = torch.rand(1, 3, 32, 48) * 2 - 1
+    outs = []
+    for name in ("torch", "openvino"):
+        backend = create_backend(name, loaded, precision="fp32", device="cpu")
+        backend.prepare(1, 32, 48)
+        outs.append(backend.infer(x))
+    with torch.no_grad():
+        assert torch.equal(outs[0], net(x))
+    assert (outs[0] - outs[1]).abs().max() < 1e-4
+
+
+def test_lite_student_is_cheaper_than_mobile_at_the_same_width():
+    lite = count_macs(16, 6, 256, 256, arch="lite_mobile_resnet_generator")
+    assert count_macs(32, 6, 256, 256) / lite > 15  # vs the demo teacher; mobile 16/6 is 10.8x
+    assert lite < count_macs(16, 6, 256, 256, arch="mobile_resnet_generator") * 0.75  # 0.60 vs 0.84 GMAC
+
+
 def test_unknown_arch_is_refused():
     with pytest.raises(ValueError, match="unknown generator arch 'unet'"):
         build_generator("unet", 8, 2)
