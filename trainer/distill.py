@@ -12,7 +12,7 @@ on Cityscapes images.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from gtacity.nets import ARCHS
 from gtacity.quality import psnr
 from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files
 from gtacity.trainer.logs import RunLogger
-from gtacity.trainer.state import Progress, read_checkpoint
+from gtacity.trainer.state import Progress, RunSettings, read_checkpoint
 from gtacity.trainer.step import Precision, choose_precision
 from gtacity.trainer.distill_step import DistillLosses, Distiller, distill_step
 
@@ -34,7 +34,7 @@ _DOMAIN = {"gta2city": "gta", "city2gta": "city"}
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(RunSettings):
     """Everything that defines a distillation run; saved in every checkpoint.
 
     Attributes:
@@ -45,8 +45,9 @@ class DistillConfig:
         ngf, n_blocks: student size; None = half the teacher's width and its depth.
         steps: optimiser steps; the learning rate is constant for the first half, then decays
             linearly to zero.
-        amp: ``auto`` (bf16 only on CPUs that compute it natively, bf16 or fp16 on CUDA), ``bf16``,
-            ``fp16``, ``off``.
+
+    Batch size, precision, device, workers, seed and cadence: see
+    :class:`~gtacity.trainer.state.RunSettings`.
     """
 
     out: str
@@ -58,21 +59,10 @@ class DistillConfig:
     preprocess: Preprocess = field(default_factory=Preprocess)
     losses: DistillLosses = field(default_factory=DistillLosses)
     steps: int = 20000
-    batch_size: int = 1
-    amp: str = "auto"
-    device: str = "auto"
-    workers: int = 1
-    seed: int = 0
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    sample_every: int = 500
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DistillConfig":
-        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+        d = cls.known_fields(d)
         d["preprocess"] = Preprocess(**d.get("preprocess", {}))
         d["losses"] = DistillLosses(**d.get("losses", {}))
         d["images"] = tuple(d.get("images", ()))

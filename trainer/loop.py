@@ -7,7 +7,7 @@ then ``for step: batch -> lr -> train_step -> log -> sample -> checkpoint``.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,12 +21,12 @@ from gtacity.trainer.data import (
     unaligned_files,
 )
 from gtacity.trainer.logs import RunLogger
-from gtacity.trainer.state import Progress, init_from, read_checkpoint, restore, save_checkpoint
+from gtacity.trainer.state import Progress, RunSettings, init_from, read_checkpoint, restore, save_checkpoint
 from gtacity.trainer.step import CycleGAN, Precision, StepConfig, choose_precision, train_step
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RunSettings):
     """Everything that defines a run; saved inside every checkpoint and printed at start.
 
     Attributes:
@@ -37,10 +37,8 @@ class TrainConfig:
             it from the file names and refuses to guess when they don't tell.
         ngf, n_blocks, ndf: network sizes (paper: 64, 9, 64).
         epochs, epochs_decay: epochs at the initial lr, then epochs of linear decay to zero.
-        amp: ``auto`` (on CPU bf16 where it is native (AVX512-BF16, AMX), else fp32, see
-            :func:`gtacity.hardware.train_amp`; bf16 or fp16 + grad scaling on CUDA), ``bf16``,
-            ``fp16``, ``off``.
-        checkpoint_every, log_every, sample_every: in optimiser steps.
+        workers: DataLoader worker processes (two here; batch size, precision, device, seed and
+            cadence: see :class:`~gtacity.trainer.state.RunSettings`).
         init_from: weights to start from (a gtacity run or checkpoint, or an official run folder).
     """
 
@@ -54,25 +52,14 @@ class TrainConfig:
     ndf: int = 64
     preprocess: Preprocess = field(default_factory=Preprocess)
     step: StepConfig = field(default_factory=StepConfig)
-    batch_size: int = 1
     epochs: int = 100
     epochs_decay: int = 100
-    amp: str = "auto"
-    device: str = "auto"
-    workers: int = 2
-    seed: int = 0
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    sample_every: int = 500
+    workers: int = field(default=2, kw_only=True)
     init_from: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
+        d = cls.known_fields(d)
         d["preprocess"] = Preprocess(**d.get("preprocess", {}))
         d["step"] = StepConfig(**d.get("step", {}))
         d["gta"], d["city"] = tuple(d.get("gta", ())), tuple(d.get("city", ()))

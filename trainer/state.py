@@ -9,7 +9,7 @@ Beside it, each checkpoint writes the two generators as generator files that
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -21,6 +21,40 @@ from gtacity.trainer.step import CycleGAN, Precision
 
 NET_NAMES = ("G_gta2city", "G_city2gta", "D_city", "D_gta")
 
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """The settings every run shares (``gtacity train`` and ``gtacity distill``), saved with it.
+
+    Attributes:
+        batch_size: images per optimiser step.
+        amp: ``auto`` (on the CPU bf16 only where it is native (AVX512-BF16, AMX), else fp32, see
+            :func:`gtacity.hardware.train_amp`; bf16, else fp16 with grad scaling, on CUDA),
+            ``bf16``, ``fp16``, ``off``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        workers: DataLoader worker processes.
+        seed: seeds every random choice of the run.
+        checkpoint_every, log_every, sample_every: in optimiser steps.
+    """
+
+    batch_size: int = 1
+    amp: str = "auto"
+    device: str = "auto"
+    workers: int = 1
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    sample_every: int = 500
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def known_fields(cls, d: dict) -> dict:
+        """``d`` without keys this class lacks (a config saved by another gtacity version)."""
+        names = {f.name for f in fields(cls)}
+        return {k: v for k, v in d.items() if k in names}
 
 @dataclass
 class Progress:
