@@ -272,7 +272,7 @@ class OpenVINOBackend(Backend):
             self._compile_fp32, self._model, quantized, frames, self.config.min_psnr_db,
             quantize_s=sum(seconds), from_cache=from_cache, stored=check_file if from_cache else None,
         )
-        if check_file is not None:
+        if check_file is not None and self.int8_check.rechecked:
             int8.store_check(self.int8_check, check_file)
         self._model = quantized
 
