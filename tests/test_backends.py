@@ -274,3 +274,19 @@ def test_torch_cuda_options_are_checked_and_described(tiny_generator):
         create_backend("torch", tiny_generator, compile="reduce-overhead")
     backend = create_backend("torch", tiny_generator, device="cpu", cuda_graphs=True)
     assert not backend.cuda_graphs and "CUDA graphs" not in backend.describe()  # CUDA only
+
+
+def test_openvino_runs_each_instance_norm_as_one_fused_mvn(tiny_generator):
+    """The conversion spells InstanceNorm so OpenVINO fuses it: one MVN per norm, no reductions left."""
+    import openvino as ov
+
+    from gtacity.engine.backends.openvino_backend import _to_openvino
+
+    model = _to_openvino(tiny_generator)
+    model.reshape([1, 3, 32, 32])
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    layers = [op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()]
+    norms = sum(isinstance(m, torch.nn.InstanceNorm2d) for m in tiny_generator.modules())
+    assert norms > 0 and layers.count("MVN") == norms
+    assert "Reduce" not in layers  # torch.export's own lowering runs as 2 Reduce layers per norm
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in tiny_generator.modules())  # caller's net untouched
