@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from gtacity.engine.export import ExportError, check_frame_shape, parse_shape
 from gtacity.errors import GtacityError
+from gtacity.files import written_whole
 
 MAGIC = b"GTACITY-TRT\0"
 HEADER_FORMAT, HEADER_VERSION = "gtacity-tensorrt-engine", 1
@@ -151,18 +150,8 @@ def unpack(data: bytes, where: str) -> tuple[dict, bytes]:
 
 def write_engine(path: Path, header: dict, plan: bytes) -> Path:
     """Write an engine file through a temporary name, so readers see a whole file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(pack(header, plan))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with written_whole(path) as partial:
+        partial.write_bytes(pack(header, plan))
     return path
 
 

@@ -41,6 +41,7 @@ from torch.export import Dim
 from gtacity import __version__
 from gtacity.checkpoint import GeneratorInfo, load_generator
 from gtacity.errors import GtacityError
+from gtacity.files import written_whole
 from gtacity.nets import SIZE_MULTIPLE
 
 OPSET = 18
@@ -234,9 +235,8 @@ def save_onnx(model, path: str | Path) -> Path:
     """Write ``model`` as one self-contained file, through a temporary name (no half-written file)."""
     onnx = _import_onnx()
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    onnx.save_model(model, str(tmp), save_as_external_data=False)
-    tmp.replace(path)
+    with written_whole(path) as partial:
+        onnx.save_model(model, str(partial), save_as_external_data=False)
     return path
 
 

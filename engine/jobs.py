@@ -29,13 +29,13 @@ from gtacity.engine.datasets import Item, list_items, write_train_ids
 from gtacity.engine.frames import Frame
 from gtacity.engine.imagepool import ImageTask, PooledImageSource, PooledWriter, pool_stage_times
 from gtacity.engine.jobstate import MANIFEST, RunJournal, clean_leftovers, done_keys, open_job, temp_name
-from gtacity.engine.outputs import remove_stale_partials_under
 from gtacity.engine.pipeline import STAGES, StageTimes, run_pipeline
 from gtacity.engine.planes import planes_pay
 from gtacity.engine.shards import Shard
 from gtacity.engine.sinks import ImageFolderSink, check_folder_target, open_sink, write_image
 from gtacity.engine.sources import SourceError, open_source, read_image
 from gtacity.errors import GtacityError
+from gtacity.files import remove_stale_partials_under
 
 FAILURES = "gtacity-failures"
 

@@ -8,13 +8,11 @@ same output can tell what is debris:
   final path (the lock file holds the writer's pid). A second job to the same output is refused in
   one line while the first runs. The kernel drops the lock when its process dies, however it dies.
 - **Partial**: data is written to ``partial_path(final)`` = ``.NAME.partial-PID-XXXXXXXX.EXT``
-  beside the final path (hidden; the writer's pid; the real extension last, because FFmpeg and
-  OpenCV pick the format from it), then moved onto the final path with :func:`os.replace`.
+  beside the final path, then moved onto the final path with :func:`os.replace`
+  (:mod:`gtacity.files`, which every file the project writes goes through).
 - **Cleanup**: ``remove_stale_partials(final)`` (a file) and ``remove_stale_partials_under(root)``
   (a folder output) delete partial files whose writer pid is no longer running (left by a SIGKILL
-  or a power cut). Only that exact name pattern matches, so nothing else is ever touched; sinks
-  run it after taking the lock. A partial whose pid was reused by an unrelated live process stays
-  until a later run finds that pid gone.
+  or a power cut); sinks run it after taking the lock.
 """
 
 from __future__ import annotations
@@ -22,8 +20,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
-import secrets
 from pathlib import Path
 
 from gtacity.errors import GtacityError
@@ -33,61 +29,9 @@ class OutputBusyError(GtacityError):
     """Another job holds the output's lock."""
 
 
-def partial_path(final: Path) -> Path:
-    """A fresh unfinished-file name beside ``final``, carrying this process's pid."""
-    token = secrets.token_hex(4)
-    return final.with_name(f".{final.name}.partial-{os.getpid()}-{token}{final.suffix}")
-
-
 def lock_path(final: Path) -> Path:
     """The lock file of ``final`` (a file or a folder output)."""
     return final.with_name(f".{final.name}.lock")
-
-
-_PARTIAL = re.compile(r"\.(?P<name>.+)\.partial-(?P<pid>\d+)-[0-9a-f]{8}(?P<ext>\.[^.]+)?")
-
-
-def _stale_writer_of(name: str) -> str | None:
-    """The final name a partial file called ``name`` was for, if it is one and its writer is gone."""
-    match = _PARTIAL.fullmatch(name)
-    if match is None or not match["name"].endswith(match["ext"] or ""):
-        return None
-    return None if _running(int(match["pid"])) else match["name"]
-
-
-def remove_stale_partials(final: Path) -> int:
-    """Delete the partial files a dead writer left for the file ``final``; returns how many."""
-    try:
-        names = os.listdir(final.parent)
-    except FileNotFoundError:
-        return 0
-    stale = [n for n in names if _stale_writer_of(n) == final.name]
-    for name in stale:
-        (final.parent / name).unlink(missing_ok=True)
-    return len(stale)
-
-
-def remove_stale_partials_under(root: Path) -> int:
-    """Delete every partial file a dead writer left anywhere under the folder ``root``."""
-    removed = 0
-    for folder, _dirs, names in os.walk(root):
-        for name in names:
-            if _stale_writer_of(name) is not None:
-                (Path(folder) / name).unlink(missing_ok=True)
-                removed += 1
-    return removed
-
-
-def _running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 class OutputLock:

@@ -24,14 +24,10 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from gtacity.engine.frames import Frame, FrameSource, SinkContext
-from gtacity.engine.outputs import (
-    OutputLock,
-    partial_path,
-    remove_stale_partials,
-    remove_stale_partials_under,
-)
+from gtacity.engine.outputs import OutputLock
 from gtacity.engine.sources import VideoSource, ffmpeg_reason
 from gtacity.errors import GtacityError
+from gtacity.files import partial_path, remove_stale_partials, remove_stale_partials_under, written_whole
 from gtacity.images import ALPHA_EXTENSIONS, DEEP_EXTENSIONS, IMAGE_EXTENSIONS
 
 # Containers libx264 output can live in.
@@ -385,12 +381,8 @@ class ImageFolderSink(SinkContext):
         """Write one translated image at its input's relative path."""
         target = self.path / frame.meta
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = partial_path(target)
-        try:
+        with written_whole(target) as partial:
             write_image(partial, frame)
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Every file was finished as it was written; release the folder."""

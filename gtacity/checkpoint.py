@@ -18,7 +18,6 @@ inferred from the tensors, and InstanceNorm running stats written by old PyTorch
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from safetensors.torch import save_file
 from gtacity.errors import GtacityError
 from torch import nn
 
+from gtacity.files import written_whole
 from gtacity.nets import ARCHS, build_generator
 
 FORMAT = "gtacity-generator"
@@ -96,12 +96,8 @@ def save_generator(
     info = GeneratorInfo(net.ngf, net.n_blocks, direction, trained_resolution, arch=net.arch)
     meta = {**(extra or {}), **info.metadata()}
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
-    tmp = path.with_name(path.name + ".partial")
-    save_file(tensors, str(tmp), metadata=meta)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)  # a normal file's mode, not the private one the writer may create
-    tmp.replace(path)
+    with written_whole(path) as partial:
+        save_file(tensors, str(partial), metadata=meta)
     return path
 
 

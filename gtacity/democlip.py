@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from gtacity.errors import GtacityError
+from gtacity.files import written_whole
 
 _FACADES = [(184, 160, 128), (150, 96, 72), (210, 200, 180), (120, 130, 150), (170, 120, 90)]
 _SEGMENT = 12.0  # metres between buildings along the street
@@ -140,8 +141,7 @@ def write_demo_clip(path: str | Path, *, seconds: float = 6.0, size: tuple[int, 
     if width % 2 or height % 2 or width < 64 or height < 64:
         raise GtacityError(f"clip size {width}x{height}: both sides must be even and at least 64")
     scene = _Scene(width, height, seed)
-    tmp = path.with_name(f".{path.name}.partial{path.suffix}")
-    with av.open(str(tmp), "w") as out:
+    with written_whole(path) as partial, av.open(str(partial), "w") as out:
         video = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "fast"})
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         ctx = video.codec_context
@@ -155,7 +155,6 @@ def write_demo_clip(path: str | Path, *, seconds: float = 6.0, size: tuple[int, 
             out.mux(video.encode(frame))
         out.mux(video.encode())
         _hum(out, audio, seconds, seed)
-    tmp.replace(path)
     return path
 
 

@@ -16,7 +16,8 @@ from media import make_clip, make_image_tree, video_info
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
-from gtacity.engine.outputs import OutputLock, remove_stale_partials
+from gtacity.engine.outputs import OutputLock
+from gtacity.files import remove_stale_partials, written_whole
 
 DEAD_PID = 2**22 + 1  # above Linux's pid_max ceiling (4194304): never a running process
 
@@ -136,3 +137,24 @@ def test_lock_refuses_a_second_holder_and_is_removed_on_release(tmp_path):
     assert names(tmp_path) == []
     OutputLock(tmp_path / "x.mp4").acquire().release()
     assert remove_stale_partials(tmp_path / "missing" / "x.mp4") == 0
+
+
+def test_written_whole_replaces_only_on_success_and_clears_a_dead_writers_debris(tmp_path):
+    final = tmp_path / "latest.pt"
+    final.write_bytes(b"old")
+    debris = tmp_path / f".latest.pt.partial-{DEAD_PID}-0123abcd.pt"
+    debris.write_bytes(b"half of a checkpoint a SIGKILL left")
+    with pytest.raises(KeyboardInterrupt):
+        with written_whole(final) as partial:
+            partial.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert final.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]
+    os.umask(umask := os.umask(0o022))
+    with written_whole(tmp_path / "sub" / "latest.pt") as partial:
+        assert partial.parent == tmp_path / "sub" and partial.suffix == ".pt" and partial.name.startswith(".")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o600)  # a writer that makes private files
+        os.write(fd, b"new")
+        os.close(fd)
+    assert (tmp_path / "sub" / "latest.pt").read_bytes() == b"new"
+    assert (tmp_path / "sub" / "latest.pt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["latest.pt"]

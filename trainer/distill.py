@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from gtacity import hardware
 from gtacity.checkpoint import describe, file_sha256, generator_path, load_generator, save_generator
+from gtacity.files import written_whole
 from gtacity.nets import ARCHS
 from gtacity.quality import psnr
 from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files
@@ -241,8 +242,8 @@ def _save(run: _Run) -> None:
     }
     ckpt_dir = Path(cfg.out) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(state, ckpt_dir / "latest.pt.partial")
-    (ckpt_dir / "latest.pt.partial").replace(ckpt_dir / "latest.pt")
+    with written_whole(ckpt_dir / "latest.pt") as partial:
+        torch.save(state, partial)
     gen_dir = Path(cfg.out) / "generators"
     gen_dir.mkdir(exist_ok=True)
     extra = {"training_step": str(step), "distilled_from": Path(cfg.teacher).name}

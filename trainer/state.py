@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from gtacity.checkpoint import CheckpointError, read_generator_file, read_state_dict, save_generator
+from gtacity.files import written_whole
 from gtacity.trainer.data import DataError
 from gtacity.trainer.step import CycleGAN, Precision
 
@@ -96,9 +97,8 @@ def save_checkpoint(
     }
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt_dir / "latest.pt.partial"
-    torch.save(state, tmp)
-    tmp.replace(ckpt_dir / "latest.pt")
+    with written_whole(ckpt_dir / "latest.pt") as partial:
+        torch.save(state, partial)
     export_generators(run_dir, model, progress.step, trained_resolution)
     return ckpt_dir / "latest.pt"
 
