@@ -11,14 +11,14 @@ and 50-image pools, on the CPU.
   discriminators frozen, then D_A and D_B on pooled fakes) in eager fp32, with its ``GANLoss``
   (MSE against expanded label tensors), ``L1Loss`` and ``ImagePool``.
 
-With ``--compile``, a third variant: ours with each of the four networks wrapped in
-``torch.compile`` (inductor, default mode); its first warm-up step, which compiles, is reported
-apart from the timed steps.
+``--also`` adds variants of ours to the same alternation: ``compile`` wraps each of the four
+networks in ``torch.compile`` (inductor, default mode; its first warm-up step, which compiles, is
+reported apart); ``threads=N`` runs ours with ``torch.set_num_threads(N)`` for its steps.
 
 Inputs are seeded random images in [-1, 1] (dense convolutions take the same time on any pixels).
-Steps alternate ours / baseline (/ compiled) after a few warm-up steps of each; medians are reported.
+Steps alternate ours / baseline (/ variants) after a few warm-up steps of each; medians are reported.
 
-    python benchmarks/train_vs_official.py [--steps 5] [--warmup 2] [--size 256] [--compile]
+    python benchmarks/train_vs_official.py [--steps 5] [--warmup 2] [--size 256] [--also compile,threads=1]
 """
 
 from __future__ import annotations
@@ -114,12 +114,33 @@ class OfficialCycleGAN:
                 param.requires_grad = requires_grad
 
 
+def variant_step(variant: str, gta: torch.Tensor, city: torch.Tensor, precision: Precision):
+    """One step of ours changed as ``variant`` says (``compile`` or ``threads=N``), on its own model."""
+    model = CycleGAN(64, 9, 64, StepConfig(), seed=0)
+    if variant == "compile":
+        for name in ("G_gta2city", "G_city2gta", "D_city", "D_gta"):
+            setattr(model, name, torch.compile(getattr(model, name)))
+        return lambda: train_step(model, gta, city, precision)
+    if variant.startswith("threads="):
+        threads = int(variant.split("=", 1)[1])
+
+        def step() -> None:
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                train_step(model, gta, city, precision)
+            finally:
+                torch.set_num_threads(before)
+        return step
+    raise SystemExit(f"unknown variant {variant!r}: use compile or threads=N")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5, help="timed steps of each")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each first")
     parser.add_argument("--size", type=int, default=256, help="square crop side")
-    parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile'd networks")
+    parser.add_argument("--also", default="", help="variants of ours to time too: compile, threads=N (comma-separated)")
     args = parser.parse_args()
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {describe_machine(machine_info())}")
@@ -136,11 +157,8 @@ def main() -> None:
         "ours": lambda: train_step(ours, gta, city, precision),
         "baseline": lambda: official.optimize_parameters(gta, city),
     }
-    if args.compile:
-        compiled = CycleGAN(64, 9, 64, StepConfig(), seed=0)
-        for name in ("G_gta2city", "G_city2gta", "D_city", "D_gta"):
-            setattr(compiled, name, torch.compile(getattr(compiled, name)))
-        steps["compiled"] = lambda: train_step(compiled, gta, city, precision)
+    for variant in filter(None, args.also.split(",")):
+        steps[variant] = variant_step(variant, gta, city, precision)
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(args.warmup + args.steps):
         for name, step in steps.items():
@@ -148,8 +166,8 @@ def main() -> None:
             step()
             if i >= args.warmup:
                 seconds[name].append(time.perf_counter() - start)
-            elif i == 0 and name == "compiled":
-                print(f"  compiled: first step (compiles) {time.perf_counter() - start:.1f} s", file=sys.stderr)
+            elif i == 0 and name == "compile":
+                print(f"  compile: first step (compiles) {time.perf_counter() - start:.1f} s", file=sys.stderr)
         if i >= args.warmup:
             print(f"  step {i + 1 - args.warmup}: " + ", ".join(f"{n} {s[-1]:.2f} s" for n, s in seconds.items()),
                   file=sys.stderr)
@@ -164,11 +182,11 @@ def main() -> None:
     print(f"| seconds per iteration (median) | {base_s:.2f} | {ours_s:.2f} | |")
     print(f"| seconds per iteration (min-max) | {min(seconds['baseline']):.2f}-{max(seconds['baseline']):.2f} "
           f"| {min(seconds['ours']):.2f}-{max(seconds['ours']):.2f} | |")
-    if args.compile:
-        comp_s = statistics.median(seconds["compiled"])
-        print(f"\nours with torch.compile'd networks: {1 / comp_s:.3f} it/s, {comp_s:.2f} s per iteration "
-              f"({min(seconds['compiled']):.2f}-{max(seconds['compiled']):.2f}), {base_s / comp_s:.2f}x the baseline, "
-              f"{ours_s / comp_s:.2f}x ours eager")
+    for variant in [name for name in seconds if name not in ("ours", "baseline")]:
+        var_s = statistics.median(seconds[variant])
+        print(f"\nours, {variant}: {1 / var_s:.3f} it/s, {var_s:.2f} s per iteration "
+              f"({min(seconds[variant]):.2f}-{max(seconds[variant]):.2f}), {base_s / var_s:.2f}x the baseline, "
+              f"{ours_s / var_s:.2f}x ours")
 
 
 if __name__ == "__main__":
