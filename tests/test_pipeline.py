@@ -137,8 +137,9 @@ def test_stage_accounting_names_the_stage_that_bounds_the_run(tiny_generator):
         start = time.perf_counter()
         backend.infer(x)
         calls.append(time.perf_counter() - start)
-    # An encoder 3x slower per frame than inference (the CPU is shared: measured, not assumed).
-    delay = max(0.01, 1.5 * sorted(calls)[1])
+    # An encoder 6x slower per frame than the slowest inference call seen (the CPU is shared, and a
+    # full test run's load varies: measured, not assumed; 3x flaked once under two background jobs).
+    delay = max(0.01, 3 * max(calls))
     source = MemorySource(16, [(32, 32)])
     times = run_pipeline(source, MemorySink(source, delay_s=delay), backend, batch_size=2)
     assert times.bound_by == "encode" and times.busy["encode"] >= 16 * delay
