@@ -100,9 +100,10 @@ def main() -> None:
             med = {role: statistics.median(v) for role, v in fps.items()}
             fid = evaluate_fidelity(FidelityConfig(tmp / "heldout", teacher, student, progress=False))
             print(f"\n[{name}]  (fidelity: {fid.backend}; e2e: --precision {args.precision})")
-            print(f"{'':8} {'arch':24} {'ngf':>4} {'blocks':>6} {'GMAC@256':>9} {'GMAC@clip':>10} {'e2e fps':>8}")
+            a = max(len(fid.teacher.info.arch), len(fid.student.info.arch))
+            print(f"{'':8} {'arch':{a}} {'ngf':>4} {'blocks':>6} {'GMAC@256':>9} {'GMAC@clip':>10} {'e2e fps':>8}")
             for role, m in (("teacher", fid.teacher), ("student", fid.student)):
-                print(f"{role:8} {m.info.arch:24} {m.info.ngf:>4} {m.info.n_blocks:>6} {macs[role][0]:>9.2f} "
+                print(f"{role:8} {m.info.arch:{a}} {m.info.ngf:>4} {m.info.n_blocks:>6} {macs[role][0]:>9.2f} "
                       f"{macs[role][1]:>10.2f} {med[role]:>8.2f}")
             print(f"student: {macs['teacher'][0] / macs['student'][0]:.1f}x fewer MACs, "
                   f"{med['student'] / med['teacher']:.2f}x e2e frames/s; vs teacher on {fid.frames} held-out frames: "

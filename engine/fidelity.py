@@ -85,10 +85,11 @@ class FidelityReport:
     def format(self) -> str:
         """The side-by-side table printed by ``gtacity eval fidelity``."""
         w, h = self.size
+        a = max(len(m.info.arch) for m in (self.teacher, self.student))
         lines = [f"{self.frames} frames of {w}x{h} (first frame's size), {self.backend}",
-                 f"{'':8} {'arch':24} {'ngf':>4} {'blocks':>6} {'GMAC/frame':>11} {'frames/s':>9}"]
+                 f"{'':8} {'arch':{a}} {'ngf':>4} {'blocks':>6} {'GMAC/frame':>11} {'frames/s':>9}"]
         for m in (self.teacher, self.student):
-            lines.append(f"{m.role:8} {m.info.arch:24} {m.info.ngf:>4} {m.info.n_blocks:>6} "
+            lines.append(f"{m.role:8} {m.info.arch:{a}} {m.info.ngf:>4} {m.info.n_blocks:>6} "
                          f"{m.gmacs_per_frame:>11.2f} {m.fps:>9.2f}")
         t, s = self.teacher, self.student
         lines.append(f"student vs teacher: {t.gmacs_per_frame / s.gmacs_per_frame:.1f}x fewer MACs, "

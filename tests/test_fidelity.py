@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
 from gtacity.engine.fidelity import FidelityConfig, evaluate_fidelity
-from gtacity.nets import MobileResnetGenerator, count_macs, init_weights
+from gtacity.nets import LiteMobileResnetGenerator, MobileResnetGenerator, count_macs, init_weights
 from gtacity.quality import psnr
 from media import make_clip, make_image_tree
 
@@ -38,6 +38,17 @@ def test_folder_psnr_matches_a_direct_computation_and_the_table_has_both(tmp_pat
     table = report.format()
     assert "teacher  resnet_generator" in table and "student  mobile_resnet_generator" in table
     assert "x fewer MACs" in table and "PSNR" in table and "SSIM" in table
+
+
+def test_table_columns_line_up_for_every_arch_name(tmp_path, tiny_generator):
+    student = init_weights(LiteMobileResnetGenerator(4, 1)).eval()  # the longest arch name
+    t = save_generator(tiny_generator, tmp_path / "t.safetensors", direction="gta2city")
+    s = save_generator(student, tmp_path / "s.safetensors", direction="gta2city")
+    make_image_tree(tmp_path / "frames", ["a.png"], size=(40, 32))
+    table = evaluate_fidelity(FidelityConfig(tmp_path / "frames", t, s, backend="torch", progress=False)).format()
+    header, teacher, student_row = table.splitlines()[1:4]
+    assert student_row.startswith("student  lite_mobile_resnet_generator ")
+    assert len(header) == len(teacher) == len(student_row)  # every column right-aligned at the same place
 
 
 def test_cli_over_a_video_with_json(tmp_path, tiny_generator):
