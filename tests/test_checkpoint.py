@@ -145,10 +145,11 @@ def test_bundled_generators_load_by_name_everywhere(tmp_path):
     from gtacity.cli import cli
     from media import make_image
 
-    assert {"gta2city_demo", "city2gta_demo", "gta2city_demo_fast"} <= set(bundled_generators())
-    student, info = load_generator("gta2city_demo_fast")
-    assert (info.arch, info.ngf, info.n_blocks, info.direction) == ("mobile_resnet_generator", 16, 6, "gta2city")
-    assert count_macs(32, 6, 256, 256) / count_macs(16, 6, 256, 256, arch=info.arch) > 10
+    assert set(bundled_generators()) == {"gta2city_demo", "city2gta_demo", "gta2city_demo_fast", "city2gta_demo_fast"}
+    for direction, arch in (("gta2city", "lite_mobile_resnet_generator"), ("city2gta", "mobile_resnet_generator")):
+        student, info = load_generator(f"{direction}_demo_fast")
+        assert (info.arch, info.ngf, info.n_blocks, info.direction) == (arch, 16, 6, direction)
+        assert count_macs(32, 6, 256, 256) / count_macs(16, 6, 256, 256, arch=info.arch) > 10
     make_image(tmp_path / "a.png", size=(64, 48), seed=1)
     outs = {}
     for name, weights in (("by_name", "gta2city_demo_fast"), ("by_path", str(bundled_generators()["gta2city_demo_fast"]))):
@@ -161,5 +162,5 @@ def test_bundled_generators_load_by_name_everywhere(tmp_path):
                                        "--weights", "gta2city_demo_tiny"])
     assert missing.exit_code == 1 and not (tmp_path / "c.png").exists()
     assert missing.output.strip().splitlines() == [
-        "error: gta2city_demo_tiny: no such weights file (or bundled generator: city2gta_demo, gta2city_demo, "
-        "gta2city_demo_fast)"]
+        "error: gta2city_demo_tiny: no such weights file (or bundled generator: city2gta_demo, city2gta_demo_fast, "
+        "gta2city_demo, gta2city_demo_fast)"]
