@@ -95,7 +95,7 @@ Examples:
   gtacity translate shot.png -o shot_city.png
   gtacity translate drive.mp4 -o out.mp4 --weights latest_net_G_A.pth   # official CycleGAN weights
   gtacity translate drive.mp4 -o out.mp4 --weights runs/exp1/gta2city.safetensors --crf 14
-  gtacity translate drive.mp4 -o out.mp4 --weights gta2city_demo_fast   # the bundled student: ~4x faster
+  gtacity translate drive.mp4 -o out.mp4 --weights gta2city_demo_fast   # the bundled student: ~5x faster
   gtacity translate drive.mp4 -o out.mp4 --device cuda --streams 3   # torch CUDA: fp16, CUDA graphs
   gtacity translate gta5/images -o gta5_city/images             # rerun the same command = resume
   gtacity translate gta5/images -o out --shard 3/16             # one of 16 machines
@@ -112,7 +112,8 @@ Examples:
               help="Translation direction.  [default: the generator file's own, else gta2city]")
 @click.option("--weights", type=click.Path(), default=None,
               help="Generator file: ours (.safetensors) or an official latest_net_G_*.pth, or a bundled one by name "
-                   "(gta2city_demo, gta2city_demo_fast: its distilled student, 4x faster, city2gta_demo).  [default: bundled demo]")
+                   "(gta2city_demo, city2gta_demo, and their distilled students gta2city_demo_fast, city2gta_demo_fast: "
+                   "~5x faster).  [default: bundled demo]")
 @click.option("--backend", default="auto", show_default=True, metavar="auto|torch|openvino",
               help="Inference backend (auto: tensorrt or torch on CUDA, else openvino, else torch).")
 @click.option("--precision", default="auto", show_default=True, metavar="auto|fp32|fp16|bf16|int8",
