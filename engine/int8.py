@@ -61,7 +61,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +69,7 @@ import numpy as np
 import torch
 
 from gtacity.engine.backends.base import BackendError
+from gtacity.files import written_whole
 
 CALIBRATION_FRAMES = 32
 CROP = 256
@@ -225,10 +225,8 @@ def check(compile_fn, fp32_model, int8_model, frames: list[torch.Tensor], floor_
 
 def store_check(result: Int8Check, path: Path) -> None:
     """Keep ``result``'s PSNRs for :func:`check`'s ``stored`` (a failed write only costs time)."""
-    with contextlib.suppress(OSError):
-        staging = path.with_name(f".{path.name}.{os.getpid()}")
-        staging.write_text(json.dumps({"mean_db": result.mean_db, "worst_db": result.worst_db}))
-        staging.replace(path)
+    with contextlib.suppress(OSError), written_whole(path) as partial:
+        partial.write_text(json.dumps({"mean_db": result.mean_db, "worst_db": result.worst_db}))
 
 
 def _read_check(path: Path | None) -> tuple[float, float] | None:

@@ -380,7 +380,6 @@ class ImageFolderSink(SinkContext):
     def write(self, frame: Frame) -> None:
         """Write one translated image at its input's relative path."""
         target = self.path / frame.meta
-        target.parent.mkdir(parents=True, exist_ok=True)
         with written_whole(target) as partial:
             write_image(partial, frame)
 

@@ -32,7 +32,8 @@ def partial_path(final: Path) -> Path:
 def written_whole(final: str | Path) -> Iterator[Path]:
     """A partial path beside ``final`` for the block to write; ``final`` appears only if the block returns.
 
-    Partial files a dead writer left for ``final`` are removed first. On success the file gets a
+    ``final``'s folder is created if missing, and partial files a dead writer left for ``final``
+    are removed first. On success the file gets a
     normal file's mode (some writers create private 0600 files) and replaces ``final``; if the
     block raises (an error, Ctrl-C), the partial file is deleted and ``final`` is untouched.
     """

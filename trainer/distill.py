@@ -241,11 +241,9 @@ def _save(run: _Run) -> None:
         "rng": {"torch": torch.get_rng_state()},
     }
     ckpt_dir = Path(cfg.out) / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     with written_whole(ckpt_dir / "latest.pt") as partial:
         torch.save(state, partial)
     gen_dir = Path(cfg.out) / "generators"
-    gen_dir.mkdir(exist_ok=True)
     extra = {"training_step": str(step), "distilled_from": Path(cfg.teacher).name}
     for path in (gen_dir / f"step_{step:08d}_{run.direction}.safetensors", Path(cfg.out) / f"{run.direction}.safetensors"):
         save_generator(d.student, path, direction=run.direction,

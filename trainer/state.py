@@ -23,7 +23,6 @@ from gtacity.trainer.step import CycleGAN, Precision
 NET_NAMES = ("G_gta2city", "G_city2gta", "D_city", "D_gta")
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
     """The settings every run shares (``gtacity train`` and ``gtacity distill``), saved with it.
@@ -56,6 +55,7 @@ class RunSettings:
         """``d`` without keys this class lacks (a config saved by another gtacity version)."""
         names = {f.name for f in fields(cls)}
         return {k: v for k, v in d.items() if k in names}
+
 
 @dataclass
 class Progress:
@@ -96,7 +96,6 @@ def save_checkpoint(
         "rng": {"torch": torch.get_rng_state()},
     }
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     with written_whole(ckpt_dir / "latest.pt") as partial:
         torch.save(state, partial)
     export_generators(run_dir, model, progress.step, trained_resolution)
@@ -118,7 +117,6 @@ def export_generators(run_dir: Path, model: CycleGAN, step: int, trained_resolut
     """``<run>/gta2city.safetensors`` and ``city2gta.safetensors`` (latest) plus a per-step copy."""
     written = []
     gen_dir = run_dir / "generators"
-    gen_dir.mkdir(parents=True, exist_ok=True)
     for direction in ("gta2city", "city2gta"):
         net = getattr(model, f"G_{direction}")
         extra = {"training_step": str(step)}

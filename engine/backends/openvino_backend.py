@@ -146,29 +146,27 @@ class _MVNInstanceNorm(nn.Module):
         return centred / torch.sqrt(centred.pow(2).mean((2, 3), keepdim=True) + self.eps)
 
 
-def _with_mvn_norms(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` (fp32, CPU, eval) whose InstanceNorms are :class:`_MVNInstanceNorm`."""
-    net = copy.deepcopy(net).to("cpu", torch.float32).eval()
+def _use_mvn_norms(net: nn.Module) -> None:
+    """In place: every InstanceNorm of ``net`` (affine=False, no running stats) becomes an MVN one."""
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.InstanceNorm2d) and not child.affine and not child.track_running_stats:
                 setattr(parent, name, _MVNInstanceNorm(child.eps))
-    return net
 
 
-def _to_openvino(net: nn.Module) -> "ov.Model":
-    """The generator as an OpenVINO model with dynamic batch, height and width, norms as MVN."""
-    return _convert(_with_mvn_norms(net))
+def _to_openvino(net: nn.Module, mvn_norms: bool = True) -> "ov.Model":
+    """The generator as an OpenVINO model with dynamic batch, height and width, converted from a copy.
 
+    ``mvn_norms``: InstanceNorms as :class:`_MVNInstanceNorm` (the backend's way; False gives
+    ``torch.export``'s own lowering, for benchmarks/openvino_norms.py).
 
-def _convert(net: nn.Module) -> "ov.Model":
-    """``net`` through ``torch.export`` with dynamic dims, then ``convert_model``.
-
-    Not ``convert_model(net, example_input=...)``: that traces with ``torch.jit.trace``, which bakes
-    the example's shape into the graph (through instance_norm's reshapes), so every frame size would
-    need a new trace of several seconds.
+    ``torch.export`` with dynamic dims, not ``convert_model(net, example_input=...)``: that traces
+    with ``torch.jit.trace``, which bakes the example's shape into the graph (through
+    instance_norm's reshapes), so every frame size would need a new trace of several seconds.
     """
     net = copy.deepcopy(net).to("cpu", torch.float32).eval()
+    if mvn_norms:
+        _use_mvn_norms(net)
     dims = {0: Dim("batch", min=1, max=_MAX_BATCH), 2: _side_dim("h4"), 3: _side_dim("w4")}
     # Batch 2, not 1: torch.export specialises dims whose example size is 0 or 1.
     example = torch.zeros(2, 3, 8 * SIZE_MULTIPLE, 8 * SIZE_MULTIPLE)
