@@ -1,7 +1,7 @@
 """Where a video's colour is converted: the RGB path (swscale, CPU) vs the plane path (kernels).
 
 One H.264 clip is translated twice with the same backend, once with RGB frames and once with the
-decoder's 4:2:0 planes (gtacity.engine.planes), both written losslessly (x264 crf 0), then:
+decoder's 4:2:0 planes (gtacity.engine.media.planes), both written losslessly (x264 crf 0), then:
 
 - agreement: the model input of the plane path (back to bytes) vs the RGB path's frames, and the
   two outputs' YUV planes: max and mean difference in 8-bit levels;
@@ -30,16 +30,23 @@ import cv2
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
+from gtacity.engine.backends import create_backend
+from gtacity.engine.measure.bench_report import (
+    describe_machine,
+    describe_versions,
+    machine_info,
+    versions,
+)
+from gtacity.engine.media.colour import VideoColour
+from gtacity.engine.media.sinks import open_sink
+from gtacity.engine.media.sources import VideoSource
+from gtacity.engine.stream.convert import to_batch
+from gtacity.engine.stream.pipeline import run_pipeline
+from gtacity.engine.stream.stages import STAGES
+from gtacity.kernels import from_model_output
 
 from gtacity.checkpoint import bundled_generator, load_generator
-from gtacity.engine.backends import create_backend
-from gtacity.engine.benchstats import describe_machine, describe_versions, machine_info, versions
-from gtacity.engine.colour import VideoColour
-from gtacity.engine.pipeline import STAGES, run_pipeline, to_batch
-from gtacity.engine.sinks import open_sink
-from gtacity.engine.sources import VideoSource
 from gtacity.images import decode_rgb
-from gtacity.kernels import from_model_output
 
 
 def _real_gta5() -> Path:

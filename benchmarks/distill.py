@@ -9,7 +9,7 @@ For each (teacher, student) pair given as ``--pair NAME TEACHER STUDENT``:
   temporary folder from the held-out frames (scaled to ``--width``, cycled to ``--frames``); one
   untimed warm-up call each (it fills the conversion cache), then ``--rounds`` rounds alternating
   teacher and student; medians of the pipeline's frames/s;
-- fidelity: ``gtacity.engine.fidelity.evaluate_fidelity`` over the held-out frames (scaled the same
+- fidelity: ``gtacity.engine.measure.fidelity.evaluate_fidelity`` over the held-out frames (scaled the same
   way): PSNR and SSIM of the student vs the teacher, as uint8 frames.
 
 Nothing made from the frames is kept.
@@ -28,11 +28,16 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from gtacity.engine.measure.bench_report import (
+    describe_machine,
+    describe_versions,
+    machine_info,
+    versions,
+)
+from gtacity.engine.measure.fidelity import FidelityConfig, evaluate_fidelity
+from gtacity.engine.translate import TranslateConfig, translate
 
 from gtacity.checkpoint import read_generator_file
-from gtacity.engine.benchstats import describe_machine, describe_versions, machine_info, versions
-from gtacity.engine.fidelity import FidelityConfig, evaluate_fidelity
-from gtacity.engine.translate import TranslateConfig, translate
 from gtacity.images import decode_rgb
 from gtacity.nets import count_macs
 

@@ -24,12 +24,17 @@ import sys
 import time
 
 import torch
-
 from gtacity.engine.backends import create_backend
-from gtacity.engine.bench import TOLERANCES
-from gtacity.engine.benchstats import (
-    describe_machine, describe_versions, machine_info, matmul_rate, time_calls, versions,
+from gtacity.engine.measure.bench import TOLERANCES
+from gtacity.engine.measure.bench_report import (
+    describe_machine,
+    describe_versions,
+    machine_info,
+    matmul_rate,
+    time_calls,
+    versions,
 )
+
 from gtacity.errors import GtacityError
 from gtacity.nets import ResnetGenerator, count_macs, init_weights
 

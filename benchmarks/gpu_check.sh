@@ -78,7 +78,7 @@ clip="$work/drive.mp4"
 import sys
 from pathlib import Path
 import cv2
-from gtacity.engine.sources import open_source
+from gtacity.engine.media.sources import open_source
 out = Path(sys.argv[2]); out.mkdir()
 with open_source(sys.argv[1]) as source:
     for frame in source:

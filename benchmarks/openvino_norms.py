@@ -20,10 +20,15 @@ import time
 
 import numpy as np
 import openvino as ov
+from gtacity.engine.backends.openvino_backend import _to_openvino
+from gtacity.engine.measure.bench_report import (
+    describe_machine,
+    describe_versions,
+    machine_info,
+    versions,
+)
 
 from gtacity.checkpoint import generator_path, load_generator
-from gtacity.engine.backends.openvino_backend import _to_openvino
-from gtacity.engine.benchstats import describe_machine, describe_versions, machine_info, versions
 
 NORM_TYPES = ("MVN", "ReduceMean", "Subgraph", "Eltwise")
 

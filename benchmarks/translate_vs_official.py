@@ -36,16 +36,27 @@ import av
 import cv2
 import numpy as np
 import torch
+from gtacity.engine.backends import create_backend
+from gtacity.engine.export.int8 import calibration_frames
+from gtacity.engine.measure.bench_report import (
+    describe_machine,
+    describe_versions,
+    machine_info,
+    versions,
+)
+from gtacity.engine.media.sources import open_source
+from gtacity.engine.stream.convert import to_batch, to_frames
+from gtacity.engine.translate import TranslateConfig, translate
 from torchvision import transforms
 
-from gtacity.checkpoint import bundled_generator, load_generator, read_generator_file, save_generator
-from gtacity.engine.backends import create_backend
-from gtacity.engine.int8 import calibration_frames, psnr_db
-from gtacity.engine.benchstats import describe_machine, describe_versions, machine_info, versions
-from gtacity.engine.pipeline import to_batch, to_frames
-from gtacity.engine.sources import open_source
-from gtacity.engine.translate import TranslateConfig, translate
+from gtacity.checkpoint import (
+    bundled_generator,
+    load_generator,
+    read_generator_file,
+    save_generator,
+)
 from gtacity.nets import ResnetGenerator, count_macs, init_weights
+from gtacity.quality import psnr
 
 # ../shared/data/real/gta5 seen from the project root (or from a worktree's parent folders).
 GTA_FRAMES = next((p / "shared" / "data" / "real" / "gta5" for p in Path(__file__).resolve().parents
@@ -143,6 +154,12 @@ def our_preencode(clip: Path, weights: Path, precision: str) -> tuple[list[np.nd
     return ours_frames, fp32_frames
 
 
+def _psnr_8bit(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """PSNR of two 8-bit frame lists taken as one image (peak 255)."""
+    return float(psnr(torch.from_numpy(np.stack(a)).reshape(1, -1) / 255.0,
+                      torch.from_numpy(np.stack(b)).reshape(1, -1) / 255.0)[0])
+
+
 def levels(a: list[np.ndarray], b: list[np.ndarray]) -> str:
     d = np.abs(np.stack(a).astype(np.int16) - np.stack(b).astype(np.int16))
     return f"mean {d.mean():.2f}, p99 {np.percentile(d, 99):.0f}, max {d.max()}"
@@ -186,7 +203,7 @@ def compare(name: str, weights: Path, clip: Path, frames: int, rounds: int, tmp:
     print(f"- codec alone (baseline video decoded vs the frames it encoded): {levels(base_video, written)}")
     print(f"- tensor2im's truncation (frames the baseline encoded vs rounded): {levels(written, reference)}")
     print(f"- precision alone (our backend vs fp32, same input, before encoding): {levels(ours_pre, fp32_ours_input)}"
-          f"; PSNR {psnr_db(np.stack(ours_pre) / 127.5 - 1, np.stack(fp32_ours_input) / 127.5 - 1):.1f} dB")
+          f"; PSNR {_psnr_8bit(ours_pre, fp32_ours_input):.1f} dB")
     print(f"- inputs: our colour-exact decode vs the baseline's PIL decode: {levels(decoded(clip), pil_input)}")
 
 

@@ -3,7 +3,7 @@
 A frame's pixels are ``(H, W, 3)`` uint8 RGB in a numpy array (uint16 for a 16-bit image, so
 its depth survives); batches stack them to ``(N, H, W, 3)``. A video frame on its way to and from a
 GPU may instead carry the codec's own 4:2:0 :class:`Planes`, whose colour is converted on the device
-(see :mod:`gtacity.engine.planes`). An image's alpha plane rides beside the pixels, untouched by
+(see :mod:`gtacity.engine.media.planes`). An image's alpha plane rides beside the pixels, untouched by
 the generator, and the sink puts it back. Whatever a sink needs to put a translated frame back
 where its input came from (a video timestamp, an image's relative path) rides along in
 ``Frame.meta`` untouched.

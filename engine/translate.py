@@ -13,22 +13,41 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from gtacity.engine.backends import create_backend
+from gtacity.engine.backends.tiling import TiledBackend, Tiling
+from gtacity.engine.export.int8 import calibration_frames
+from gtacity.engine.jobs.folder import (
+    FolderJob,
+    JobSummary,
+    job_settings,
+    list_job,
+    run_folder_job,
+)
+from gtacity.engine.jobs.shards import parse_shard
+from gtacity.engine.media.damage import Damage
+from gtacity.engine.media.planes import use_planes
+from gtacity.engine.media.sinks import open_sink
+from gtacity.engine.media.sources import open_source
+from gtacity.engine.media.trees import LABEL_MODES
+from gtacity.engine.stream.imagepool import default_workers
+from gtacity.engine.stream.pipeline import run_pipeline
+from gtacity.engine.stream.stages import StageTimes
+from gtacity.engine.temporal.remedies import (
+    FlowBlend,
+    backend_for,
+    check_mode,
+    smooth_norm_stats,
+    tile_setting,
+)
 from tqdm import tqdm
 
-from gtacity.checkpoint import DIRECTIONS, GeneratorInfo, bundled_generator, generator_path, load_generator
-from gtacity.engine.backends import create_backend
-from gtacity.engine.damage import Damage
-from gtacity.engine.datasets import LABEL_MODES
-from gtacity.engine.imagepool import default_workers
-from gtacity.engine.jobs import FolderJob, JobSummary, job_settings, list_job, run_folder_job
-from gtacity.engine.int8 import calibration_frames
-from gtacity.engine.pipeline import StageTimes, run_pipeline
-from gtacity.engine.planes import planes_pay
-from gtacity.engine.shards import parse_shard
-from gtacity.engine.sinks import open_sink
-from gtacity.engine.sources import open_source
-from gtacity.engine.tiles import TiledBackend, Tiling
-from gtacity.engine.temporal import FlowBlend, backend_for, check_mode, smooth_norm_stats, tile_for
+from gtacity.checkpoint import (
+    DIRECTIONS,
+    GeneratorInfo,
+    bundled_generator,
+    generator_path,
+    load_generator,
+)
 from gtacity.errors import GtacityError
 
 
@@ -61,7 +80,7 @@ class TranslateConfig:
         progress: show a progress bar on stderr.
         tile: translate frames with a side above this many pixels in overlapping tiles of this
             side (0: never); None tiles (1024 px) only frames whose estimated inference memory
-            exceeds :data:`gtacity.engine.tiles.MEMORY_BUDGET`.
+            exceeds :data:`gtacity.engine.backends.tiling.MEMORY_BUDGET`.
         allow_damaged: return normally when the input video was damaged (decode errors, damaged
             frames, an early end); otherwise :class:`DamagedInputError` is raised once the
             output (kept, incomplete) is written.
@@ -74,13 +93,13 @@ class TranslateConfig:
         workers: threads decoding and encoding a folder's images; None uses every core.
         temporal: flicker remedy, ``off``, ``stats`` (InstanceNorm statistics averaged over frames;
             torch backend only, which ``backend="auto"`` then picks) or ``flow`` (the previous output
-            blended in along the optical flow; any backend). See :mod:`gtacity.engine.temporal`.
+            blended in along the optical flow; any backend). See :mod:`gtacity.engine.temporal.remedies`.
 
     A folder job resumes: rerunning it into the same output folder skips finished files. It
     records its settings in ``gtacity-job.json`` there and refuses to resume with other settings
     unless ``overwrite`` (which redoes every file).
         calibration: int8 only: a video, image folder or image to calibrate on; None = the job's
-            own input (up to 32 frames spread over it; see :mod:`gtacity.engine.int8`).
+            own input (up to 32 frames spread over it; see :mod:`gtacity.engine.export.int8`).
     """
 
     input: str | Path
@@ -176,7 +195,7 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
     _calibrate(backend, cfg)
     if cfg.temporal == "stats":
         backend = smooth_norm_stats(backend)
-    tile = tile_for(cfg.temporal, cfg.tile)
+    tile = tile_setting(cfg.temporal, cfg.tile)
     backend = TiledBackend(backend, Tiling(tile=tile, ngf=info.ngf))  # huge frames in tiles
     batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
     if folder:
@@ -190,7 +209,7 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
         return TranslateReport(job.output, done.frames, done.times, backend.name, backend.precision,
                                info, job=done)
     # On CUDA a video's colour is converted on the GPU, fused with the generator's layout.
-    with open_source(cfg.input, planes=planes_pay(backend.device, cfg.temporal)) as source:
+    with open_source(cfg.input, planes=use_planes(backend.device, cfg.temporal)) as source:
         sink = open_sink(cfg.output, source, overwrite=cfg.overwrite, crf=cfg.crf, preset=cfg.preset)
         frames = source
         if cfg.temporal == "flow":

@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-
-from gtacity.errors import GtacityError
 from torch import nn
 
+from gtacity.errors import GtacityError
 from gtacity.files import written_whole
 from gtacity.nets import ARCHS, build_generator
 

@@ -158,7 +158,7 @@ def translate(input, output, quiet, **opts) -> None:
     report = run_translate(TranslateConfig(input=input, output=output, progress=not quiet, **opts))
     click.echo(report.summary())
     if report.job is not None and report.job.failed:
-        from gtacity.engine.jobs import JobFailedError
+        from gtacity.engine.jobs.folder import JobFailedError
 
         listed = report.job.failures_file
         raise JobFailedError(f"{report.job.failed} file(s) failed and were skipped (listed in {listed}); "
@@ -232,8 +232,14 @@ def bench(backends, precision, fp16, sizes, batch_sizes, quiet, **opts) -> None:
     fails. Prints machine, versions and settings with frames/s, ms per frame (p50, p95), peak
     memory and GMAC/s; with --e2e, the seconds each stage worked and the stage that bounds the run.
     """
-    from gtacity.engine.bench import BenchConfig, BenchError, parse_ints, parse_sizes, run_bench
-    from gtacity.engine.benchstats import describe_disagreement
+    from gtacity.engine.measure.bench import (
+        BenchConfig,
+        BenchError,
+        parse_ints,
+        parse_sizes,
+        run_bench,
+    )
+    from gtacity.engine.measure.bench_report import describe_disagreement
 
     precisions = tuple(p.strip() for p in precision.split(",") if p.strip())
     if fp16:  # next to each backend's default, the reference they are read against
@@ -280,8 +286,8 @@ def export(weights, output, format_, **opts) -> None:
     Engines are kept in the engine cache (see README, "Export and TensorRT"): exporting the
     same generator, shapes and precision again on the same GPU copies the cached engine.
     """
-    from gtacity.engine.export import ExportConfig
-    from gtacity.engine.export import export as run_export
+    from gtacity.engine.export.onnx import ExportConfig
+    from gtacity.engine.export.onnx import export as run_export
 
     path = run_export(ExportConfig(weights=weights, output=output, format=format_, **opts))
     click.echo(f"wrote {path} ({format_})")
@@ -313,7 +319,7 @@ def eval_fidelity(input, teacher, student, json_path, quiet, **opts) -> None:
     import json
     from dataclasses import asdict
 
-    from gtacity.engine.fidelity import FidelityConfig, evaluate_fidelity
+    from gtacity.engine.measure.fidelity import FidelityConfig, evaluate_fidelity
 
     report = evaluate_fidelity(FidelityConfig(input, teacher, student, progress=not quiet, **opts))
     click.echo(report.format())
@@ -342,7 +348,7 @@ def eval_flicker(input, output, as_json, plot, preset, quiet) -> None:
     before it and compared where the flow is reliable (mean squared RGB difference, 0..1 scale).
     The same measure of INPUT itself is printed as the floor the scene allows.
     """
-    from gtacity.engine.flicker import FlickerConfig, evaluate_flicker
+    from gtacity.engine.measure.flicker import FlickerConfig, evaluate_flicker
 
     report = evaluate_flicker(FlickerConfig(input, output, plot=plot, preset=preset, progress=not quiet))
     click.echo(report.to_json() if as_json else report.summary())

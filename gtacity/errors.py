@@ -10,3 +10,8 @@ class GtacityError(Exception):
     """A problem with the user's input or environment, stated in one line."""
 
     exit_code = 1
+
+
+class BackendError(GtacityError):
+    """A backend that cannot run as asked here: not installed, no such device, unsupported precision,
+    or a compiled model (int8, a TensorRT plan) that cannot be made or fails its check."""

@@ -9,7 +9,7 @@ that exact name pattern matches, so nothing else is ever touched. A partial whos
 an unrelated live process stays until a later run finds that pid gone.
 
 Used by every file the project writes: outputs of translate (with the lock of
-:mod:`gtacity.engine.outputs`), generator files, checkpoints, ONNX files, engines, demo clips.
+:mod:`gtacity.engine.media.lock`), generator files, checkpoints, ONNX files, engines, demo clips.
 """
 
 from __future__ import annotations

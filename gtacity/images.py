@@ -19,6 +19,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Formats whose files can hold an alpha channel / 16-bit samples (OpenCV's writers).
 ALPHA_EXTENSIONS = (".png", ".webp", ".tif", ".tiff")
 DEEP_EXTENSIONS = (".png", ".tif", ".tiff")
+# Containers gtacity writes video into (libx264 output can live in them).
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov")
 
 
 class ImageDecodeError(ValueError):

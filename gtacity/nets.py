@@ -28,6 +28,12 @@ from torch import nn
 N_DOWNSAMPLING = 2
 # Spatial sizes must be multiples of this to come out of the generator at the size they went in.
 SIZE_MULTIPLE = 2**N_DOWNSAMPLING
+# The generator's size limits, the one home every backend and export reads. The smallest side: the
+# reflection padding at 1/4 resolution needs 2 pixels there. The largest side and batch bound the
+# dynamic shapes of exported graphs (ONNX, OpenVINO IR, TensorRT profiles).
+MIN_SIZE = 2 * SIZE_MULTIPLE
+MAX_SIDE = 16384
+MAX_BATCH = 1024
 
 
 class InstanceNorm2dFP32(nn.InstanceNorm2d):

@@ -2,7 +2,7 @@
 
 The decoder's yuv420p / NV12 planes go to the GPU as they are (1.5 bytes per pixel instead of 3)
 and the encoder gets yuv420p planes back, so the CPU never converts colour. The conversions follow
-what the CPU path (``gtacity.engine.colour``, i.e. swscale with the flags it sets) does, measured
+what the CPU path (``gtacity.engine.media.colour``, i.e. swscale with the flags it sets) does, measured
 against it on real and synthetic frames:
 
 - YUV -> RGB: chroma is upsampled bilinearly with chroma samples centred between luma samples

@@ -12,11 +12,10 @@ from pathlib import Path
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
-
-from gtacity.engine.colour import VideoColour
-from gtacity.images import decode_rgb
+from gtacity.engine.media.colour import VideoColour
 from media import patches
 
+from gtacity.images import decode_rgb
 
 
 def _real_data() -> Path:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from gtacity.engine.backends.tiling import Tiling, infer_in_tiles, tile_starts
 from media import make_image, patches, truncate
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
-from gtacity.engine.tiles import Tiling, infer_in_tiles, tile_starts
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ the bf16 ones divided by 3, still several times the expected error.
 from __future__ import annotations
 
 import copy
+
 import pytest
 import torch
-
 from gtacity.engine.backends import (
     BACKENDS,
     BackendError,
@@ -279,7 +279,6 @@ def test_torch_cuda_options_are_checked_and_described(tiny_generator):
 def test_openvino_runs_each_instance_norm_as_one_fused_mvn(tiny_generator):
     """The conversion spells InstanceNorm so OpenVINO fuses it: one MVN per norm, no reductions left."""
     import openvino as ov
-
     from gtacity.engine.backends.openvino_backend import _to_openvino
 
     model = _to_openvino(tiny_generator)

@@ -6,7 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gtacity.checkpoint import CheckpointError, load_generator, read_generator_file, save_generator
+from gtacity.checkpoint import (
+    CheckpointError,
+    load_generator,
+    read_generator_file,
+    save_generator,
+)
 from gtacity.nets import PatchDiscriminator, ResnetGenerator, count_macs, init_weights
 
 
@@ -140,10 +145,10 @@ def test_instance_norm_stays_fp32_under_autocast():
 
 def test_bundled_generators_load_by_name_everywhere(tmp_path):
     from click.testing import CliRunner
+    from media import make_image
 
     from gtacity.checkpoint import bundled_generators
     from gtacity.cli import cli
-    from media import make_image
 
     assert set(bundled_generators()) == {"gta2city_demo", "city2gta_demo", "gta2city_demo_fast", "city2gta_demo_fast"}
     for direction, arch in (("gta2city", "lite_mobile_resnet_generator"), ("city2gta", "mobile_resnet_generator")):

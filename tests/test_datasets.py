@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from gtacity.engine.media.trees import read_label_ids, to_train_ids
 from media import make_image
 from PIL import Image
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
-from gtacity.engine.datasets import read_label_ids, to_train_ids
 
 # The 19 evaluated classes of the official table (mcordts/cityscapesScripts,
 # cityscapesscripts/helpers/labels.py): label id -> train id. Written out here on purpose, so the

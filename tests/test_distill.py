@@ -8,15 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from gtacity.trainer.data import DataError, Preprocess, find_images
+from gtacity.trainer.distill import (
+    DistillConfig,
+    SourceImages,
+    choose_precision,
+    distill,
+)
+from gtacity.trainer.distill_step import DistillLosses
+from media import make_image
 
 from gtacity.checkpoint import load_generator, read_generator_file, save_generator
 from gtacity.cli import cli
+from gtacity.hardware import CpuCapabilities
 from gtacity.nets import ResnetGenerator, init_weights
 from gtacity.quality import psnr, ssim
-from gtacity.trainer.data import DataError, Preprocess, find_images
-from gtacity.trainer.distill import DistillConfig, SourceImages, choose_precision, distill
-from gtacity.trainer.distill_step import DistillLosses
-from media import make_image
 
 
 @pytest.fixture
@@ -124,9 +130,11 @@ def test_missing_images_is_one_line(tmp_path, teacher):
 
 @pytest.mark.parametrize("native,expected", [(False, None), (True, torch.bfloat16)])
 def test_cpu_autocast_only_where_bf16_is_native(native, expected):
-    assert choose_precision("auto", torch.device("cpu"), native_bf16=native).dtype is expected
+    caps = CpuCapabilities(avx2=True, avx512f=native, avx512_bf16=native)
+    assert caps.native_bf16 is native
+    assert choose_precision("auto", torch.device("cpu"), caps).dtype is expected
     with pytest.raises(DataError, match="--amp fp16 needs a CUDA GPU"):
-        choose_precision("fp16", torch.device("cpu"), native_bf16=native)
+        choose_precision("fp16", torch.device("cpu"), caps)
 
 
 def test_psnr_and_ssim_known_values():

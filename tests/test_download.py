@@ -13,9 +13,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
-
-from gtacity.cli import cli
 from gtacity.trainer.download import (
     DATASETS,
     ArchiveError,
@@ -24,6 +21,9 @@ from gtacity.trainer.download import (
     LayoutError,
     download_dataset,
 )
+from PIL import Image
+
+from gtacity.cli import cli
 
 # trainA keeps Cityscapes names, trainB and testB GTA5 names, testA names that show no domain.
 LAYOUT = {

@@ -14,12 +14,18 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from gtacity.engine.export.onnx import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    to_fp16,
+    to_onnx,
+    weights_checksum,
+)
+from gtacity.engine.frames import Frame
+from gtacity.engine.stream.convert import to_batch
 
 from gtacity.checkpoint import GeneratorInfo, save_generator
 from gtacity.cli import cli
-from gtacity.engine.export import INPUT_NAME, OUTPUT_NAME, read_metadata, to_fp16, to_onnx, weights_checksum
-from gtacity.engine.frames import Frame
-from gtacity.engine.pipeline import to_batch
 
 FP32_MAX = 1e-4
 FP16_MAX, FP16_MEAN = 0.01, 0.001
@@ -126,7 +132,7 @@ def test_export_command_writes_fp16_onnx_and_refuses_bad_input(tmp_path, generat
     runner = CliRunner()
     result = runner.invoke(cli, ["export", str(weights), "--format", "onnx-fp16", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    meta = read_metadata(out)
+    meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
     assert meta["direction"] == "city2gta" and meta["precision"] == "fp16"
     model = onnx.load(str(out))
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)

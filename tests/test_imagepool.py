@@ -9,10 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from gtacity.engine.frames import Frame
-from gtacity.engine.imagepool import ImageTask, PooledImageSource, PooledWriter
-from gtacity.engine.sources import SourceError
+from gtacity.engine.media.sources import SourceError
+from gtacity.engine.stream.imagepool import ImageTask, PooledImageSource, PooledWriter
 
 
 def test_reads_overlap_arrive_in_order_skip_failures_and_stay_bounded():

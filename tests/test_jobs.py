@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from gtacity.engine.jobs.journal import MANIFEST, STATE_DIR
+from gtacity.engine.jobs.shards import Shard, ShardError, parse_shard
 from media import make_clip, make_image_tree, truncate, video_info, write_garbage
 from test_translate import reference
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
-from gtacity.engine.jobstate import MANIFEST, STATE_DIR
-from gtacity.engine.shards import Shard, ShardError, parse_shard
 from gtacity.images import decode_rgb
 from gtacity.nets import ResnetGenerator, init_weights
 
@@ -228,7 +228,7 @@ def test_every_item_lands_in_exactly_one_shard():
 
 
 def test_bench_e2e_on_a_folder_runs_the_pooled_folder_path(tmp_path):
-    from gtacity.engine.bench import BenchConfig, run_bench
+    from gtacity.engine.measure.bench import BenchConfig, run_bench
 
     tree(tmp_path / "frames", 6)
     lines = []
@@ -242,7 +242,7 @@ def test_bench_e2e_on_a_folder_runs_the_pooled_folder_path(tmp_path):
 
 
 def test_cleanup_removes_dead_runs_leftovers_and_keeps_live_ones(tmp_path):
-    from gtacity.engine.jobstate import RunJournal, clean_leftovers, temp_name
+    from gtacity.engine.jobs.journal import RunJournal, clean_leftovers, temp_name
 
     live, dead, old = RunJournal(tmp_path), RunJournal(tmp_path), RunJournal(tmp_path)
     live.start("t1")  # holds its lock, like a shard still running

@@ -7,10 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from kernel_cases import cpu_decode, cpu_encode, level_errors, synthetic_frames, to_nv12
 
 from gtacity import kernels
-from gtacity.kernels import layout
-from kernel_cases import cpu_decode, cpu_encode, level_errors, synthetic_frames, to_nv12
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -138,7 +137,7 @@ def test_cuda_tensors_run_triton_and_agree_with_the_reference():
 def test_pipeline_cuda_path_gives_the_cpu_path_bytes():
     """The engine's to_batch / to_frames on CUDA (Triton) produce exactly what they do on the CPU."""
     from gtacity.engine.frames import Frame
-    from gtacity.engine.pipeline import to_batch, to_frames
+    from gtacity.engine.stream.convert import to_batch, to_frames
 
     frames = [Frame(img, i) for i, img in enumerate(_frames(3, 37, 53).numpy())]
     on_gpu = to_batch(frames, torch.device("cuda"))

@@ -21,7 +21,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from gtacity.kernels import layout, yuv
 from kernel_cases import (
     cpu_decode,

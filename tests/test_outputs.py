@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from gtacity.engine.media.lock import OutputLock
 from media import make_clip, make_image_tree, video_info
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
-from gtacity.engine.outputs import OutputLock
 from gtacity.files import remove_stale_partials, written_whole
 
 DEAD_PID = 2**22 + 1  # above Linux's pid_max ceiling (4194304): never a running process

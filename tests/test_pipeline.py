@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from gtacity.checkpoint import bundled_generator, load_generator
 from gtacity.engine.backends import create_backend
 from gtacity.engine.frames import Frame
-from gtacity.engine.pipeline import DEFAULT_STREAMS, run_pipeline, to_batch, to_frames
-from gtacity.engine.slots import SlotPool
+from gtacity.engine.stream.convert import to_batch, to_frames
+from gtacity.engine.stream.pipeline import run_pipeline
+from gtacity.engine.stream.slots import SlotPool
+from gtacity.engine.stream.stages import DEFAULT_STREAMS
+
+from gtacity.checkpoint import bundled_generator, load_generator
 from gtacity.images import IMAGE_EXTENSIONS, decode_rgb
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]

@@ -20,15 +20,16 @@ import av
 import numpy as np
 import pytest
 import torch
+from gtacity.engine.backends import create_backend
+from gtacity.engine.media.planes import use_planes
+from gtacity.engine.media.sinks import open_sink
+from gtacity.engine.media.sources import VideoSource
+from gtacity.engine.stream.pipeline import run_pipeline
+from gtacity.engine.stream.stages import StageTimes
+from gtacity.engine.translate import TranslateConfig, translate
 from media import make_clip, make_raw_clip, video_info
 
 from gtacity.checkpoint import save_generator
-from gtacity.engine.backends import create_backend
-from gtacity.engine.pipeline import StageTimes, run_pipeline
-from gtacity.engine.planes import planes_pay
-from gtacity.engine.sinks import open_sink
-from gtacity.engine.sources import VideoSource
-from gtacity.engine.translate import TranslateConfig, translate
 
 MAX_LEVELS = 2  # measured <= 2: a 1-level input difference, then 1 more on the way out
 MEAN_LEVELS = 0.15  # measured <= 0.078
@@ -108,11 +109,11 @@ def test_other_formats_and_odd_sizes_fall_back_to_rgb(tmp_path, cpu_backend, pix
     assert assert_same_video(tmp_path / "rgb.mkv", tmp_path / "asked.mkv") == (0, 0.0)
 
 
-def test_planes_pay_only_on_cuda_without_flow_blending():
+def test_use_planes_only_on_cuda_without_flow_blending():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert planes_pay(cuda, "off") and planes_pay(cuda, "stats")
-    assert not planes_pay(cuda, "flow")  # the blend reads RGB frames on the host
-    assert not planes_pay(cpu, "off")  # swscale beats the kernels' torch references there
+    assert use_planes(cuda, "off") and use_planes(cuda, "stats")
+    assert not use_planes(cuda, "flow")  # the blend reads RGB frames on the host
+    assert not use_planes(cpu, "off")  # swscale beats the kernels' torch references there
 
 
 def _translate(tmp_path, tiny_generator, device: str, name: str):

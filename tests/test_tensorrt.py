@@ -11,21 +11,33 @@ import os
 import pytest
 import torch
 from click.testing import CliRunner
+from gtacity.engine.backends import BackendError, backend_class, create_backend
+from gtacity.engine.export.onnx import ExportError, onnx_format_for
+from gtacity.engine.export.plan import (
+    EngineCache,
+    EngineError,
+    EngineKey,
+    Profile,
+    pack,
+    profile_for_batch,
+    profile_from,
+    read_engine,
+    unpack,
+    write_engine,
+)
+from gtacity.engine.export.tensorrt import (
+    TypedGenerator,
+    cached_onnx,
+    engine_for,
+    export_for_profile,
+    tensorrt_missing,
+)
+from gtacity.engine.measure.bench import TOLERANCES
+from gtacity.engine.translate import TranslateConfig, translate
+from media import make_clip
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
-from gtacity.engine.backends import BackendError, backend_class, create_backend
-from gtacity.engine.bench import TOLERANCES
-from gtacity.engine.engine_file import (
-    EngineCache, EngineError, EngineKey, Profile, pack, profile_for_batch, profile_from, read_engine,
-    unpack, write_engine,
-)
-from gtacity.engine.export import ExportError, onnx_format_for
-from gtacity.engine.tensorrt_build import (
-    TypedGenerator, cached_onnx, engine_for, export_for_profile, tensorrt_missing,
-)
-from gtacity.engine.translate import TranslateConfig, translate
-from media import make_clip
 
 KEY = EngineKey("ab" * 32, "onnx", "fp16", "1x3x64x96:4x3x64x96:4x3x64x96", "10.13.3",
                 "NVIDIA H100 80GB HBM3", "9.0")
@@ -165,7 +177,7 @@ def test_auto_on_cuda_tries_tensorrt_first_then_torch():
 
 
 def _options(**changes):
-    from gtacity.engine.tensorrt_build import BuildOptions
+    from gtacity.engine.export.tensorrt import BuildOptions
 
     return BuildOptions(**{"cache_dir": os.environ["GTACITY_CACHE_DIR"], **changes})
 

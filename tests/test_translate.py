@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from gtacity.engine.jobs.journal import MANIFEST, STATE_DIR
+from gtacity.engine.media.sources import open_source
+from gtacity.engine.stream.convert import to_batch, to_frames
+from gtacity.engine.stream.pipeline import batches
+from gtacity.engine.translate import TranslateConfig, translate
 from media import make_clip, make_image, make_image_tree, video_info, write_garbage
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
-from gtacity.engine.jobstate import MANIFEST, STATE_DIR
-from gtacity.engine.pipeline import batches, to_batch, to_frames
-from gtacity.engine.sources import open_source
-from gtacity.engine.translate import TranslateConfig, translate
 from gtacity.nets import PatchDiscriminator
 
 
@@ -147,7 +148,7 @@ def test_failed_video_leaves_nothing_that_looks_finished(tmp_path, weights, monk
     make_clip(tmp_path / "in.mp4", frames=40, size=(64, 48))
     cfg = job(tmp_path, tmp_path / "in.mp4", tmp_path / "out.mp4", weights)
     failing = threading.Event()
-    from gtacity.engine import pipeline
+    from gtacity.engine.stream import pipeline
 
     original = pipeline.to_frames
 

@@ -17,19 +17,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gtacity.trainer.data import (
+    DataError,
+    Preprocess,
+    ResumableSampler,
+    UnpairedDataset,
+    domain_files,
+)
+from gtacity.trainer.distill_step import Distiller, DistillLosses, distill_step
+from gtacity.trainer.logs import RunLogger
+from gtacity.trainer.state import Progress, RunSettings, read_checkpoint
+from gtacity.trainer.step import Precision, choose_precision
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gtacity import hardware
-from gtacity.checkpoint import describe, file_sha256, generator_path, load_generator, save_generator
+from gtacity.checkpoint import (
+    describe,
+    file_sha256,
+    generator_path,
+    load_generator,
+    save_generator,
+)
 from gtacity.files import written_whole
 from gtacity.nets import ARCHS
 from gtacity.quality import psnr
-from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files
-from gtacity.trainer.logs import RunLogger
-from gtacity.trainer.state import Progress, RunSettings, read_checkpoint
-from gtacity.trainer.step import Precision, choose_precision
-from gtacity.trainer.distill_step import DistillLosses, Distiller, distill_step
 
 _DOMAIN = {"gta2city": "gta", "city2gta": "city"}
 
@@ -138,7 +150,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     if cfg.arch not in ARCHS:
         raise DataError(f"unknown student --arch {cfg.arch!r}; choose from {', '.join(ARCHS)}")
     distiller = Distiller(teacher, cfg.arch, ngf, n_blocks, cfg.losses).to(device)
-    prec = choose_precision(cfg.amp, device, hardware.cpu_capabilities().native_bf16)
+    prec = choose_precision(cfg.amp, device, hardware.cpu_capabilities())
     progress = _restore(distiller, prec, state) if state is not None else Progress()
     if progress.step > cfg.steps:
         raise DataError(f"{run_dir}: the run is at step {progress.step}; --steps must be at least that")

@@ -12,17 +12,34 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from gtacity.trainer.data import (
+    DataError,
+    Preprocess,
+    ResumableSampler,
+    UnpairedDataset,
+    domain_files,
+    unaligned_files,
+)
+from gtacity.trainer.logs import RunLogger
+from gtacity.trainer.state import (
+    Progress,
+    RunSettings,
+    init_from,
+    read_checkpoint,
+    restore,
+    save_checkpoint,
+)
+from gtacity.trainer.step import (
+    CycleGAN,
+    Precision,
+    StepConfig,
+    choose_precision,
+    train_step,
+)
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gtacity import hardware
-from gtacity.trainer.data import (
-    DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files,
-    unaligned_files,
-)
-from gtacity.trainer.logs import RunLogger
-from gtacity.trainer.state import Progress, RunSettings, init_from, read_checkpoint, restore, save_checkpoint
-from gtacity.trainer.step import CycleGAN, Precision, StepConfig, choose_precision, train_step
 
 
 @dataclass(frozen=True)
@@ -223,7 +240,7 @@ def _sample_batch(dataset: UnpairedDataset, device) -> dict[str, torch.Tensor]:
 
 def _precision(amp: str, device: torch.device) -> Precision:
     # bf16 only where the CPU has it in hardware: emulated bf16 made a step 17x slower (AVX2 EPYC).
-    return choose_precision(amp, device, hardware.cpu_capabilities().native_bf16)
+    return choose_precision(amp, device, hardware.cpu_capabilities())
 
 
 def _setup_processes(device: str) -> tuple[int, int, torch.device]:

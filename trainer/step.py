@@ -28,11 +28,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
-
-from gtacity.nets import PatchDiscriminator, ResnetGenerator, init_weights
 from gtacity.trainer.data import DataError
 from gtacity.trainer.losses import ImagePool, l1, lsgan_loss
+from torch import nn
+
+from gtacity import hardware
+from gtacity.nets import PatchDiscriminator, ResnetGenerator, init_weights
 
 
 @dataclass(frozen=True)
@@ -180,19 +181,18 @@ def _average_gradients(nets: tuple[nn.Module, ...]) -> None:
         g.copy_(synced)
 
 
-def choose_precision(amp: str, device: torch.device, native_bf16: bool) -> Precision:
+def choose_precision(amp: str, device: torch.device, caps: hardware.CpuCapabilities) -> Precision:
     """The autocast dtype for ``amp`` on ``device``; ``auto`` never picks an emulated precision.
 
     Args:
-        native_bf16: whether the CPU computes bf16 in hardware
-            (:attr:`gtacity.hardware.CpuCapabilities.native_bf16`); elsewhere a bf16 step is ~17x
-            slower than fp32, so ``auto`` trains in fp32 there.
+        caps: what the CPU computes in hardware; ``auto`` there is :func:`gtacity.hardware.train_amp`
+            (a bf16 step is ~17x slower than fp32 where bf16 is emulated).
     """
     if amp == "auto":
         if device.type == "cuda":
             amp = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         else:
-            amp = "bf16" if native_bf16 else "off"
+            amp = hardware.train_amp(caps)
     if amp == "off":
         return Precision(device.type)
     if amp == "bf16":

@@ -21,17 +21,11 @@ from typing import Any, ClassVar, Literal, Mapping
 import torch
 from torch import nn
 
-from gtacity.errors import GtacityError
-from gtacity.nets import SIZE_MULTIPLE
+from gtacity.errors import BackendError
+from gtacity.nets import MIN_SIZE, SIZE_MULTIPLE
 
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16", "int8")
-# The generator downsamples twice and reflect-pads by 1 at 1/4 resolution, which needs 2 pixels there.
-MIN_SIZE = 2 * SIZE_MULTIPLE
-
-
-class BackendError(GtacityError):
-    """A backend that cannot run as asked here: not installed, no such device, unsupported precision."""
 
 
 class Backend(ABC):

@@ -6,7 +6,6 @@ import contextlib
 import copy
 import functools
 import hashlib
-import os
 import shutil
 import tempfile
 import time
@@ -15,13 +14,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from gtacity.engine.backends.base import Backend, BackendError, Precision
+from gtacity.engine.export import int8
+from gtacity.engine.export.cache import cache_root, feed_weights
 from torch import nn
 from torch.export import Dim
 
 from gtacity import hardware
-from gtacity.engine import int8
-from gtacity.engine.backends.base import MIN_SIZE, Backend, BackendError, Precision
-from gtacity.nets import SIZE_MULTIPLE
+from gtacity.nets import MAX_BATCH, MAX_SIDE, MIN_SIZE, SIZE_MULTIPLE
 
 try:
     import openvino as ov
@@ -33,7 +33,6 @@ _OV_TYPE = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _PRECISION = {ov_type: precision for precision, ov_type in _OV_TYPE.items()}
 _CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16", "int8": "INT8"}
 # Upper bounds of the exported graph's dynamic dims; each prepared shape is compiled static inside.
-_MAX_BATCH, _MAX_SIDE = 1024, 16384
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ class OpenVINOConfig:
             the model alone, int8). THROUGHPUT with batch 2 came within noise (1.01x, 1.04x). On a
             many-core CPU a cap may pay; that is the check to repeat there.
         min_psnr_db: int8 only: the least PSNR vs fp32 (worst calibration frame) an int8 model
-            must reach to be used (see :mod:`gtacity.engine.int8`).
+            must reach to be used (see :mod:`gtacity.engine.export.int8`).
     """
 
     performance_hint: str = "LATENCY"
@@ -119,7 +118,7 @@ def _ov_version() -> str:
 
 def _side_dim(name: str) -> Any:
     """A height or width that can be any multiple of 4 from 8 to 16384."""
-    return SIZE_MULTIPLE * Dim(name, min=MIN_SIZE // SIZE_MULTIPLE, max=_MAX_SIDE // SIZE_MULTIPLE)
+    return SIZE_MULTIPLE * Dim(name, min=MIN_SIZE // SIZE_MULTIPLE, max=MAX_SIDE // SIZE_MULTIPLE)
 
 
 # Bumped when the conversion changes the graph it makes, so cached models of an older one are not reused.
@@ -167,7 +166,7 @@ def _to_openvino(net: nn.Module, mvn_norms: bool = True) -> "ov.Model":
     net = copy.deepcopy(net).to("cpu", torch.float32).eval()
     if mvn_norms:
         _use_mvn_norms(net)
-    dims = {0: Dim("batch", min=1, max=_MAX_BATCH), 2: _side_dim("h4"), 3: _side_dim("w4")}
+    dims = {0: Dim("batch", min=1, max=MAX_BATCH), 2: _side_dim("h4"), 3: _side_dim("w4")}
     # Batch 2, not 1: torch.export specialises dims whose example size is 0 or 1.
     example = torch.zeros(2, 3, 8 * SIZE_MULTIPLE, 8 * SIZE_MULTIPLE)
     with torch.no_grad():
@@ -175,27 +174,18 @@ def _to_openvino(net: nn.Module, mvn_norms: bool = True) -> "ov.Model":
     return ov.convert_model(exported)
 
 
-def _cache_root(setting: str | None) -> Path | None:
-    if setting is None:
-        setting = os.environ.get("GTACITY_CACHE_DIR") or str(Path.home() / ".cache" / "gtacity")
-    return Path(setting) / "openvino" if setting else None
-
-
 def _cache_key(net: nn.Module) -> str:
     """Checksum of every weight (names, shapes, values) plus the versions that shape the IR."""
     digest = hashlib.sha256(
         f"{type(net).__name__} torch {torch.__version__} ov {ov.__version__} {CONVERSION}".encode()
     )
-    for name, tensor in net.state_dict().items():
-        t = tensor.detach().to("cpu", torch.float32).contiguous()
-        digest.update(f"{name}{tuple(t.shape)}".encode())
-        digest.update(t.numpy().tobytes())
+    feed_weights(digest, net)
     return digest.hexdigest()[:32]
 
 
 def _load_or_convert(net: nn.Module, cache_dir: str | None) -> tuple["ov.Model", bool]:
     """(model, whether it came from the cache); a fresh conversion is stored for next time."""
-    return _cached(_cache_root(cache_dir), _cache_key(net), lambda: _to_openvino(net))
+    return _cached(cache_root(cache_dir, "openvino"), _cache_key(net), lambda: _to_openvino(net))
 
 
 def _cached(root: Path | None, name: str, make: Callable[[], "ov.Model"]) -> tuple["ov.Model", bool]:
@@ -285,7 +275,7 @@ class OpenVINOBackend(Backend):
     def calibrate(self, frames: list[torch.Tensor]) -> None:
         """int8: quantise on ``frames`` (or load the cached model), then check it against fp32.
 
-        Sets :attr:`int8_check`; see :mod:`gtacity.engine.int8` for the method and its cost.
+        Sets :attr:`int8_check`; see :mod:`gtacity.engine.export.int8` for the method and its cost.
 
         Raises:
             BackendError: NNCF missing, or the int8 model below ``config.min_psnr_db``.
@@ -301,7 +291,7 @@ class OpenVINOBackend(Backend):
             return model
 
         name = int8.cache_name(f"{self._weights_key} ov {ov.__version__}", frames)
-        root = _cache_root(self.config.cache_dir)
+        root = cache_root(self.config.cache_dir, "openvino")
         quantized, from_cache = _cached(root, name, quantize)
         # The comparison with fp32 (two compilations and 2 x 8 inferences: 3-11 s a job on 2 cores) is kept
         # with the cached model, per instruction set: int8 kernels round differently on AVX2, VNNI

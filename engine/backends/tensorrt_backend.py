@@ -7,13 +7,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
-
 from gtacity.engine.backends.base import Backend, BackendError, Precision
-from gtacity.engine.engine_file import profile_for_batch
-from gtacity.engine.tensorrt_build import (
-    VIAS, BuildOptions, engine_for, gpu_identity, import_tensorrt, tensorrt_missing,
+from gtacity.engine.export.plan import profile_for_batch
+from gtacity.engine.export.tensorrt import (
+    VIAS,
+    BuildOptions,
+    engine_for,
+    gpu_identity,
+    import_tensorrt,
+    tensorrt_missing,
 )
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class TensorRTConfig:
     Each prepared frame size gets an engine whose optimisation profile runs batches of 1 to
     ``max_batch`` frames (optimised for ``max_batch``). Engines are cached on disk by their key
     (ONNX checksum, precision, profile, TensorRT version, GPU and compute capability; see
-    :mod:`gtacity.engine.engine_file`): the first ``prepare`` of a shape builds, every later one,
+    :mod:`gtacity.engine.export.plan`): the first ``prepare`` of a shape builds, every later one,
     in this or any later process, loads the engine file instead.
 
     Precision: ``"auto"`` is fp16 (InstanceNorm statistics in fp32); fp32 runs convolutions in

@@ -4,7 +4,7 @@
 the folder, or a GTA5 / Cityscapes tree with its label maps), keeps this shard's share, skips what
 an earlier run finished, and translates the rest: images through one pipeline with decoding and
 encoding on a pool of threads, videos one by one. Every output is written under a temporary name
-and renamed into place, then recorded in the run's journal (:mod:`gtacity.engine.jobstate`), so a
+and renamed into place, then recorded in the run's journal (:mod:`gtacity.engine.jobs.journal`), so a
 job killed at any moment loses at most the items in flight, and rerunning the same command
 resumes it. A file that fails is reported, listed in the failures file, and the job goes on.
 """
@@ -15,25 +15,42 @@ import contextlib
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gtacity.engine.backends import Backend
+from gtacity.engine.frames import Frame
+from gtacity.engine.jobs.journal import (
+    MANIFEST,
+    RunJournal,
+    clean_leftovers,
+    done_keys,
+    open_job,
+    temp_name,
+)
+from gtacity.engine.jobs.shards import Shard
+from gtacity.engine.media.planes import use_planes
+from gtacity.engine.media.sinks import (
+    check_folder_target,
+    open_sink,
+    write_image,
+)
+from gtacity.engine.media.sources import SourceError, open_source, read_image
+from gtacity.engine.media.trees import Item, list_items, write_train_ids
+from gtacity.engine.stream.imagepool import (
+    ImageTask,
+    PooledImageSource,
+    PooledWriter,
+    pool_stage_times,
+)
+from gtacity.engine.stream.pipeline import run_pipeline
+from gtacity.engine.stream.stages import STAGES, StageTimes
 from tqdm import tqdm
 
 from gtacity import __version__
 from gtacity.checkpoint import file_sha256
-from gtacity.engine.backends import Backend
-from gtacity.engine.datasets import Item, list_items, write_train_ids
-from gtacity.engine.frames import Frame
-from gtacity.engine.imagepool import ImageTask, PooledImageSource, PooledWriter, pool_stage_times
-from gtacity.engine.jobstate import MANIFEST, RunJournal, clean_leftovers, done_keys, open_job, temp_name
-from gtacity.engine.pipeline import STAGES, StageTimes, run_pipeline
-from gtacity.engine.planes import planes_pay
-from gtacity.engine.shards import Shard
-from gtacity.engine.sinks import ImageFolderSink, check_folder_target, open_sink, write_image
-from gtacity.engine.sources import SourceError, open_source, read_image
 from gtacity.errors import GtacityError
 from gtacity.files import remove_stale_partials_under
 
@@ -52,7 +69,7 @@ class FolderJob:
         settings: what defines the result; recorded in the manifest, compared on resume.
         shard: this process's share, or None for the whole folder.
         workers: threads decoding and encoding images.
-        streams: batches in flight (see :func:`gtacity.engine.pipeline.run_pipeline`).
+        streams: batches in flight (see :func:`gtacity.engine.stream.pipeline.run_pipeline`).
         allow_damaged: count a damaged video (decode errors, lost frames, an early end) as done;
             otherwise its output is kept but it is listed as failed, and a rerun tries it again.
         log: takes one line per failed item as it happens (and nothing else).
@@ -130,22 +147,6 @@ def list_job(input_root: Path, output: Path, dataset: str | None, labels: str) -
     if not items:
         raise SourceError(f"{input_root}: no images or videos found in this folder or below; check the path")
     return items
-
-
-@contextlib.contextmanager
-def pooled_folder_io(root: Path, output: Path, workers: int) -> Iterator[tuple[PooledImageSource, PooledWriter]]:
-    """Source and sink of a plain image-folder translation on a pool of ``workers`` threads, without
-    a job's records (what ``gtacity bench --e2e FOLDER`` times); an unreadable image raises."""
-    items = [item for item in list_items(root, output) if item.kind == "image"]
-    tasks = [ImageTask(item.source, item.output.relative_to(output)) for item in items]
-    sink = ImageFolderSink(output)
-
-    def unreadable(task: ImageTask, reason: str) -> None:
-        raise SourceError(reason)
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="gtacity-io") as pool, \
-            PooledImageSource(root, tasks, pool, workers, read_image, unreadable) as source:
-        yield source, PooledWriter(output, pool, workers, sink.write)
 
 
 def run_folder_job(job: FolderJob, items: list[Item], backend: Backend, batch_size: int) -> JobSummary:
@@ -250,7 +251,7 @@ class _Run:
         temp = temp_name(item.output, self.journal.run_id)
         try:
             # Videos in a folder job never blend along the flow (check_mode refuses it there).
-            planes = planes_pay(self.backend.device, "off")
+            planes = use_planes(self.backend.device, "off")
             with open_source(item.source, planes=planes) as source, tqdm(
                 total=len(source), unit="frame", disable=not self.job.progress, dynamic_ncols=True,
                 desc=item.key,

@@ -10,7 +10,7 @@ convert like swscale to within 1 level (benchmarks/RESULTS.md), so the two paths
 video to within a level or so.
 
 Where it runs: a video whose frames the decoder gives as 8-bit 4:2:0 with even sides, translated
-on CUDA into a video (:func:`planes_pay`). On the CPU the kernels are plain torch, slower than
+on CUDA into a video (:func:`use_planes`). On the CPU the kernels are plain torch, slower than
 swscale, so the CPU keeps RGB; tests still run the whole plane path there with those references.
 """
 
@@ -20,13 +20,12 @@ import av
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
+from gtacity.engine.frames import Frame, Planes
+from gtacity.engine.media.colour import VideoColour
+from gtacity.engine.stream.slots import download, upload
 
 from gtacity import kernels
-from gtacity.engine.backends.base import MIN_SIZE
-from gtacity.engine.colour import VideoColour
-from gtacity.engine.frames import Frame, Planes
-from gtacity.engine.slots import download, upload
-from gtacity.nets import SIZE_MULTIPLE
+from gtacity.nets import MIN_SIZE, SIZE_MULTIPLE
 
 # Decoder pixel formats handed out as planes. Everything else (10-bit, 4:2:2, 4:4:4, RGB, ...) is
 # converted to RGB by swscale, which takes any format.
@@ -35,7 +34,7 @@ PLANE_FORMATS = ("yuv420p", "nv12")
 _PROBE_SIDE = 64
 
 
-def planes_pay(device: torch.device, temporal: str) -> bool:
+def use_planes(device: torch.device, temporal: str) -> bool:
     """Whether a video translated on ``device`` should travel as planes.
 
     Only on CUDA, where the conversion fuses into the upload for free; on the CPU swscale is
@@ -64,8 +63,8 @@ class PlaneReader:
 
     def __call__(self, frame: av.VideoFrame) -> Planes | None:
         """``frame``'s planes as they are, or None where it needs RGB: another pixel format, an
-        odd side (the output is then 4:4:4, see :class:`~gtacity.engine.sinks.VideoSink`), a
-        side below the generator's minimum (:mod:`gtacity.engine.tiles` takes those) or a chroma
+        odd side (the output is then 4:4:4, see :class:`~gtacity.engine.media.sinks.VideoSink`), a
+        side below the generator's minimum (:mod:`gtacity.engine.backends.tiling` takes those) or a chroma
         siting the kernels lack."""
         fmt = frame.format.name
         if fmt not in PLANE_FORMATS or frame.width % 2 or frame.height % 2:
@@ -120,7 +119,7 @@ def planes_to_batch(
     frames: list[Frame], device: torch.device, dtype: torch.dtype, host: torch.Tensor | None
 ) -> torch.Tensor:
     """Frames carrying planes -> ``(N, 3, Hp, Wp)`` model input on ``device``, like
-    :func:`gtacity.engine.pipeline.to_batch` (same ``host`` buffer rules, ``(N, H*3/2, W)``)."""
+    :func:`gtacity.engine.stream.pipeline.to_batch` (same ``host`` buffer rules, ``(N, H*3/2, W)``)."""
     first = frames[0].planes
     data = upload([f.planes.data for f in frames], device, host)  # (N, H*3/2, W) uint8
     return kernels.yuv420p_to_model_input(
@@ -134,7 +133,7 @@ def planes_from_batch(
     y: torch.Tensor, frames: list[Frame], host: torch.Tensor | None
 ) -> list[Frame]:
     """``(N, 3, Hp, Wp)`` model output -> the frames carrying yuv420p planes in their input's
-    colour, like :func:`gtacity.engine.pipeline.to_frames`; only the planes are downloaded.
+    colour, like :func:`gtacity.engine.stream.pipeline.to_frames`; only the planes are downloaded.
 
     Their chroma is centred, as swscale writes it on the RGB path."""
     first = frames[0].planes

@@ -4,7 +4,7 @@ Every stage runs on its own thread, so they all work at once: decoding (PyAV rel
 batching and preprocessing (stacking frames, upload, normalising, padding), inference (the calling
 thread, the only one that calls the backend), postprocessing (denormalising, download, cropping)
 and encoding (libx264 with its own threads). Between them frames travel through bounded queues
-and batches through a fixed pool of slots (:mod:`gtacity.engine.slots`), so memory stays flat
+and batches through a fixed pool of slots (:mod:`gtacity.engine.stream.slots`), so memory stays flat
 however long the video is: at most ``streams`` batches plus two queues of ``queue_frames`` frames
 exist at any time. Every queue is first in, first out and every stage has one thread, so frames
 leave in the order they came.
@@ -16,7 +16,7 @@ stream (``backend.infer`` is called inside ``torch.cuda.stream(slot)``) and does
 
 Frames of any size and depth go in: the batch is reflect-padded to a multiple of 4 and the result
 cropped back (frames below the generator's minimum and 16-bit frames take the general path of
-:mod:`gtacity.engine.tiles`), so output size == input size, always.
+:mod:`gtacity.engine.stream.convert`), so output size == input size, always.
 
 Every stage's busy time is measured (host seconds; on CUDA plus the GPU seconds of its work on the
 slot's stream, from CUDA events; inference there is GPU time alone): the report says which stage
@@ -28,103 +28,16 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-import torch
-
-from gtacity import kernels
-from gtacity.engine.backends import Backend
+from gtacity.engine.backends.base import Backend
 from gtacity.engine.frames import Frame, FrameSink, FrameSource
-from gtacity.engine.planes import planes_from_batch, planes_to_batch
-from gtacity.engine.slots import Slot, SlotPool, download, upload
-from gtacity.engine.tiles import fits_kernels, generic_to_batch, generic_to_frames
-from gtacity.nets import SIZE_MULTIPLE
+from gtacity.engine.stream.convert import to_batch, to_frames
+from gtacity.engine.stream.slots import Slot, SlotPool
+from gtacity.engine.stream.stages import DEFAULT_STREAMS, StageTimes
 
-STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
-# Batches in flight when the caller does not say: one being preprocessed, one inferred, one
-# postprocessed, so the three overlap.
-DEFAULT_STREAMS = 3
 _END = object()
 _POLL_S = 0.1
-
-
-@dataclass
-class StageTimes:
-    """Seconds each stage spent working (not waiting on a queue), and the run's wall time.
-
-    ``planes``: how many of the ``frames`` travelled as YUV planes, their colour converted on the
-    device rather than by swscale on the CPU (see :mod:`gtacity.engine.planes`).
-    """
-
-    busy: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    wall: float = 0.0
-    frames: int = 0
-    streams: int = DEFAULT_STREAMS
-    planes: int = 0
-
-    @property
-    def bound_by(self) -> str:
-        """The stage that worked longest: speeding anything else up cannot make the run faster."""
-        return max(self.busy, key=self.busy.get)
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.wall if self.wall > 0 else 0.0
-
-    @property
-    def bound_share(self) -> float:
-        """The bounding stage's busy time / wall time: 1.0 when the pipeline hides every other stage."""
-        return self.busy[self.bound_by] / self.wall if self.wall > 0 else 0.0
-
-
-def to_batch(
-    frames: list[Frame],
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-    host: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``N`` frames ``(H, W, 3)`` uint8 -> ``(N, 3, Hp, Wp)`` ``dtype`` in [-1, 1] on ``device``.
-
-    The upload is uint8 (4x less traffic than float); scaling, HWC -> CHW, reflect-padding to a
-    multiple of 4 and the cast happen on the device, in one Triton pass on CUDA
-    (:func:`gtacity.kernels.to_model_input`). Frames carrying YUV planes are converted to RGB in
-    the same pass (:func:`gtacity.engine.planes.planes_to_batch`).
-
-    Args:
-        host: a pinned ``(>= N, *frame.pixels.shape)`` uint8 buffer to stack the frames into; the
-            upload from it is asynchronous on the current CUDA stream, so it must not be written
-            again until that stream has passed this point. None: a fresh buffer (pinned on the
-            way to CUDA).
-    """
-    if frames[0].planes is not None:
-        return planes_to_batch(frames, device, dtype, host)
-    if not fits_kernels(frames[0].image):  # 16-bit, or smaller than the generator takes
-        return generic_to_batch(frames, device, dtype)
-    pixels = upload([f.image for f in frames], device, host)  # (N, H, W, 3) uint8
-    return kernels.to_model_input(pixels, dtype=dtype, multiple=SIZE_MULTIPLE)
-
-
-def to_frames(y: torch.Tensor, frames: list[Frame], host: torch.Tensor | None = None) -> list[Frame]:
-    """``(N, 3, Hp, Wp)`` in [-1, 1] -> the input frames carrying ``(H, W, 3)`` uint8 translations.
-
-    Cropping, rounding, CHW -> HWC and the cast to uint8 happen where ``y`` is (one Triton pass on
-    CUDA, :func:`gtacity.kernels.from_model_output`), so only bytes are downloaded. Frames that
-    came as YUV planes leave as yuv420p planes (:func:`gtacity.engine.planes.planes_from_batch`).
-
-    Args:
-        host: a pinned ``(>= N, *frame.pixels.shape)`` uint8 buffer for a CUDA ``y``: the download
-            into it is queued on the current stream and the returned pixels are views of it, valid
-            once that stream has passed this point (wait on an event) and until the buffer is
-            reused. None: a synchronous download into new arrays.
-    """
-    if frames[0].planes is not None:
-        return planes_from_batch(y, frames, host)
-    if not fits_kernels(frames[0].image):
-        return generic_to_frames(y, frames)
-    h, w = frames[0].size
-    pixels = kernels.from_model_output(y, h, w)  # (N, H, W, 3) uint8, where y is
-    return [f.with_image(img) for f, img in zip(frames, download(pixels, host).numpy())]
 
 
 def batches(frames: Iterable[Frame], max_batch: int) -> Iterator[list[Frame]]:

@@ -2,7 +2,7 @@
 
 ::
 
-    from gtacity.engine.bench import BenchConfig, run_bench
+    from gtacity.engine.measure.bench import BenchConfig, run_bench
     report = run_bench(BenchConfig(sizes=((512, 256),), batch_sizes=(1, 4)))
     print(report.format())
 
@@ -25,7 +25,7 @@ With ``e2e``, the same checks and warm-up, then inference timed alone on that ba
 of the whole pipeline (``streams`` batches in flight): its frames/s, each stage's busy seconds, the
 stage that bounds it and the run's rate as a share of the slowest stage's rate alone.
 
-The report and its JSON fields: :mod:`gtacity.engine.benchstats`.
+The report and its JSON fields: :mod:`gtacity.engine.measure.bench_report`.
 """
 
 from __future__ import annotations
@@ -38,26 +38,52 @@ from pathlib import Path
 from types import MappingProxyType
 
 import torch
+from gtacity.engine.backends import (
+    BACKENDS,
+    PRECISIONS,
+    Backend,
+    BackendError,
+    backend_class,
+    create_backend,
+)
+from gtacity.engine.measure.bench_report import (
+    Agreement,
+    BenchReport,
+    E2EResult,
+    HostPeak,
+    ModelResult,
+    Target,
+    describe_disagreement,
+    device_peak_mib,
+    machine_info,
+    matmul_rate,
+    percentile,
+    reset_device_peak,
+    synchronize,
+    time_calls,
+    versions,
+)
+from gtacity.engine.media.planes import use_planes
+from gtacity.engine.media.sinks import open_sink
+from gtacity.engine.media.sources import open_source
+from gtacity.engine.stream.imagepool import (
+    default_workers,
+    pool_stage_times,
+    pooled_folder_io,
+)
+from gtacity.engine.stream.pipeline import run_pipeline
 
 from gtacity import hardware
 from gtacity.checkpoint import load_generator
-from gtacity.engine.backends import (
-    BACKENDS, PRECISIONS, Backend, BackendError, backend_class, create_backend,
-)
-from gtacity.engine.backends.base import MIN_SIZE
-from gtacity.engine.benchstats import (
-    Agreement, BenchReport, E2EResult, HostPeak, ModelResult, Target, describe_disagreement,
-    device_peak_mib, machine_info, matmul_rate, percentile, reset_device_peak, synchronize,
-    time_calls, versions,
-)
-from gtacity.engine.imagepool import default_workers, pool_stage_times
-from gtacity.engine.jobs import pooled_folder_io
-from gtacity.engine.pipeline import run_pipeline
-from gtacity.engine.planes import planes_pay
-from gtacity.engine.sinks import VIDEO_EXTENSIONS, open_sink
-from gtacity.engine.sources import open_source
 from gtacity.errors import GtacityError
-from gtacity.nets import SIZE_MULTIPLE, ResnetGenerator, count_macs, init_weights
+from gtacity.images import VIDEO_EXTENSIONS
+from gtacity.nets import (
+    MIN_SIZE,
+    SIZE_MULTIPLE,
+    ResnetGenerator,
+    count_macs,
+    init_weights,
+)
 
 REDUCED = ("fp16", "bf16")
 # Sizes (width, height) and batches when none are given: the CPU default run stays under two
@@ -116,7 +142,7 @@ class BenchConfig:
         budget_s: timed calls of one configuration stop after this many seconds (at least 3
             calls): the default CPU run stays under two minutes even on a slow or busy CPU.
         e2e: a video (or image folder / image): time the whole pipeline over it instead.
-        streams: batches in flight in the e2e pipeline (see :func:`~gtacity.engine.pipeline.run_pipeline`).
+        streams: batches in flight in the e2e pipeline (see :func:`~gtacity.engine.stream.pipeline.run_pipeline`).
         json_path: also write the report there.
         tolerances: precision (or ``tf32``) -> :class:`Tolerance` for the agreement check.
         seed: of the random weights and the input.
@@ -435,7 +461,7 @@ class _Bench:
                                          queue_frames=2 * workers)
                     pool_stage_times(times, src, sink, workers)
             else:
-                with open_source(path, planes=planes_pay(backend.device, "off")) as src:  # as translate
+                with open_source(path, planes=use_planes(backend.device, "off")) as src:  # as translate
                     sink = open_sink(_output_path(src, Path(tmp)), src)
                     times = run_pipeline(src, sink, backend, batch_size=batch, streams=self.cfg.streams)
         alone = {stage: times.frames / s for stage, s in times.busy.items() if s > 0}

@@ -14,7 +14,7 @@ errors, lighting changes, codec noise), reported next to it.
 
 ::
 
-    from gtacity.engine.flicker import FlickerConfig, evaluate_flicker
+    from gtacity.engine.measure.flicker import FlickerConfig, evaluate_flicker
     report = evaluate_flicker(FlickerConfig("drive.mp4", "drive_city.mp4", plot="flicker.png"))
     print(report.summary())
 
@@ -28,13 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
-
 import cv2
 import numpy as np
+from gtacity.engine.media.sources import open_source
+from gtacity.engine.temporal.optical_flow import PRESETS, FlowPair, grey, warp
+from tqdm import tqdm
 
-from gtacity.engine.flow import PRESETS, FlowPair, grey, warp
-from gtacity.engine.sources import open_source
 from gtacity.errors import GtacityError
 from gtacity.images import IMAGE_EXTENSIONS
 
@@ -93,7 +92,7 @@ class FlickerConfig:
         input: the video (or image folder) that was translated; the flow comes from it.
         output: its translation.
         plot: also draw the per-pair curves into this image file (PNG); None draws nothing.
-        preset: DIS preset (see :data:`gtacity.engine.flow.PRESETS`); "medium" is the accurate one.
+        preset: DIS preset (see :data:`gtacity.engine.temporal.optical_flow.PRESETS`); "medium" is the accurate one.
         progress: a frame counter on stderr.
     """
 
@@ -153,7 +152,7 @@ def measure_flicker(
     Args:
         input: the video (or image folder) that was translated; the flow comes from it.
         output: its translation, frame for frame (same count, same size).
-        preset: DIS preset, a key of :data:`gtacity.engine.flow.PRESETS`.
+        preset: DIS preset, a key of :data:`gtacity.engine.temporal.optical_flow.PRESETS`.
         on_frame: called with 1 after each frame (progress bars).
 
     Raises:

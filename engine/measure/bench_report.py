@@ -3,9 +3,9 @@
 Here: the machine and library versions a result is quoted with, peak host and device memory per
 configuration, the measured matmul rate of a GPU (the roofline a generator's GMAC/s is put against),
 the records of one run (:class:`BenchReport` and its rows) with their JSON form and text table.
-The method (what is timed, when, against what) is in :mod:`gtacity.engine.bench`.
+The method (what is timed, when, against what) is in :mod:`gtacity.engine.measure.bench`.
 
-JSON (``--json``; :meth:`~gtacity.engine.benchstats.BenchReport.to_json`), top-level fields:
+JSON (``--json``; :meth:`~gtacity.engine.measure.bench_report.BenchReport.to_json`), top-level fields:
 
 - ``format`` ("gtacity-bench"), ``format_version`` (1), ``date`` (ISO 8601 with time zone),
   ``ok`` (every checked configuration agreed).
@@ -14,7 +14,7 @@ JSON (``--json``; :meth:`~gtacity.engine.benchstats.BenchReport.to_json`), top-l
   ``matmul_tflops`` (GPU only: ``"<device> <dtype>"`` -> measured TFLOP/s of an 8192^3 matmul).
 - ``versions``: ``python``, ``gtacity`` and each installed one of torch, torchvision, openvino,
   onnx, onnxruntime, tensorrt, av, numpy (plus cuda, cudnn with a GPU).
-- ``settings``: the :class:`~gtacity.engine.bench.BenchConfig` fields (``backends``, ``precisions``,
+- ``settings``: the :class:`~gtacity.engine.measure.bench.BenchConfig` fields (``backends``, ``precisions``,
   ``device``, ``sizes``, ``batch_sizes``, ``weights``, ``warmup``, ``repeats``, ``e2e``,
   ``json_path``, ``seed``) and the generator's ``ngf`` and ``n_blocks``.
 - ``tolerances``: precision -> ``{"max_abs", "mean_abs"}`` in [-1, 1] units (1/127.5 per 8-bit
@@ -50,11 +50,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gtacity.engine.backends import Backend
+from gtacity.engine.stream.stages import STAGES
 
 import gtacity
 from gtacity import hardware
-from gtacity.engine.backends import Backend
-from gtacity.engine.pipeline import STAGES
 
 # Distributions whose versions decide the numbers; the ones not installed are left out.
 _DISTRIBUTIONS = (

@@ -9,7 +9,7 @@ a batch waits for a slot rather than piling up. On CUDA each slot owns
 - pinned host buffers for the upload and the download (the only way a host<->device copy runs
   asynchronously), reused batch after batch and re-made only when the frame size changes;
 - CUDA events: ``done`` says the download finished (the host waits for it, nothing else), and
-  timing events give the GPU time of each stage for :class:`~gtacity.engine.pipeline.StageTimes`.
+  timing events give the GPU time of each stage for :class:`~gtacity.engine.stream.pipeline.StageTimes`.
 
 On the CPU a slot has no stream (:meth:`Slot.on_stream` is a no-op context), no buffers and no
 events, and the same bookkeeping bounds memory and keeps the order.
@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from gtacity.engine.frames import Frame
 
 # stage -> the timing events (recorded on a slot's stream) around its GPU work.

@@ -1,7 +1,7 @@
 """Optical flow on the CPU, without weights: OpenCV's DIS flow, warping, occlusion masks, scene cuts.
 
-What the flicker metric (:mod:`gtacity.engine.flicker`) and the temporal remedies
-(:mod:`gtacity.engine.temporal`) share. Flow is always computed on the *input* frames (the
+What the flicker metric (:mod:`gtacity.engine.measure.flicker`) and the temporal remedies
+(:mod:`gtacity.engine.temporal.remedies`) share. Flow is always computed on the *input* frames (the
 translation is what we judge, so it must not steer the motion estimate), on grey levels.
 
 Conventions: a flow field is ``(H, W, 2)`` float32 in pixels, ``flow[y, x] = (dx, dy)``, and maps a

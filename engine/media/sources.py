@@ -18,11 +18,11 @@ from pathlib import Path, PurePosixPath
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
-
-from gtacity.engine.colour import VideoColour
-from gtacity.engine.damage import Damage
 from gtacity.engine.frames import Frame, SourceContext
-from gtacity.engine.planes import PlaneReader
+from gtacity.engine.media.colour import VideoColour
+from gtacity.engine.media.damage import Damage
+from gtacity.engine.media.planes import PlaneReader
+
 from gtacity.errors import GtacityError
 from gtacity.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_full
 
@@ -103,13 +103,13 @@ class VideoSource(SourceContext):
 
     With ``planes``, frames the decoder gives as 8-bit 4:2:0 (yuv420p, NV12) with even sides
     carry those planes as they are (:class:`~gtacity.engine.frames.Planes`, colour converted
-    later on the device, see :mod:`gtacity.engine.planes`); any other frame is still RGB.
+    later on the device, see :mod:`gtacity.engine.media.planes`); any other frame is still RGB.
 
     The first frame is decoded on open, so a file that opens but cannot be decoded fails here, and
     the colour (matrix, range, primaries, transfer) is known before the sink is made. Damage does
     not stop decoding: packets the decoder rejects, frames it flags corrupt and an early end (a
     file cut short after its index, Matroska or a "faststart" mp4, decodes up to the cut without
-    any error) are counted in :attr:`damage` (see :mod:`gtacity.engine.damage`); ``len()`` still
+    any error) are counted in :attr:`damage` (see :mod:`gtacity.engine.media.damage`); ``len()`` still
     reports the intended count.
 
     Attributes:

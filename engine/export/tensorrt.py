@@ -11,7 +11,7 @@ TensorRT is imported lazily and its major version decides how precision is asked
   normalisation layer (InstanceNormalization) pinned to fp32 with ``layer.precision`` /
   ``set_output_type`` under ``BuilderFlag.OBEY_PRECISION_CONSTRAINTS``.
 * TensorRT 11 (always strongly typed; the precision flags are gone): the precision is the ONNX's
-  own, so fp16 builds from the FP16 ONNX (:mod:`gtacity.engine.export`), which already keeps
+  own, so fp16 builds from the FP16 ONNX (:mod:`gtacity.engine.export.onnx`), which already keeps
   InstanceNormalization and the I/O in fp32.
 
 Both use one optimisation profile, a workspace limit and a timing cache kept beside the engines
@@ -33,12 +33,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from gtacity.engine.export.cache import cache_root
+from gtacity.engine.export.onnx import (
+    OPSET,
+    metadata,
+    onnx_format_for,
+    onnx_model,
+    save_onnx,
+)
+from gtacity.engine.export.plan import (
+    CachedEngine,
+    EngineCache,
+    EngineError,
+    EngineKey,
+    Profile,
+)
 from torch import nn
 from torch.export import Dim
 
 from gtacity.checkpoint import GeneratorInfo
-from gtacity.engine.engine_file import CachedEngine, EngineCache, EngineError, EngineKey, Profile
-from gtacity.engine.export import OPSET, cache_root, metadata, onnx_format_for, onnx_model, save_onnx
 from gtacity.nets import SIZE_MULTIPLE
 
 INSTALL_HINT = ('TensorRT is not installed: pip install "gtacity[tensorrt]" (pip fetches its '

@@ -1,7 +1,7 @@
 """``translate --temporal``: remedies for the flicker of frame-by-frame translation.
 
 Translated one frame at a time, a CycleGAN video flickers (measured by ``gtacity eval flicker``,
-:mod:`gtacity.engine.flicker`). Two remedies, each keeping the streaming design (frames in order,
+:mod:`gtacity.engine.measure.flicker`). Two remedies, each keeping the streaming design (frames in order,
 one frame of state, bounded memory):
 
 - ``stats`` (:func:`smooth_norm_stats`): the generator's InstanceNorm layers normalise every frame
@@ -27,11 +27,17 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from gtacity.engine.backends import BACKENDS, Backend, TorchBackend
+from gtacity.engine.frames import Frame, FrameSink, FrameSource
+from gtacity.engine.temporal.optical_flow import (
+    FlowPair,
+    colour_histograms,
+    histogram_distance,
+    thumbnail_histograms,
+    warp,
+)
 from torch import nn
 
-from gtacity.engine.backends import BACKENDS, Backend, TorchBackend
-from gtacity.engine.flow import FlowPair, colour_histograms, histogram_distance, thumbnail_histograms, warp
-from gtacity.engine.frames import Frame, FrameSink, FrameSource
 from gtacity.errors import GtacityError
 from gtacity.nets import InstanceNorm2dFP32
 
@@ -80,7 +86,7 @@ def backend_for(mode: str, backend: str) -> str:
     return backend
 
 
-def tile_for(mode: str, tile: int | None) -> int | None:
+def tile_setting(mode: str, tile: int | None) -> int | None:
     """The ``--tile`` setting to use: ``stats`` never tiles (each tile would feed the average its
     own statistics), so it turns automatic tiling off and refuses an explicit ``--tile N``.
 

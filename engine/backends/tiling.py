@@ -1,12 +1,8 @@
-"""Frames of any size through a generator that has a minimum size and a memory appetite.
+"""Huge frames through a generator with a memory appetite: :class:`TiledBackend` wraps any backend.
 
-Two geometric rules, both invisible in the output's size (output size == input size, always):
+(Tiny and odd-sized frames are the batch conversion's business: :mod:`gtacity.engine.stream.convert`.)
 
-- **Tiny frames** (:func:`pad_for_generator`): the generator downsamples twice and reflect-pads at
-  1/4 resolution, so each side must be a multiple of 4 and at least :data:`MIN_SIZE` (8). Smaller
-  or odd sides are reflect-padded (edge-padded where a side is too short to reflect) and the result
-  is cropped back by the caller.
-- **Huge frames** (:class:`TiledBackend`): inference memory grows with the pixel count (about
+Inference memory grows with the pixel count (about
   ``24 * ngf`` bytes per pixel on the CPU, measured), so a 9000x6000 photo would need ~27 GB with
   the demo generator. Such frames are translated in overlapping square tiles whose overlaps are
   blended with linear ramps and normalised weights; the generator only ever sees one tile batch,
@@ -25,12 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from gtacity.engine.backends.base import MIN_SIZE
-from gtacity.engine.frames import Frame
 from gtacity.nets import SIZE_MULTIPLE
 
 # Peak inference memory per pixel and per unit of generator width (ngf), fp32 on the CPU: measured
@@ -44,45 +36,6 @@ DEFAULT_TILE = 1024
 # 64 px of ramp it is under 1 level more than the whole-frame picture has there. 64 leaves margin.
 DEFAULT_OVERLAP = 64
 
-
-
-def fits_kernels(image: np.ndarray) -> bool:
-    """Whether the pipeline's fused uint8 path takes this frame (8-bit, both sides >= 8)."""
-    return image.dtype == np.uint8 and min(image.shape[:2]) >= MIN_SIZE
-
-
-def generic_to_batch(frames: list[Frame], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Frames of any integer depth and size -> ``(N, 3, Hp, Wp)`` in [-1, 1], padded for the
-    generator; a 16-bit frame is normalised from its full depth."""
-    half = np.iinfo(frames[0].image.dtype).max / 2
-    pixels = torch.from_numpy(np.stack([f.image for f in frames]).astype(np.float32)).to(device)
-    x = pixels.permute(0, 3, 1, 2).div_(half).sub_(1.0)  # (N, 3, H, W)
-    return pad_for_generator(x).to(dtype).contiguous()
-
-
-def generic_to_frames(y: torch.Tensor, frames: list[Frame]) -> list[Frame]:
-    """``(N, 3, Hp, Wp)`` in [-1, 1] -> the frames carrying translations of their own depth."""
-    h, w = frames[0].image.shape[:2]
-    depth = frames[0].image.dtype
-    half = np.iinfo(depth).max / 2
-    pixels = y[:, :, :h, :w].float().add(1.0).mul_(half).round_().clamp_(0, 2 * half)
-    images = pixels.permute(0, 2, 3, 1).cpu().numpy().astype(depth)  # (N, H, W, 3)
-    return [f.with_image(image) for f, image in zip(frames, images)]
-
-
-def pad_for_generator(x: torch.Tensor) -> torch.Tensor:
-    """``(N, C, H, W)`` -> padded at the bottom/right so each side is a multiple of 4 and >= 8.
-
-    Reflection where the side is long enough to reflect the padding, else the edge is repeated.
-    """
-    h, w = x.shape[-2:]
-    pad_h = max(MIN_SIZE, h + -h % SIZE_MULTIPLE) - h
-    pad_w = max(MIN_SIZE, w + -w % SIZE_MULTIPLE) - w
-    if pad_h:
-        x = F.pad(x, (0, 0, 0, pad_h), mode="reflect" if pad_h < h else "replicate")
-    if pad_w:
-        x = F.pad(x, (0, pad_w, 0, 0), mode="reflect" if pad_w < w else "replicate")
-    return x
 
 
 @dataclass(frozen=True)

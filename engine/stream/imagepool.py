@@ -12,6 +12,7 @@ number of frames (``2 x workers`` each), so memory stays flat however big the fo
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -22,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from gtacity.engine.frames import Frame, SinkContext, SourceContext
-from gtacity.engine.pipeline import StageTimes
+from gtacity.engine.media.sinks import ImageFolderSink
+from gtacity.engine.media.sources import SourceError, read_image
+from gtacity.engine.media.trees import list_items
+from gtacity.engine.stream.stages import StageTimes
+
 from gtacity.errors import GtacityError
 from gtacity.hardware import usable_cores
 
@@ -174,3 +178,19 @@ def _raise_first(futures) -> None:
     for future in futures:
         if not future.cancelled() and future.exception() is not None:
             raise future.exception()
+
+
+@contextlib.contextmanager
+def pooled_folder_io(root: Path, output: Path, workers: int) -> Iterator[tuple[PooledImageSource, PooledWriter]]:
+    """Source and sink of a plain image-folder translation on a pool of ``workers`` threads, without
+    a job's records (what ``gtacity bench --e2e FOLDER`` times); an unreadable image raises."""
+    items = [item for item in list_items(root, output) if item.kind == "image"]
+    tasks = [ImageTask(item.source, item.output.relative_to(output)) for item in items]
+    sink = ImageFolderSink(output)
+
+    def unreadable(task: ImageTask, reason: str) -> None:
+        raise SourceError(reason)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="gtacity-io") as pool, \
+            PooledImageSource(root, tasks, pool, workers, read_image, unreadable) as source:
+        yield source, PooledWriter(output, pool, workers, sink.write)

@@ -3,7 +3,7 @@
 :func:`open_sink` picks the sink that matches the source and refuses, in one line, anything that
 could lose the user's data: writing over the input, replacing an existing output without
 ``overwrite``, a file name whose extension cannot hold the result, an output another job is
-writing. Outputs follow :mod:`gtacity.engine.outputs`: the output is locked while its sink is
+writing. Outputs follow :mod:`gtacity.engine.media.lock`: the output is locked while its sink is
 open, a video or image is written under a hidden ``.NAME.partial-PID-XXXXXXXX.EXT`` name next to
 its final path and renamed only once complete, and partial files a killed job left for the same
 output are removed first; so a crash, a signal or :meth:`abort` never leaves a finished-looking
@@ -22,16 +22,24 @@ import av
 import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
-
 from gtacity.engine.frames import Frame, FrameSource, SinkContext
-from gtacity.engine.outputs import OutputLock
-from gtacity.engine.sources import VideoSource, ffmpeg_reason
-from gtacity.errors import GtacityError
-from gtacity.files import partial_path, remove_stale_partials, remove_stale_partials_under, written_whole
-from gtacity.images import ALPHA_EXTENSIONS, DEEP_EXTENSIONS, IMAGE_EXTENSIONS
+from gtacity.engine.media.lock import OutputLock
+from gtacity.engine.media.sources import VideoSource, ffmpeg_reason
 
-# Containers libx264 output can live in.
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov")
+from gtacity.errors import GtacityError
+from gtacity.files import (
+    partial_path,
+    remove_stale_partials,
+    remove_stale_partials_under,
+    written_whole,
+)
+from gtacity.images import (
+    ALPHA_EXTENSIONS,
+    DEEP_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+)
+
 # Audio codecs each container takes as a plain copy (Matroska takes anything). Checked up front:
 # a misfit stream (PCM in .mp4) is only refused when the trailer is written, after all the work.
 _PCM = {"pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_f32le"}
@@ -199,7 +207,7 @@ class VideoSink(SinkContext):
     - the stream time base is the input's and each frame keeps its input pts, so variable frame
       rates and non-zero start times survive;
     - RGB -> YUV uses the matrix and range the source decoded with, and the stream is tagged like
-      the input (see :mod:`gtacity.engine.colour`); frames carrying yuv420p planes (converted on
+      the input (see :mod:`gtacity.engine.media.colour`); frames carrying yuv420p planes (converted on
       the GPU) are encoded as they are;
     - the input's display matrix (rotation/flip, e.g. a phone held upright) is carried over;
     - every audio stream is copied bit for bit.
@@ -368,7 +376,7 @@ class ImageFolderSink(SinkContext):
     ones.
 
     ``lock`` is the folder's :class:`OutputLock`, released on ``close()``/``abort()``; a bulk job
-    (:mod:`gtacity.engine.jobs`) passes None, because its shards share the folder and its journals
+    (:mod:`gtacity.engine.jobs.folder`) passes None, because its shards share the folder and its journals
     say which run owns which file.
     """
 

@@ -67,9 +67,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gtacity.engine.media.sources import open_source
+from gtacity.engine.stream.convert import to_batch
 
-from gtacity.engine.backends.base import BackendError
+from gtacity.errors import BackendError
 from gtacity.files import written_whole
+from gtacity.quality import psnr
 
 CALIBRATION_FRAMES = 32
 CROP = 256
@@ -125,9 +128,6 @@ def calibration_frames(path: str | Path, count: int = CALIBRATION_FRAMES) -> lis
     Raises:
         GtacityError: an unreadable input, or one without frames.
     """
-    # Imported here: the pipeline imports the backends, and the openvino backend imports this module.
-    from gtacity.engine.pipeline import to_batch
-    from gtacity.engine.sources import open_source
 
     frames = []
     with open_source(path) as source:
@@ -155,10 +155,9 @@ def _crop(x: torch.Tensor, index: int) -> torch.Tensor:
     return x[..., top : top + h, left : left + w].contiguous()
 
 
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR of two images in [-1, 1] (peak = the full range)."""
-    mse = float(np.mean(((a.astype(np.float64) - b) / 2) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
+def _psnr_db(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of two model outputs in [-1, 1] taken as one image (peak = the full range of 2)."""
+    return float(psnr(torch.from_numpy(a).reshape(1, -1) / 2, torch.from_numpy(b).reshape(1, -1) / 2)[0])
 
 
 def cache_name(weights_key: str, frames: list[torch.Tensor]) -> str:
@@ -211,7 +210,7 @@ def check(compile_fn, fp32_model, int8_model, frames: list[torch.Tensor], floor_
     else:
         fp32, int8 = compile_fn(fp32_model), compile_fn(int8_model)
         pairs = [(fp32(x.numpy())[0], int8(x.numpy())[0]) for x in sample]
-        worst_db = min(psnr_db(a, b) for a, b in pairs)
+        worst_db = min(_psnr_db(a, b) for a, b in pairs)
         mse = np.mean([np.mean(((a.astype(np.float64) - b) / 2) ** 2) for a, b in pairs])
         mean_db = float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
     result = Int8Check(len(frames), len(sample), mean_db, worst_db, floor_db, rechecked=known is None, **costs)

@@ -23,7 +23,8 @@ import struct
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from gtacity.engine.export import ExportError, check_frame_shape, parse_shape
+from gtacity.engine.export.shapes import ExportError, check_frame_shape, parse_shape
+
 from gtacity.errors import GtacityError
 from gtacity.files import written_whole
 

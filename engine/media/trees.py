@@ -24,9 +24,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from gtacity.engine.sinks import VIDEO_EXTENSIONS
 from gtacity.errors import GtacityError
-from gtacity.images import IMAGE_EXTENSIONS
+from gtacity.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 DATASETS = ("gta5", "cityscapes")
 LABEL_MODES = ("copy", "trainids")

@@ -3,7 +3,7 @@
 FFmpeg keeps going through damage: a packet it cannot decode is dropped, a frame it could only
 patch up is flagged corrupt and returned, and a file cut short after its index (a "faststart" mp4,
 Matroska) just ends early with no error at all. :class:`Damage` counts all three while a
-:class:`~gtacity.engine.sources.VideoSource` decodes, so a job can say exactly what its output is
+:class:`~gtacity.engine.media.sources.VideoSource` decodes, so a job can say exactly what its output is
 missing instead of finishing as if nothing happened.
 """
 

@@ -1,0 +1,1 @@
+"""Flicker remedies for video and the optical flow they use."""
