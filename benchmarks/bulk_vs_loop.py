@@ -29,14 +29,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from gtacity.engine.measure.bench_report import (
-    describe_machine,
-    describe_versions,
-    machine_info,
-    versions,
-)
+
+from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
 from gtacity.engine.stream.imagepool import default_workers
-from gtacity.engine.translate import TranslateConfig, translate
+from gtacity.engine.translation import TranslateConfig, translate
 
 GTA_FRAMES = next((p / "shared/data/real/gta5" for p in Path(__file__).resolve().parents
                    if (p / "shared/data/real/gta5").is_dir()), None)

@@ -30,23 +30,18 @@ import cv2
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
+
+from gtacity.checkpoint import bundled_generator, load_generator
 from gtacity.engine.backends import create_backend
-from gtacity.engine.measure.bench_report import (
-    describe_machine,
-    describe_versions,
-    machine_info,
-    versions,
-)
+from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
 from gtacity.engine.media.colour import VideoColour
 from gtacity.engine.media.sinks import open_sink
 from gtacity.engine.media.sources import VideoSource
 from gtacity.engine.stream.convert import to_batch
 from gtacity.engine.stream.pipeline import run_pipeline
 from gtacity.engine.stream.stages import STAGES
-from gtacity.kernels import from_model_output
-
-from gtacity.checkpoint import bundled_generator, load_generator
 from gtacity.images import decode_rgb
+from gtacity.kernels import from_model_output
 
 
 def _real_gta5() -> Path:

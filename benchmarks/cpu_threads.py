@@ -24,21 +24,16 @@ import time
 from pathlib import Path
 
 import torch
+from translate_vs_official import CRF, PRESET, make_clip
+
+from gtacity.checkpoint import bundled_generator, load_generator
 from gtacity.engine.backends import create_backend
-from gtacity.engine.export.int8 import calibration_frames
-from gtacity.engine.measure.bench_report import (
-    describe_machine,
-    describe_versions,
-    machine_info,
-    versions,
-)
+from gtacity.engine.exporters.int8 import calibration_frames
+from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
 from gtacity.engine.media.sinks import open_sink
 from gtacity.engine.media.sources import open_source
 from gtacity.engine.stream.convert import to_batch
 from gtacity.engine.stream.pipeline import run_pipeline
-from translate_vs_official import CRF, PRESET, make_clip
-
-from gtacity.checkpoint import bundled_generator, load_generator
 from gtacity.hardware import usable_cores
 
 

@@ -4,7 +4,7 @@ For each (teacher, student) pair given as ``--pair NAME TEACHER STUDENT``:
 
 - MACs per frame (:func:`gtacity.nets.count_macs`, equal to FlopCounterMode) at 256x256 and at the
   clip's size;
-- end to end: ``gtacity.engine.translate.translate`` (defaults: backend auto, precision auto,
+- end to end: ``gtacity.engine.translation.translate`` (defaults: backend auto, precision auto,
   batch 1; decode, infer and encode on their own threads) over an H.264 clip made at run time in a
   temporary folder from the held-out frames (scaled to ``--width``, cycled to ``--frames``); one
   untimed warm-up call each (it fills the conversion cache), then ``--rounds`` rounds alternating
@@ -28,16 +28,11 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-from gtacity.engine.measure.bench_report import (
-    describe_machine,
-    describe_versions,
-    machine_info,
-    versions,
-)
-from gtacity.engine.measure.fidelity import FidelityConfig, evaluate_fidelity
-from gtacity.engine.translate import TranslateConfig, translate
 
 from gtacity.checkpoint import read_generator_file
+from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
+from gtacity.engine.measure.fidelity import FidelityConfig, evaluate_fidelity
+from gtacity.engine.translation import TranslateConfig, translate
 from gtacity.images import decode_rgb
 from gtacity.nets import count_macs
 

@@ -30,20 +30,15 @@ import av
 import cv2
 import numpy as np
 import torch
+
+from gtacity.checkpoint import bundled_generator, load_generator, save_generator
 from gtacity.engine.backends import create_backend
-from gtacity.engine.measure.bench_report import (
-    describe_machine,
-    describe_versions,
-    machine_info,
-    versions,
-)
+from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
 from gtacity.engine.measure.flicker import draw_curves, measure_flicker
 from gtacity.engine.media.sources import open_source
 from gtacity.engine.stream.convert import to_batch, to_frames
 from gtacity.engine.temporal.remedies import FlowBlend, smooth_norm_stats
-from gtacity.engine.translate import TranslateConfig, translate
-
-from gtacity.checkpoint import bundled_generator, load_generator, save_generator
+from gtacity.engine.translation import TranslateConfig, translate
 from gtacity.nets import ResnetGenerator, init_weights
 
 SEQUENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "cityscapes_seq"

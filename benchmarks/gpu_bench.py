@@ -24,8 +24,9 @@ import sys
 import time
 
 import torch
+
 from gtacity.engine.backends import create_backend
-from gtacity.engine.measure.bench import TOLERANCES
+from gtacity.engine.measure.bench_plan import TOLERANCES
 from gtacity.engine.measure.bench_report import (
     describe_machine,
     describe_versions,
@@ -34,7 +35,6 @@ from gtacity.engine.measure.bench_report import (
     time_calls,
     versions,
 )
-
 from gtacity.errors import GtacityError
 from gtacity.nets import ResnetGenerator, count_macs, init_weights
 

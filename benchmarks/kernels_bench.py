@@ -25,15 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from gtacity.engine.measure.bench_report import (
-    describe_machine,
-    describe_versions,
-    machine_info,
-    versions,
-)
-from gtacity.kernels import layout, yuv
 
 from gtacity import kernels
+from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
+from gtacity.kernels import layout, yuv
 
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 MATRIX, FULL_RANGE = "bt709", False  # HD video's usual colour; every matrix costs the same

@@ -24,15 +24,10 @@ import av
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
-from gtacity.engine.measure.bench_report import (
-    describe_machine,
-    describe_versions,
-    machine_info,
-    versions,
-)
-from gtacity.engine.media.colour import VideoColour
 
 from gtacity import kernels
+from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
+from gtacity.engine.media.colour import VideoColour
 from gtacity.images import decode_rgb
 
 FOLDERS = ("gta5", "cityscapes/leftImg8bit")

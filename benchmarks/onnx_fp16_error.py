@@ -3,7 +3,7 @@
 For each bundled demo generator (ngf 32, 6 blocks; gta2city on the real GTA5 frames, city2gta on
 the real Cityscapes frames in ``../shared/data/real``, each padded to a multiple of 4 the way the
 pipeline pads) and for seeded random ngf 64 / 9-block weights (random frames in [-1, 1], the bench's
-own input), it exports ``onnx`` and ``onnx-fp16`` with :mod:`gtacity.engine.export.onnx`, runs them with
+own input), it exports ``onnx`` and ``onnx-fp16`` with :mod:`gtacity.engine.exporters.onnx`, runs them with
 onnxruntime on the CPU and compares with eager torch fp32 on the same input: max and mean absolute
 error in [-1, 1] units, the max in 8-bit levels, and PSNR (peak-to-peak 2).
 
@@ -23,17 +23,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from gtacity.engine.export.onnx import INPUT_NAME, OUTPUT_NAME, to_fp16, to_onnx
-from gtacity.engine.frames import Frame
-from gtacity.engine.measure.bench_report import (
-    describe_machine,
-    describe_versions,
-    machine_info,
-    versions,
-)
-from gtacity.engine.stream.convert import to_batch
 
 from gtacity.checkpoint import bundled_generator, load_generator
+from gtacity.engine.exporters.onnx import INPUT_NAME, OUTPUT_NAME, to_fp16, to_onnx
+from gtacity.engine.frames import Frame
+from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
+from gtacity.engine.stream.convert import to_batch
 from gtacity.images import IMAGE_EXTENSIONS, decode_rgb
 from gtacity.nets import ResnetGenerator, init_weights
 

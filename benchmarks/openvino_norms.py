@@ -20,15 +20,10 @@ import time
 
 import numpy as np
 import openvino as ov
-from gtacity.engine.backends.openvino_backend import _to_openvino
-from gtacity.engine.measure.bench_report import (
-    describe_machine,
-    describe_versions,
-    machine_info,
-    versions,
-)
 
 from gtacity.checkpoint import generator_path, load_generator
+from gtacity.engine.backends.openvino_backend import to_openvino
+from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
 
 NORM_TYPES = ("MVN", "ReduceMean", "Subgraph", "Eltwise")
 
@@ -73,7 +68,7 @@ def main() -> None:
     x = np.random.default_rng(0).uniform(-1, 1, (1, 3, height, width)).astype(np.float32)
     for weights in args.weights:
         net, info = load_generator(generator_path(weights))
-        variants = {"torch.export lowering": _to_openvino(net, mvn_norms=False), "MVN (the backend's)": _to_openvino(net)}
+        variants = {"torch.export lowering": to_openvino(net, mvn_norms=False), "MVN (the backend's)": to_openvino(net)}
         outputs, layers, requests = {}, {}, {}
         for name, model in variants.items():
             profiled = compiled(model, height, width, profile=True).create_infer_request()

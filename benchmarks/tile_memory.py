@@ -25,14 +25,9 @@ from pathlib import Path
 
 import cv2
 import torch
-from gtacity.engine.measure.bench_report import (
-    describe_machine,
-    describe_versions,
-    machine_info,
-    versions,
-)
 
 from gtacity.checkpoint import save_generator
+from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
 from gtacity.nets import ResnetGenerator, init_weights
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "cityscapes" / "leftImg8bit"

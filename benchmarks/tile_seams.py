@@ -18,18 +18,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+
+from gtacity.checkpoint import bundled_generator, load_generator
 from gtacity.engine.backends import create_backend
 from gtacity.engine.backends.tiling import infer_in_tiles, tile_starts
 from gtacity.engine.frames import Frame
-from gtacity.engine.measure.bench_report import (
-    describe_machine,
-    describe_versions,
-    machine_info,
-    versions,
-)
+from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
 from gtacity.engine.stream.convert import to_batch, to_frames
-
-from gtacity.checkpoint import bundled_generator, load_generator
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"  # --real elsewhere
 

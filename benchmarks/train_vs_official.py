@@ -31,17 +31,12 @@ import sys
 import time
 
 import torch
-from gtacity.engine.measure.bench_report import (
-    describe_machine,
-    describe_versions,
-    machine_info,
-    versions,
-)
-from gtacity.trainer.step import CycleGAN, Precision, StepConfig, train_step
 from torch import nn
 
 from gtacity import hardware
+from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
 from gtacity.nets import PatchDiscriminator, ResnetGenerator, init_weights
+from gtacity.trainer.step import CycleGAN, Precision, StepConfig, train_step
 
 
 class OfficialImagePool:

@@ -4,7 +4,7 @@ Both translate the same 256x256 H.264 clip (60 frames, made at run time in a tem
 the real GTA5 frames in ``../shared/data/real/gta5``; nothing made from them is kept) with the same
 generator file, and both write H.264 (libx264, crf 18, preset medium, the translate defaults).
 
-- ours: ``gtacity.engine.translate.translate`` with its defaults (backend auto, precision auto,
+- ours: ``gtacity.engine.translation.translate`` with its defaults (backend auto, precision auto,
   batch 1): decode, infer and encode on their own threads.
 - baseline, as ``test.py``: decode each frame to a PIL image, ``ToTensor`` + ``Normalize(0.5, 0.5)``,
   batch 1, eager fp32 forward under ``no_grad``, ``tensor2im`` (which truncates to uint8), and
@@ -36,25 +36,15 @@ import av
 import cv2
 import numpy as np
 import torch
-from gtacity.engine.backends import create_backend
-from gtacity.engine.export.int8 import calibration_frames
-from gtacity.engine.measure.bench_report import (
-    describe_machine,
-    describe_versions,
-    machine_info,
-    versions,
-)
-from gtacity.engine.media.sources import open_source
-from gtacity.engine.stream.convert import to_batch, to_frames
-from gtacity.engine.translate import TranslateConfig, translate
 from torchvision import transforms
 
-from gtacity.checkpoint import (
-    bundled_generator,
-    load_generator,
-    read_generator_file,
-    save_generator,
-)
+from gtacity.checkpoint import bundled_generator, load_generator, read_generator_file, save_generator
+from gtacity.engine.backends import create_backend
+from gtacity.engine.exporters.int8 import calibration_frames
+from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
+from gtacity.engine.media.sources import open_source
+from gtacity.engine.stream.convert import to_batch, to_frames
+from gtacity.engine.translation import TranslateConfig, translate
 from gtacity.nets import ResnetGenerator, count_macs, init_weights
 from gtacity.quality import psnr
 

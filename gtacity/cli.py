@@ -152,8 +152,8 @@ def translate(input, output, quiet, **opts) -> None:
     resumes when rerun, goes on past unreadable files (listed in gtacity-failures.txt; exit 1),
     and can be split over machines with --shard.
     """
-    from gtacity.engine.translate import TranslateConfig
-    from gtacity.engine.translate import translate as run_translate
+    from gtacity.engine import TranslateConfig
+    from gtacity.engine import translate as run_translate
 
     report = run_translate(TranslateConfig(input=input, output=output, progress=not quiet, **opts))
     click.echo(report.summary())
@@ -232,13 +232,8 @@ def bench(backends, precision, fp16, sizes, batch_sizes, quiet, **opts) -> None:
     fails. Prints machine, versions and settings with frames/s, ms per frame (p50, p95), peak
     memory and GMAC/s; with --e2e, the seconds each stage worked and the stage that bounds the run.
     """
-    from gtacity.engine.measure.bench import (
-        BenchConfig,
-        BenchError,
-        parse_ints,
-        parse_sizes,
-        run_bench,
-    )
+    from gtacity.engine.measure.bench import run_bench
+    from gtacity.engine.measure.bench_plan import BenchConfig, BenchError, parse_ints, parse_sizes
     from gtacity.engine.measure.bench_report import describe_disagreement
 
     precisions = tuple(p.strip() for p in precision.split(",") if p.strip())
@@ -286,8 +281,8 @@ def export(weights, output, format_, **opts) -> None:
     Engines are kept in the engine cache (see README, "Export and TensorRT"): exporting the
     same generator, shapes and precision again on the same GPU copies the cached engine.
     """
-    from gtacity.engine.export.onnx import ExportConfig
-    from gtacity.engine.export.onnx import export as run_export
+    from gtacity.engine import ExportConfig
+    from gtacity.engine import export as run_export
 
     path = run_export(ExportConfig(weights=weights, output=output, format=format_, **opts))
     click.echo(f"wrote {path} ({format_})")
@@ -316,17 +311,16 @@ Examples:
 def eval_fidelity(input, teacher, student, json_path, quiet, **opts) -> None:
     """PSNR and SSIM of a student's translations vs its teacher's over INPUT (folder, video or
     image), and the frames/s of each through the same backend, side by side."""
-    import json
     from dataclasses import asdict
 
-    from gtacity.engine.measure.fidelity import FidelityConfig, evaluate_fidelity
+    from gtacity.engine import FidelityConfig, evaluate_fidelity
+    from gtacity.files import write_json
 
     report = evaluate_fidelity(FidelityConfig(input, teacher, student, progress=not quiet, **opts))
     click.echo(report.format())
     if json_path:
         data = {**asdict(report), "teacher_fps": report.teacher.fps, "student_fps": report.student.fps}
-        with open(json_path, "w") as f:
-            json.dump(data, f, indent=2, default=str)
+        write_json(json_path, data, default=str)
 
 
 @evaluate.command("flicker", epilog="""\b
@@ -348,7 +342,7 @@ def eval_flicker(input, output, as_json, plot, preset, quiet) -> None:
     before it and compared where the flow is reliable (mean squared RGB difference, 0..1 scale).
     The same measure of INPUT itself is printed as the floor the scene allows.
     """
-    from gtacity.engine.measure.flicker import FlickerConfig, evaluate_flicker
+    from gtacity.engine import FlickerConfig, evaluate_flicker
 
     report = evaluate_flicker(FlickerConfig(input, output, plot=plot, preset=preset, progress=not quiet))
     click.echo(report.to_json() if as_json else report.summary())

@@ -1,10 +1,13 @@
 """Files that appear whole or not at all: written under a partial name beside the final one, then renamed.
 
-A partial file is ``.NAME.partial-PID-XXXXXXXX.EXT`` beside the final path: hidden, carrying the
-writer's pid (so the next writer can tell a dead writer's debris from a live one's work), with the
+A partial file is ``.NAME.partial-OWNER-XXXXXXXX.EXT`` beside the final path: hidden, carrying its
+writer (so the next writer can tell a dead writer's debris from a live one's work), with the
 real extension last (FFmpeg, OpenCV and ONNX pick the format from it). :func:`os.replace` moves it
 onto the final name in one step, so a reader sees the old file, the new one, or none; never half of
-one. ``remove_stale_partials`` deletes what a writer killed by SIGKILL or a power cut left; only
+one. The owner is the writing process's pid, or, for a folder job, ``run`` + the run's id: a pid
+means nothing on another host sharing the output folder, so a job run's liveness is the lock on its
+journal (:mod:`gtacity.engine.jobs.journal`), which the job asks for through :func:`writer_alive`.
+``remove_stale_partials`` deletes what a writer killed by SIGKILL or a power cut left; only
 that exact name pattern matches, so nothing else is ever touched. A partial whose pid was reused by
 an unrelated live process stays until a later run finds that pid gone.
 
@@ -15,32 +18,42 @@ Used by every file the project writes: outputs of translate (with the lock of
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
-def partial_path(final: Path) -> Path:
-    """A fresh unfinished-file name beside ``final``, carrying this process's pid."""
+def partial_path(final: Path, owner: str | None = None) -> Path:
+    """A fresh unfinished-file name beside ``final``, carrying its writer: ``owner`` (a folder job
+    run's ``run<RUNID>``), else this process's pid."""
     token = secrets.token_hex(4)
-    return final.with_name(f".{final.name}.partial-{os.getpid()}-{token}{final.suffix}")
+    return final.with_name(f".{final.name}.partial-{owner or os.getpid()}-{token}{final.suffix}")
+
+
+def run_owner(run_id: str) -> str:
+    """The owner a folder job's run ``run_id`` (16 hex digits) writes its partial files under."""
+    return f"run{run_id}"
 
 
 @contextlib.contextmanager
-def written_whole(final: str | Path) -> Iterator[Path]:
+def written_whole(final: str | Path, owner: str | None = None) -> Iterator[Path]:
     """A partial path beside ``final`` for the block to write; ``final`` appears only if the block returns.
 
-    ``final``'s folder is created if missing, and partial files a dead writer left for ``final``
-    are removed first. On success the file gets a
-    normal file's mode (some writers create private 0600 files) and replaces ``final``; if the
-    block raises (an error, Ctrl-C), the partial file is deleted and ``final`` is untouched.
+    ``final``'s folder is created if missing. Without ``owner`` the partial carries this process's
+    pid and partial files a dead writer left for ``final`` are removed first; a folder job passes
+    its run's owner and sweeps its whole tree once at start instead (per file, that listing would
+    cost a folder scan for every image). On success the file gets a normal file's mode (some
+    writers create private 0600 files) and replaces ``final``; if the block raises (an error,
+    Ctrl-C), the partial file is deleted and ``final`` is untouched.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(final)
-    partial = partial_path(final)
+    if owner is None:
+        remove_stale_partials(final)
+    partial = partial_path(final, owner)
     try:
         yield partial
         umask = os.umask(0)
@@ -51,15 +64,39 @@ def written_whole(final: str | Path) -> Iterator[Path]:
         partial.unlink(missing_ok=True)
 
 
-_PARTIAL = re.compile(r"\.(?P<name>.+)\.partial-(?P<pid>\d+)-[0-9a-f]{8}(?P<ext>\.[^.]+)?")
+def write_json(final: str | Path, data, **dump_options) -> Path:
+    """Write ``data`` as indented UTF-8 JSON to ``final``, whole or not at all."""
+    final = Path(final)
+    with written_whole(final) as partial:
+        partial.write_text(json.dumps(data, indent=2, **dump_options) + "\n", encoding="utf-8")
+    return final
+
+
+_PARTIAL = re.compile(r"\.(?P<name>.+)\.partial-(?P<owner>\d+|run[0-9a-f]{16})-[0-9a-f]{8}(?P<ext>\.[^.]+)?")
+
+
+def partial_of(name: str) -> tuple[str, str] | None:
+    """``(final name, owner)`` if ``name`` is a partial file's name, else None."""
+    match = _PARTIAL.fullmatch(name)
+    if match is None or not match["name"].endswith(match["ext"] or ""):
+        return None
+    return match["name"], match["owner"]
+
+
+def writer_alive(owner: str, run_alive: Callable[[str], bool] | None = None) -> bool:
+    """Whether the writer ``owner`` may still be writing: a pid that runs, or a job run that
+    ``run_alive(run_id)`` says holds its lock (without ``run_alive``, a run counts as alive)."""
+    if owner.startswith("run"):
+        return run_alive is None or run_alive(owner[3:])
+    return _running(int(owner))
 
 
 def _stale_writer_of(name: str) -> str | None:
     """The final name a partial file called ``name`` was for, if it is one and its writer is gone."""
-    match = _PARTIAL.fullmatch(name)
-    if match is None or not match["name"].endswith(match["ext"] or ""):
+    found = partial_of(name)
+    if found is None or writer_alive(found[1]):
         return None
-    return None if _running(int(match["pid"])) else match["name"]
+    return found[0]
 
 
 def remove_stale_partials(final: Path) -> int:

@@ -6,14 +6,9 @@ optional and imported only when a CUDA tensor arrives. This package imports noth
 gtacity, so it can be tested and benchmarked on its own.
 """
 
+from .common import MATRICES
 from .layout import from_model_output, to_model_input
-from .yuv import (
-    MATRICES,
-    model_output_to_yuv420p,
-    nv12_to_model_input,
-    split_yuv420p,
-    yuv420p_to_model_input,
-)
+from .yuv import model_output_to_yuv420p, nv12_to_model_input, split_yuv420p, yuv420p_to_model_input
 
 __all__ = [
     "MATRICES",

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gtacity.kernels.layout import padded
+from gtacity.kernels.common import padded
 
 # A program handles a BLOCK_H x BLOCK_W tile of one frame (all three channels): wide rows keep the
 # float planes' accesses contiguous, a few rows per program keep the grid small.

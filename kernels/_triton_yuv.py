@@ -23,8 +23,7 @@ from gtacity.kernels._triton_layout import (
     store_model_value,
     tile,
 )
-from gtacity.kernels.layout import padded
-from gtacity.kernels.yuv import SHIFT, YuvCoefficients
+from gtacity.kernels.common import SHIFT, YuvCoefficients, padded
 
 
 @triton.jit

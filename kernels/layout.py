@@ -25,11 +25,6 @@ import torch.nn.functional as F
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def padded(size: int, multiple: int) -> int:
-    """``size`` rounded up to a multiple of ``multiple``."""
-    return size + (-size % multiple)
-
-
 def check_pad(height: int, width: int, multiple: int) -> None:
     """Reflect padding mirrors inside the image, so each pad must be smaller than its side.
 

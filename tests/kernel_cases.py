@@ -12,9 +12,9 @@ from pathlib import Path
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
-from gtacity.engine.media.colour import VideoColour
 from media import patches
 
+from gtacity.engine.media.colour import VideoColour
 from gtacity.images import decode_rgb
 
 

@@ -9,11 +9,11 @@ from fractions import Fraction
 
 import pytest
 from click.testing import CliRunner
-from gtacity.engine.media.sources import open_source
 from media import corrupt_packet, make_clip, remux, truncate, video_info
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
+from gtacity.engine.media.sources import open_source
 
 FRAMES = 30
 

@@ -19,6 +19,7 @@ import copy
 
 import pytest
 import torch
+
 from gtacity.engine.backends import (
     BACKENDS,
     BackendError,
@@ -279,9 +280,10 @@ def test_torch_cuda_options_are_checked_and_described(tiny_generator):
 def test_openvino_runs_each_instance_norm_as_one_fused_mvn(tiny_generator):
     """The conversion spells InstanceNorm so OpenVINO fuses it: one MVN per norm, no reductions left."""
     import openvino as ov
-    from gtacity.engine.backends.openvino_backend import _to_openvino
 
-    model = _to_openvino(tiny_generator)
+    from gtacity.engine.backends.openvino_backend import to_openvino
+
+    model = to_openvino(tiny_generator)
     model.reshape([1, 3, 32, 32])
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     layers = [op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()]

@@ -11,22 +11,15 @@ from dataclasses import asdict
 import pytest
 import torch
 from click.testing import CliRunner
-from gtacity.engine.backends import create_backend
-from gtacity.engine.measure.bench import (
-    TOLERANCES,
-    BenchConfig,
-    BenchError,
-    Tolerance,
-    parse_ints,
-    parse_sizes,
-    run_bench,
-)
-from gtacity.engine.measure.bench_report import HostPeak, time_calls
-from gtacity.engine.stream.stages import STAGES
 from media import make_clip
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
+from gtacity.engine.backends import create_backend
+from gtacity.engine.measure.bench import run_bench
+from gtacity.engine.measure.bench_plan import TOLERANCES, BenchConfig, BenchError, Tolerance, parse_ints, parse_sizes
+from gtacity.engine.measure.bench_report import HostPeak, time_calls
+from gtacity.engine.stream.stages import STAGES
 from gtacity.nets import count_macs
 
 TINY = {"ngf": 8, "n_blocks": 2, "repeats": 3, "warmup": 1}

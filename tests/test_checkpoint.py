@@ -6,12 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gtacity.checkpoint import (
-    CheckpointError,
-    load_generator,
-    read_generator_file,
-    save_generator,
-)
+from gtacity.checkpoint import CheckpointError, load_generator, read_generator_file, save_generator
 from gtacity.nets import PatchDiscriminator, ResnetGenerator, count_macs, init_weights
 
 

@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from gtacity.engine.media.trees import read_label_ids, to_train_ids
 from media import make_image
 from PIL import Image
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
+from gtacity.engine.media.trees import read_label_ids, to_train_ids
 
 # The 19 evaluated classes of the official table (mcordts/cityscapesScripts,
 # cityscapesscripts/helpers/labels.py): label id -> train id. Written out here on purpose, so the
@@ -79,7 +79,7 @@ def test_gta5_tree_labels_copied_bit_exact_and_as_train_ids(tmp_path, weights):
         assert train.dtype == np.uint8 and np.array_equal(train, expected_train_ids(every_id(i)))
         assert cv2.imread(str(out / "images" / f"{name}.png")).shape == (48, 64, 3)
     assert not (out / "images" / "00004.png").exists()
-    assert json.loads((out / "gtacity-job.json").read_text())["labels"] == "trainids"
+    assert json.loads((out / ".gtacity-job" / "manifest.json").read_text())["labels"] == "trainids"
 
 
 def test_cityscapes_tree_keeps_names_and_every_gtfine_file(tmp_path, weights):
@@ -95,7 +95,7 @@ def test_cityscapes_tree_keeps_names_and_every_gtfine_file(tmp_path, weights):
     result = translate(root, "-o", out, "--weights", weights, "--dataset", "cityscapes", "--labels", "trainids")
     assert result.exit_code == 0, result.output
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and ".gtacity-job" not in p.parts)
-    assert names == sorted(["gtacity-job.json", f"leftImg8bit/{stem}_leftImg8bit.png"] +
+    assert names == sorted([f"leftImg8bit/{stem}_leftImg8bit.png"] +
                            [f"gtFine/{stem}_gtFine_{s}" for s in
                             ("labelIds.png", "instanceIds.png", "polygons.json", "labelTrainIds.png")])
     for suffix in ("labelIds.png", "instanceIds.png", "polygons.json"):

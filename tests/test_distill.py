@@ -8,14 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from gtacity.trainer.data import DataError, Preprocess, find_images
-from gtacity.trainer.distill import (
-    DistillConfig,
-    SourceImages,
-    choose_precision,
-    distill,
-)
-from gtacity.trainer.distill_step import DistillLosses
 from media import make_image
 
 from gtacity.checkpoint import load_generator, read_generator_file, save_generator
@@ -23,6 +15,9 @@ from gtacity.cli import cli
 from gtacity.hardware import CpuCapabilities
 from gtacity.nets import ResnetGenerator, init_weights
 from gtacity.quality import psnr, ssim
+from gtacity.trainer.data import DataError, Preprocess, find_images
+from gtacity.trainer.distill import DistillConfig, SourceImages, choose_precision, distill
+from gtacity.trainer.distill_step import DistillLosses
 
 
 @pytest.fixture

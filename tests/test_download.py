@@ -13,17 +13,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from gtacity.trainer.download import (
-    DATASETS,
-    ArchiveError,
-    DatasetSpec,
-    DownloadError,
-    LayoutError,
-    download_dataset,
-)
 from PIL import Image
 
 from gtacity.cli import cli
+from gtacity.trainer.download import DATASETS, ArchiveError, DatasetSpec, DownloadError, LayoutError, download_dataset
 
 # trainA keeps Cityscapes names, trainB and testB GTA5 names, testA names that show no domain.
 LAYOUT = {

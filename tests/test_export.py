@@ -14,18 +14,12 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from gtacity.engine.export.onnx import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    to_fp16,
-    to_onnx,
-    weights_checksum,
-)
-from gtacity.engine.frames import Frame
-from gtacity.engine.stream.convert import to_batch
 
 from gtacity.checkpoint import GeneratorInfo, save_generator
 from gtacity.cli import cli
+from gtacity.engine.exporters.onnx import INPUT_NAME, OUTPUT_NAME, to_fp16, to_onnx, weights_checksum
+from gtacity.engine.frames import Frame
+from gtacity.engine.stream.convert import to_batch
 
 FP32_MAX = 1e-4
 FP16_MAX, FP16_MEAN = 0.01, 0.001

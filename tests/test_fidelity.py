@@ -7,17 +7,12 @@ import json
 import numpy as np
 import torch
 from click.testing import CliRunner
-from gtacity.engine.measure.fidelity import FidelityConfig, evaluate_fidelity
 from media import make_clip, make_image_tree
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
-from gtacity.nets import (
-    LiteMobileResnetGenerator,
-    MobileResnetGenerator,
-    count_macs,
-    init_weights,
-)
+from gtacity.engine.measure.fidelity import FidelityConfig, evaluate_fidelity
+from gtacity.nets import LiteMobileResnetGenerator, MobileResnetGenerator, count_macs, init_weights
 from gtacity.quality import psnr
 
 

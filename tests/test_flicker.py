@@ -8,15 +8,10 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from gtacity.engine.measure.flicker import (
-    FlickerConfig,
-    FlickerError,
-    evaluate_flicker,
-    measure_flicker,
-)
 from motion import pan, texture, write_frames, write_video
 
 from gtacity.cli import cli
+from gtacity.engine.measure.flicker import FlickerConfig, FlickerError, evaluate_flicker, measure_flicker
 
 
 def brightness_flicker(frames: list[np.ndarray], amplitude: float, seed: int = 0) -> list[np.ndarray]:

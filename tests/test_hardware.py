@@ -6,17 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from gtacity.engine.backends import OpenVINOBackend, TorchBackend
-from gtacity.engine.measure.bench import BenchConfig, plan
-from gtacity.trainer.loop import _precision
 
 from gtacity import hardware
-from gtacity.hardware import (
-    CpuCapabilities,
-    default_precision,
-    emulation_reason,
-    train_amp,
-)
+from gtacity.engine.backends import OpenVINOBackend, TorchBackend
+from gtacity.engine.measure.bench_plan import BenchConfig, plan
+from gtacity.hardware import CpuCapabilities, default_precision, emulation_reason, train_amp
+from gtacity.trainer.loop import _precision
 
 OV_BASIC = frozenset({"FP32", "INT8", "BIN", "EXPORT_IMPORT"})
 AVX2_ONLY = CpuCapabilities(avx2=True, torch_level="AVX2", openvino=OV_BASIC)  # AMD EPYC fam. 25 model 1

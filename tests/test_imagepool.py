@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
 from gtacity.engine.frames import Frame
 from gtacity.engine.media.sources import SourceError
 from gtacity.engine.stream.imagepool import ImageTask, PooledImageSource, PooledWriter

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from gtacity.engine.backends import BackendError, create_backend
-from gtacity.engine.export.int8 import calibration_frames
-from gtacity.engine.measure.bench import BenchConfig, run_bench
-from gtacity.engine.media.sources import open_source
 from media import make_clip
 
 from gtacity import hardware
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
+from gtacity.engine.backends import BackendError, create_backend
+from gtacity.engine.exporters.int8 import calibration_frames
+from gtacity.engine.measure.bench import run_bench
+from gtacity.engine.measure.bench_plan import BenchConfig
+from gtacity.engine.media.sources import open_source
 from gtacity.quality import psnr
 
 pytest.importorskip("nncf")
@@ -35,9 +36,9 @@ def again_line_expected(check) -> bool:
 
 
 def cache_dir():
-    from gtacity.engine.backends.openvino_backend import _cache_root
+    from gtacity.engine.exporters.cache import cache_root
 
-    return _cache_root(None)
+    return cache_root(None, "openvino")
 
 
 def test_int8_is_calibrated_checked_cached_and_close_to_fp32(tiny_generator):

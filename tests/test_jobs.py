@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from gtacity.engine.jobs.journal import MANIFEST, STATE_DIR
-from gtacity.engine.jobs.shards import Shard, ShardError, parse_shard
 from media import make_clip, make_image_tree, truncate, video_info, write_garbage
 from test_translate import reference
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
+from gtacity.engine.jobs.journal import MANIFEST, STATE_DIR
+from gtacity.engine.jobs.shards import Shard, ShardError, parse_shard
 from gtacity.images import decode_rgb
 from gtacity.nets import ResnetGenerator, init_weights
 
@@ -228,7 +228,8 @@ def test_every_item_lands_in_exactly_one_shard():
 
 
 def test_bench_e2e_on_a_folder_runs_the_pooled_folder_path(tmp_path):
-    from gtacity.engine.measure.bench import BenchConfig, run_bench
+    from gtacity.engine.measure.bench import run_bench
+    from gtacity.engine.measure.bench_plan import BenchConfig
 
     tree(tmp_path / "frames", 6)
     lines = []

@@ -21,15 +21,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from kernel_cases import cpu_decode, cpu_encode, level_errors, real_frames, synthetic_frames, to_nv12
+
 from gtacity.kernels import layout, yuv
-from kernel_cases import (
-    cpu_decode,
-    cpu_encode,
-    level_errors,
-    real_frames,
-    synthetic_frames,
-    to_nv12,
-)
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (Linux only)")
 

@@ -20,16 +20,16 @@ import av
 import numpy as np
 import pytest
 import torch
+from media import make_clip, make_raw_clip, video_info
+
+from gtacity.checkpoint import save_generator
 from gtacity.engine.backends import create_backend
 from gtacity.engine.media.planes import use_planes
 from gtacity.engine.media.sinks import open_sink
 from gtacity.engine.media.sources import VideoSource
 from gtacity.engine.stream.pipeline import run_pipeline
 from gtacity.engine.stream.stages import StageTimes
-from gtacity.engine.translate import TranslateConfig, translate
-from media import make_clip, make_raw_clip, video_info
-
-from gtacity.checkpoint import save_generator
+from gtacity.engine.translation import TranslateConfig, translate
 
 MAX_LEVELS = 2  # measured <= 2: a 1-level input difference, then 1 more on the way out
 MEAN_LEVELS = 0.15  # measured <= 0.078

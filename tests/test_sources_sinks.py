@@ -21,21 +21,6 @@ import cv2
 import numpy as np
 import pytest
 from av.video.reformatter import Colorspace
-from gtacity.engine.media.sinks import (
-    ImageFolderSink,
-    ImageSink,
-    SinkError,
-    VideoSink,
-    open_sink,
-)
-from gtacity.engine.media.sources import (
-    ImageFolderSource,
-    ImageSource,
-    SourceError,
-    VideoFrameMeta,
-    VideoSource,
-    open_source,
-)
 from media import (
     DEFAULT_TREE,
     make_audio_only,
@@ -47,6 +32,16 @@ from media import (
     truncate,
     video_info,
     write_garbage,
+)
+
+from gtacity.engine.media.sinks import ImageFolderSink, ImageSink, SinkError, VideoSink, open_sink
+from gtacity.engine.media.sources import (
+    ImageFolderSource,
+    ImageSource,
+    SourceError,
+    VideoFrameMeta,
+    VideoSource,
+    open_source,
 )
 
 DECODE_TOLERANCE = 1.0  # measured <= 0.52

@@ -8,25 +8,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from gtacity.engine.backends import create_backend
 from media import make_image_tree
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from gtacity.checkpoint import (
-    CheckpointError,
-    load_generator,
-    read_generator_file,
-    save_generator,
-)
+from gtacity.checkpoint import CheckpointError, load_generator, read_generator_file, save_generator
 from gtacity.cli import cli
-from gtacity.nets import (
-    ARCHS,
-    MobileResnetGenerator,
-    build_generator,
-    count_macs,
-    init_weights,
-)
+from gtacity.engine.backends import create_backend
+from gtacity.nets import ARCHS, MobileResnetGenerator, build_generator, count_macs, init_weights
 
 SIZES = [(8, 2, 64, 64), (16, 3, 32, 96), (64, 9, 256, 256)]
 
@@ -153,7 +142,8 @@ def test_translate_and_bench_take_a_student(tmp_path, mobile):
 
 def test_mobile_student_exports_to_onnx_with_its_arch_recorded(mobile):
     import onnxruntime as ort
-    from gtacity.engine.export.onnx import INPUT_NAME, OUTPUT_NAME, to_onnx
+
+    from gtacity.engine.exporters.onnx import INPUT_NAME, OUTPUT_NAME, to_onnx
 
     model = to_onnx(mobile)
     meta = {p.key: p.value for p in model.metadata_props}

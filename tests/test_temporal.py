@@ -6,21 +6,17 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from gtacity.engine.backends import create_backend
-from gtacity.engine.measure.flicker import measure_flicker
-from gtacity.engine.media.sources import open_source
-from gtacity.engine.temporal.optical_flow import (
-    colour_histograms,
-    histogram_distance,
-    thumbnail_histograms,
-)
-from gtacity.engine.temporal.remedies import CUT_THRESHOLD, smooth_norm_stats
-from gtacity.engine.translate import TranslateConfig, translate
 from media import video_info
 from motion import blinking, pan, texture, write_video
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
+from gtacity.engine.backends import create_backend
+from gtacity.engine.measure.flicker import measure_flicker
+from gtacity.engine.media.sources import open_source
+from gtacity.engine.temporal.optical_flow import colour_histograms, histogram_distance, thumbnail_histograms
+from gtacity.engine.temporal.remedies import CUT_THRESHOLD, smooth_norm_stats
+from gtacity.engine.translation import TranslateConfig, translate
 
 # Irregular timestamps (1/25 s units, a late start and a gap) that every remedy must keep.
 PTS = [3, 4, 5, 7, 8, 9, 10, 12, 13, 14, 15, 16]

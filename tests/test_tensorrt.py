@@ -11,12 +11,16 @@ import os
 import pytest
 import torch
 from click.testing import CliRunner
+from media import make_clip
+
+from gtacity.checkpoint import save_generator
+from gtacity.cli import cli
 from gtacity.engine.backends import BackendError, backend_class, create_backend
-from gtacity.engine.export.onnx import ExportError, onnx_format_for
-from gtacity.engine.export.plan import (
-    EngineCache,
-    EngineError,
-    EngineKey,
+from gtacity.engine.exporters.onnx import ExportError, onnx_format_for
+from gtacity.engine.exporters.plan import (
+    PlanCache,
+    PlanError,
+    PlanKey,
     Profile,
     pack,
     profile_for_batch,
@@ -25,21 +29,17 @@ from gtacity.engine.export.plan import (
     unpack,
     write_engine,
 )
-from gtacity.engine.export.tensorrt import (
+from gtacity.engine.exporters.tensorrt import (
     TypedGenerator,
     cached_onnx,
     engine_for,
     export_for_profile,
     tensorrt_missing,
 )
-from gtacity.engine.measure.bench import TOLERANCES
-from gtacity.engine.translate import TranslateConfig, translate
-from media import make_clip
+from gtacity.engine.measure.bench_plan import TOLERANCES
+from gtacity.engine.translation import TranslateConfig, translate
 
-from gtacity.checkpoint import save_generator
-from gtacity.cli import cli
-
-KEY = EngineKey("ab" * 32, "onnx", "fp16", "1x3x64x96:4x3x64x96:4x3x64x96", "10.13.3",
+KEY = PlanKey("ab" * 32, "onnx", "fp16", "1x3x64x96:4x3x64x96:4x3x64x96", "10.13.3",
                 "NVIDIA H100 80GB HBM3", "9.0")
 HEADER = {"key": dataclasses.asdict(KEY), "generator": {"direction": "gta2city", "ngf": "8"}}
 PLAN = bytes(range(256)) * 5
@@ -63,18 +63,18 @@ def test_profile_from_shape_options():
 
 
 def test_cache_key_changes_exactly_when_one_of_its_inputs_changes():
-    assert KEY.digest() == EngineKey(**dataclasses.asdict(KEY)).digest()
+    assert KEY.digest() == PlanKey(**dataclasses.asdict(KEY)).digest()
     digests = {KEY.digest()}
-    for field in dataclasses.fields(EngineKey):
+    for field in dataclasses.fields(PlanKey):
         changed = dataclasses.replace(KEY, **{field.name: getattr(KEY, field.name) + "x"})
         digests.add(changed.digest())
-    assert len(digests) == 1 + len(dataclasses.fields(EngineKey))
+    assert len(digests) == 1 + len(dataclasses.fields(PlanKey))
 
 
 def test_metadata_header_round_trips(tmp_path):
     header, plan = unpack(pack(HEADER, PLAN), "mem")
     assert plan == PLAN and header["key"] == HEADER["key"] and header["generator"] == HEADER["generator"]
-    assert EngineKey.from_dict(header["key"]) == KEY
+    assert PlanKey.from_dict(header["key"]) == KEY
     path = write_engine(tmp_path / "sub" / "gen.engine", HEADER, PLAN)
     assert read_engine(path) == (header, PLAN)
     assert [p.name for p in path.parent.iterdir()] == ["gen.engine"]  # no temporary left behind
@@ -92,15 +92,15 @@ def test_metadata_header_round_trips(tmp_path):
 def test_a_corrupt_or_foreign_engine_file_is_one_clear_line(tmp_path, content, message):
     path = tmp_path / "gen.engine"
     path.write_bytes(content)
-    with pytest.raises(EngineError, match=message) as error:
+    with pytest.raises(PlanError, match=message) as error:
         read_engine(path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
-    with pytest.raises(EngineError, match="cannot read the engine file"):
+    with pytest.raises(PlanError, match="cannot read the engine file"):
         read_engine(tmp_path / "missing.engine")
 
 
 def test_engine_cache_loads_an_unchanged_key_and_misses_a_changed_one(tmp_path):
-    cache = EngineCache(tmp_path / "tensorrt")
+    cache = PlanCache(tmp_path / "tensorrt")
     assert cache.load(KEY) is None
     stored = cache.store(KEY, HEADER, PLAN)
     assert stored.built and stored.path == tmp_path / "tensorrt" / f"{KEY.digest()}.engine"
@@ -113,7 +113,7 @@ def test_engine_cache_loads_an_unchanged_key_and_misses_a_changed_one(tmp_path):
     assert cache.load(other) is None
     cache.path(KEY).write_bytes(b"garbage")
     assert cache.load(KEY) is None
-    assert EngineCache(None).store(KEY, HEADER, PLAN).path is None
+    assert PlanCache(None).store(KEY, HEADER, PLAN).path is None
 
 
 def test_engines_build_from_the_onnx_that_carries_their_precision():
@@ -157,7 +157,7 @@ def test_without_tensorrt_every_way_in_says_how_to_get_it(tmp_path, tiny_generat
     with pytest.raises(BackendError, match="TensorRT is not installed") as error:
         create_backend("tensorrt", tiny_generator)
     assert hint in str(error.value)
-    with pytest.raises(EngineError, match="TensorRT is not installed"):
+    with pytest.raises(PlanError, match="TensorRT is not installed"):
         engine_for(tiny_generator, None, profile_for_batch(1, 32, 32), _options())
     weights = save_generator(tiny_generator, tmp_path / "gen.safetensors", direction="gta2city")
     result = CliRunner().invoke(cli, ["export", str(weights), "--format", "engine", "--shape",
@@ -177,7 +177,7 @@ def test_auto_on_cuda_tries_tensorrt_first_then_torch():
 
 
 def _options(**changes):
-    from gtacity.engine.export.tensorrt import BuildOptions
+    from gtacity.engine.exporters.tensorrt import BuildOptions
 
     return BuildOptions(**{"cache_dir": os.environ["GTACITY_CACHE_DIR"], **changes})
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from click.testing import CliRunner
-from gtacity.trainer.data import DataError, Preprocess, unaligned_files
-from gtacity.trainer.loop import TrainConfig, lr_factor, train
-from gtacity.trainer.step import CycleGAN, Precision, StepConfig, train_step
 
 from gtacity.checkpoint import load_generator
 from gtacity.cli import cli
+from gtacity.trainer.data import DataError, Preprocess, unaligned_files
+from gtacity.trainer.loop import TrainConfig, lr_factor, train
+from gtacity.trainer.step import CycleGAN, Precision, StepConfig, train_step
 
 
 def make_domains(root, n_gta=6, n_city=8, size=48, seed=0):

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from gtacity.engine.jobs.journal import MANIFEST, STATE_DIR
-from gtacity.engine.media.sources import open_source
-from gtacity.engine.stream.convert import to_batch, to_frames
-from gtacity.engine.stream.pipeline import batches
-from gtacity.engine.translate import TranslateConfig, translate
 from media import make_clip, make_image, make_image_tree, video_info, write_garbage
 
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
+from gtacity.engine.jobs.journal import STATE_DIR
+from gtacity.engine.media.sources import open_source
+from gtacity.engine.stream.convert import to_batch, to_frames
+from gtacity.engine.stream.pipeline import batches
+from gtacity.engine.translation import TranslateConfig, translate
 from gtacity.nets import PatchDiscriminator
 
 
@@ -77,7 +77,7 @@ def test_folder_tree_is_mirrored(tmp_path, weights, tiny_generator):
     report = translate(job(tmp_path, tmp_path / "frames", tmp_path / "city", weights, batch_size=3))
     assert report.frames == len(images)
     written = sorted(p.relative_to(tmp_path / "city").as_posix() for p in (tmp_path / "city").rglob("*") if p.is_file())
-    job_records = [MANIFEST] + [f"{STATE_DIR}/{p.name}" for p in (tmp_path / "city" / STATE_DIR).iterdir()]
+    job_records = [f"{STATE_DIR}/{p.name}" for p in (tmp_path / "city" / STATE_DIR).iterdir()]
     assert written == sorted([str(p) for p in images] + job_records)
     for rel, src in images.items():
         if rel.suffix.lower() in (".png", ".bmp", ".webp"):  # lossless: exact to the reference

@@ -17,31 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gtacity.trainer.data import (
-    DataError,
-    Preprocess,
-    ResumableSampler,
-    UnpairedDataset,
-    domain_files,
-)
-from gtacity.trainer.distill_step import Distiller, DistillLosses, distill_step
-from gtacity.trainer.logs import RunLogger
-from gtacity.trainer.state import Progress, RunSettings, read_checkpoint
-from gtacity.trainer.step import Precision, choose_precision
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gtacity import hardware
-from gtacity.checkpoint import (
-    describe,
-    file_sha256,
-    generator_path,
-    load_generator,
-    save_generator,
-)
+from gtacity.checkpoint import describe, file_sha256, generator_path, load_generator, save_generator
 from gtacity.files import written_whole
 from gtacity.nets import ARCHS
 from gtacity.quality import psnr
+from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files
+from gtacity.trainer.distill_step import Distiller, DistillLosses, distill_step
+from gtacity.trainer.logs import RunLogger
+from gtacity.trainer.state import Progress, RunSettings, read_checkpoint
+from gtacity.trainer.step import Precision, choose_precision
 
 _DOMAIN = {"gta2city": "gta", "city2gta": "city"}
 

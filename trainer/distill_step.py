@@ -28,17 +28,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from gtacity.trainer.losses import l1, lsgan_loss
-from gtacity.trainer.step import Precision
 from torch import nn
 
-from gtacity.nets import (
-    N_DOWNSAMPLING,
-    PatchDiscriminator,
-    build_generator,
-    init_weights,
-    residual_blocks,
-)
+from gtacity.nets import N_DOWNSAMPLING, PatchDiscriminator, build_generator, init_weights, residual_blocks
+from gtacity.trainer.losses import l1, lsgan_loss
+from gtacity.trainer.step import Precision
 
 
 @dataclass(frozen=True)

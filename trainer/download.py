@@ -23,11 +23,11 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from gtacity.trainer.data import domain_from_names
 from tqdm import tqdm
 
 from gtacity import __version__
 from gtacity.errors import GtacityError
+from gtacity.trainer.data import domain_from_names
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("trainA", "trainB", "testA", "testB")

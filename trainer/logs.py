@@ -16,6 +16,8 @@ import torch
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
+from gtacity.files import write_json, written_whole
+
 
 class RunLogger:
     """Writes a run's logs; a disabled logger (ranks other than 0) does nothing."""
@@ -32,7 +34,7 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_json(self.run_dir / "config.json", config, sort_keys=True)
         self._writer = SummaryWriter(str(self.run_dir))
         amp = "fp32" if precision.dtype is None else str(precision.dtype).removeprefix("torch.")
         where = f"resuming at step {resumed_at}" if resumed_at is not None else "starting"
@@ -71,8 +73,8 @@ class RunLogger:
             return None
         grid = make_grid(images.float().clamp(-1, 1) * 0.5 + 0.5, nrow=columns, padding=2)
         path = self.run_dir / "samples" / f"step_{step:08d}.png"
-        path.parent.mkdir(exist_ok=True)
-        save_image(grid, path)
+        with written_whole(path) as partial:
+            save_image(grid, partial)
         self._writer.add_image("samples", grid, step)
         return path
 

@@ -12,34 +12,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from gtacity.trainer.data import (
-    DataError,
-    Preprocess,
-    ResumableSampler,
-    UnpairedDataset,
-    domain_files,
-    unaligned_files,
-)
-from gtacity.trainer.logs import RunLogger
-from gtacity.trainer.state import (
-    Progress,
-    RunSettings,
-    init_from,
-    read_checkpoint,
-    restore,
-    save_checkpoint,
-)
-from gtacity.trainer.step import (
-    CycleGAN,
-    Precision,
-    StepConfig,
-    choose_precision,
-    train_step,
-)
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gtacity import hardware
+from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files, unaligned_files
+from gtacity.trainer.logs import RunLogger
+from gtacity.trainer.state import Progress, RunSettings, init_from, read_checkpoint, restore, save_checkpoint
+from gtacity.trainer.step import CycleGAN, Precision, StepConfig, choose_precision, train_step
 
 
 @dataclass(frozen=True)

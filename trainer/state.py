@@ -14,16 +14,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from gtacity.checkpoint import CheckpointError, read_generator_file, read_state_dict, save_generator
+from gtacity.files import written_whole
 from gtacity.trainer.data import DataError
 from gtacity.trainer.step import CycleGAN, Precision
-
-from gtacity.checkpoint import (
-    CheckpointError,
-    read_generator_file,
-    read_state_dict,
-    save_generator,
-)
-from gtacity.files import written_whole
 
 NET_NAMES = ("G_gta2city", "G_city2gta", "D_city", "D_gta")
 

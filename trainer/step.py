@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from gtacity.trainer.data import DataError
-from gtacity.trainer.losses import ImagePool, l1, lsgan_loss
 from torch import nn
 
 from gtacity import hardware
 from gtacity.nets import PatchDiscriminator, ResnetGenerator, init_weights
+from gtacity.trainer.data import DataError
+from gtacity.trainer.losses import ImagePool, l1, lsgan_loss
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ from __future__ import annotations
 from dataclasses import fields
 
 import torch
+from torch import nn
+
 from gtacity.engine.backends.base import PRECISIONS, Backend, BackendError
 from gtacity.engine.backends.openvino_backend import OpenVINOBackend, OpenVINOConfig
 from gtacity.engine.backends.tensorrt_backend import TensorRTBackend, TensorRTConfig
 from gtacity.engine.backends.torch_backend import TorchBackend, TorchConfig
-from torch import nn
 
 __all__ = [
     "BACKENDS",

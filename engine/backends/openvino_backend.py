@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from gtacity.engine.backends.base import Backend, BackendError, Precision
-from gtacity.engine.export import int8
-from gtacity.engine.export.cache import cache_root, feed_weights
 from torch import nn
 from torch.export import Dim
 
 from gtacity import hardware
+from gtacity.engine.backends.base import Backend, BackendError, Precision
+from gtacity.engine.exporters import int8
+from gtacity.engine.exporters.cache import cache_root, feed_weights
 from gtacity.nets import MAX_BATCH, MAX_SIDE, MIN_SIZE, SIZE_MULTIPLE
 
 try:
@@ -87,7 +87,7 @@ class OpenVINOConfig:
             the model alone, int8). THROUGHPUT with batch 2 came within noise (1.01x, 1.04x). On a
             many-core CPU a cap may pay; that is the check to repeat there.
         min_psnr_db: int8 only: the least PSNR vs fp32 (worst calibration frame) an int8 model
-            must reach to be used (see :mod:`gtacity.engine.export.int8`).
+            must reach to be used (see :mod:`gtacity.engine.exporters.int8`).
     """
 
     performance_hint: str = "LATENCY"
@@ -153,7 +153,7 @@ def _use_mvn_norms(net: nn.Module) -> None:
                 setattr(parent, name, _MVNInstanceNorm(child.eps))
 
 
-def _to_openvino(net: nn.Module, mvn_norms: bool = True) -> "ov.Model":
+def to_openvino(net: nn.Module, mvn_norms: bool = True) -> "ov.Model":
     """The generator as an OpenVINO model with dynamic batch, height and width, converted from a copy.
 
     ``mvn_norms``: InstanceNorms as :class:`_MVNInstanceNorm` (the backend's way; False gives
@@ -185,7 +185,7 @@ def _cache_key(net: nn.Module) -> str:
 
 def _load_or_convert(net: nn.Module, cache_dir: str | None) -> tuple["ov.Model", bool]:
     """(model, whether it came from the cache); a fresh conversion is stored for next time."""
-    return _cached(cache_root(cache_dir, "openvino"), _cache_key(net), lambda: _to_openvino(net))
+    return _cached(cache_root(cache_dir, "openvino"), _cache_key(net), lambda: to_openvino(net))
 
 
 def _cached(root: Path | None, name: str, make: Callable[[], "ov.Model"]) -> tuple["ov.Model", bool]:
@@ -275,7 +275,7 @@ class OpenVINOBackend(Backend):
     def calibrate(self, frames: list[torch.Tensor]) -> None:
         """int8: quantise on ``frames`` (or load the cached model), then check it against fp32.
 
-        Sets :attr:`int8_check`; see :mod:`gtacity.engine.export.int8` for the method and its cost.
+        Sets :attr:`int8_check`; see :mod:`gtacity.engine.exporters.int8` for the method and its cost.
 
         Raises:
             BackendError: NNCF missing, or the int8 model below ``config.min_psnr_db``.

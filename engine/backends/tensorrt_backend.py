@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+
 from gtacity.engine.backends.base import Backend, BackendError, Precision
-from gtacity.engine.export.plan import profile_for_batch
-from gtacity.engine.export.tensorrt import (
+from gtacity.engine.exporters.plan import profile_for_batch
+from gtacity.engine.exporters.tensorrt import (
     VIAS,
     BuildOptions,
     engine_for,
@@ -17,7 +19,6 @@ from gtacity.engine.export.tensorrt import (
     import_tensorrt,
     tensorrt_missing,
 )
-from torch import nn
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class TensorRTConfig:
     Each prepared frame size gets an engine whose optimisation profile runs batches of 1 to
     ``max_batch`` frames (optimised for ``max_batch``). Engines are cached on disk by their key
     (ONNX checksum, precision, profile, TensorRT version, GPU and compute capability; see
-    :mod:`gtacity.engine.export.plan`): the first ``prepare`` of a shape builds, every later one,
+    :mod:`gtacity.engine.exporters.plan`): the first ``prepare`` of a shape builds, every later one,
     in this or any later process, loads the engine file instead.
 
     Precision: ``"auto"`` is fp16 (InstanceNorm statistics in fp32); fp32 runs convolutions in

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from gtacity.engine.backends.base import Backend, BackendError, Precision
 from torch import nn
 
 from gtacity import hardware
+from gtacity.engine.backends.base import Backend, BackendError, Precision
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # torch.compile modes that leave CUDA graphs to this backend (inductor's own cudagraph trees, in

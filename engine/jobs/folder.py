@@ -12,7 +12,6 @@ resumes it. A file that fails is reported, listed in the failures file, and the 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -20,39 +19,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gtacity.engine.backends import Backend
-from gtacity.engine.frames import Frame
-from gtacity.engine.jobs.journal import (
-    MANIFEST,
-    RunJournal,
-    clean_leftovers,
-    done_keys,
-    open_job,
-    temp_name,
-)
-from gtacity.engine.jobs.shards import Shard
-from gtacity.engine.media.planes import use_planes
-from gtacity.engine.media.sinks import (
-    check_folder_target,
-    open_sink,
-    write_image,
-)
-from gtacity.engine.media.sources import SourceError, open_source, read_image
-from gtacity.engine.media.trees import Item, list_items, write_train_ids
-from gtacity.engine.stream.imagepool import (
-    ImageTask,
-    PooledImageSource,
-    PooledWriter,
-    pool_stage_times,
-)
-from gtacity.engine.stream.pipeline import run_pipeline
-from gtacity.engine.stream.stages import STAGES, StageTimes
 from tqdm import tqdm
 
 from gtacity import __version__
 from gtacity.checkpoint import file_sha256
+from gtacity.engine.backends import Backend
+from gtacity.engine.frames import Frame
+from gtacity.engine.jobs.journal import MANIFEST, RunJournal, clean_leftovers, done_keys, open_job
+from gtacity.engine.jobs.shards import Shard
+from gtacity.engine.media.planes import use_planes
+from gtacity.engine.media.sinks import check_folder_target, open_sink, write_image
+from gtacity.engine.media.sources import SourceError, open_source, read_image
+from gtacity.engine.media.trees import Item, list_items, write_train_ids
+from gtacity.engine.stream.imagepool import ImageTask, PooledImageSource, PooledWriter, pool_stage_times
+from gtacity.engine.stream.pipeline import run_pipeline, run_with_progress
+from gtacity.engine.stream.stages import STAGES, StageTimes
 from gtacity.errors import GtacityError
-from gtacity.files import remove_stale_partials_under
+from gtacity.files import remove_stale_partials_under, run_owner, written_whole
 
 FAILURES = "gtacity-failures"
 
@@ -63,7 +46,7 @@ class JobFailedError(GtacityError):
 
 @dataclass(frozen=True)
 class FolderJob:
-    """One folder job (see :class:`gtacity.engine.translate.TranslateConfig` for the options).
+    """One folder job (see :class:`gtacity.engine.translation.TranslateConfig` for the options).
 
     Attributes:
         settings: what defines the result; recorded in the manifest, compared on resume.
@@ -221,47 +204,34 @@ class _Run:
     def _write_image(self, frame: Frame) -> None:
         """On a pool thread: labels, then the image, each renamed into place, then the journal."""
         item: Item = frame.meta
-        temps = []
+        owner = self.journal.owner
         try:
-            for label in item.labels:
-                temps.append(temp_name(label.output, self.journal.run_id))
-                label.output.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(label.source, temps[-1])
-                if label.train_ids is not None:
-                    temps.append(temp_name(label.train_ids, self.journal.run_id))
-                    write_train_ids(label.source, temps[-1])
-            temps.append(temp_name(item.output, self.journal.run_id))
-            item.output.parent.mkdir(parents=True, exist_ok=True)
-            write_image(temps[-1], frame)  # alpha and depth kept
-            # The image goes last: an item whose image exists has all its labels.
-            finals = [*item.outputs[1:], item.output]
-            for temp, final in zip(temps, finals, strict=True):
-                os.replace(temp, final)
+            with contextlib.ExitStack() as files:
+                # Entered first, so renamed into place last: an item whose image exists has all
+                # its labels. Nothing is renamed unless every file was written.
+                image = files.enter_context(written_whole(item.output, owner))
+                for label in item.labels:
+                    shutil.copyfile(label.source, files.enter_context(written_whole(label.output, owner)))
+                    if label.train_ids is not None:
+                        write_train_ids(label.source, files.enter_context(written_whole(label.train_ids, owner)))
+                write_image(image, frame)  # alpha and depth kept
             self.journal.done(item.key)
             with self._count:
                 self.summary.translated += 1
         except (GtacityError, OSError) as e:
             _fail(self.job, self.summary, item, str(e) if isinstance(e, GtacityError) else f"{e.strerror}: {e.filename}")
-        finally:
-            for temp in temps:
-                with contextlib.suppress(FileNotFoundError):
-                    temp.unlink()
 
     def video(self, item: Item) -> None:
-        temp = temp_name(item.output, self.journal.run_id)
         try:
             # Videos in a folder job never blend along the flow (check_mode refuses it there).
             planes = use_planes(self.backend.device, "off")
-            with open_source(item.source, planes=planes) as source, tqdm(
-                total=len(source), unit="frame", disable=not self.job.progress, dynamic_ncols=True,
-                desc=item.key,
-            ) as bar:
+            with written_whole(item.output, self.journal.owner) as temp, \
+                    open_source(item.source, planes=planes) as source:
                 sink = open_sink(temp, source, crf=self.job.crf, preset=self.job.preset)
-                times = run_pipeline(source, sink, self.backend, batch_size=self.batch_size,
-                                     streams=self.job.streams, on_frames=bar.update)
-            os.replace(temp, item.output)
+                times = run_with_progress(source, sink, self.backend, total=len(source),
+                                          progress=self.job.progress, desc=item.key,
+                                          batch_size=self.batch_size, streams=self.job.streams)
         except GtacityError as e:
-            temp.unlink(missing_ok=True)
             _fail(self.job, self.summary, item, str(e))
             return
         self._add(times)
@@ -290,7 +260,6 @@ def _write_failures(job: FolderJob, summary: JobSummary, run_id: str) -> Path | 
     if not summary.failures:
         path.unlink(missing_ok=True)
         return None
-    temp = temp_name(path, run_id)
-    temp.write_text("".join(f"{key}\t{' '.join(why.split())}\n" for key, why in sorted(summary.failures)))
-    os.replace(temp, path)
+    with written_whole(path, run_owner(run_id)) as partial:
+        partial.write_text("".join(f"{key}\t{' '.join(why.split())}\n" for key, why in sorted(summary.failures)))
     return path

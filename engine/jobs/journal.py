@@ -2,12 +2,17 @@
 
 Layout inside the output folder::
 
-    gtacity-job.json            the manifest: what defines the result (weights checksum, direction,
-                                backend, precision, gtacity version, dataset options) + a token
+    .gtacity-job/manifest.json  the manifest: what defines the result (weights file's SHA-256,
+                                direction, backend, precision, gtacity version, dataset options)
+                                + a token
     .gtacity-job/RUNID.journal  one per run: "token T", then 'done "KEY"' per finished item
 
-A run holds an exclusive ``flock`` on its own journal while it lives, and every temporary file it
-writes carries ``.gtacity-RUNID`` in its name. So the next run (or a shard running beside it) can
+Everything else in the output folder is the mirrored input (and a failures list when something
+failed). Jobs of earlier versions kept the manifest at the top as ``gtacity-job.json``; it is moved
+into the state folder the first time such a job is resumed.
+
+A run holds an exclusive ``flock`` on its own journal while it lives, and writes every file through
+:func:`gtacity.files.written_whole` with the owner ``runRUNID`` in its partial name. So the next run (or a shard running beside it) can
 tell a dead run's leftovers (lock free) from a live run's files in flight (lock held) and delete
 only the former, on a local disk or on NFS alike. Journals are appended one line per finished item
 and never rewritten: a SIGKILL can lose only the line of an item being finished, which is then
@@ -24,29 +29,21 @@ import errno
 import fcntl
 import json
 import os
-import re
 import secrets
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from gtacity.errors import GtacityError
+from gtacity.files import partial_of, partial_path, run_owner, writer_alive, written_whole
 
-MANIFEST = "gtacity-job.json"
 STATE_DIR = ".gtacity-job"
-_TEMP = re.compile(r"\.gtacity-([0-9a-f]{16})")
+MANIFEST = f"{STATE_DIR}/manifest.json"
+_OLD_MANIFEST = "gtacity-job.json"
 
 
 class JobStateError(GtacityError):
     """An output folder that holds another job's results, or a manifest that cannot be read."""
-
-
-def temp_name(path: Path, run_id: str) -> Path:
-    """The hidden name ``path`` is written under by run ``run_id`` before it is renamed into place.
-
-    The real extension stays last: FFmpeg and OpenCV choose the format from it.
-    """
-    return path.with_name(f".{path.name}.gtacity-{run_id}{path.suffix}")
 
 
 def open_job(root: Path, settings: dict[str, str], overwrite: bool) -> RunJournal:
@@ -63,6 +60,7 @@ def open_job(root: Path, settings: dict[str, str], overwrite: bool) -> RunJourna
             ``overwrite``). Nothing is left in ``root`` then.
     """
     path = root / MANIFEST
+    _move_old_manifest(root)
     if not overwrite and _read_manifest(path) is None and _has_user_files(root):
         raise JobStateError(
             f"{root}: already holds files but no {MANIFEST} (not a gtacity job folder); "
@@ -75,6 +73,14 @@ def open_job(root: Path, settings: dict[str, str], overwrite: bool) -> RunJourna
         journal.discard()
         raise
     return journal
+
+
+def _move_old_manifest(root: Path) -> None:
+    """An earlier version's top-level manifest goes into the state folder, where it lives now."""
+    old = root / _OLD_MANIFEST
+    if old.is_file() and not (root / MANIFEST).exists() and _read_manifest(old) is not None:
+        (root / STATE_DIR).mkdir(exist_ok=True)
+        os.replace(old, root / MANIFEST)
 
 
 def _manifest_token(path: Path, settings: dict[str, str], overwrite: bool, run_id: str) -> str:
@@ -95,8 +101,8 @@ def _manifest_token(path: Path, settings: dict[str, str], overwrite: bool, run_i
             "resume, choose another output folder, or pass --overwrite to redo it with these"
         )
     token = secrets.token_hex(8)
-    temp = _write_json(temp_name(path, run_id), {**settings, "token": token})
-    os.replace(temp, path)
+    with written_whole(path, run_owner(run_id)) as partial:
+        _write_json(partial, {**settings, "token": token})
     return token
 
 
@@ -105,7 +111,7 @@ def _has_user_files(root: Path) -> bool:
     # empty folders (what a killed job leaves once its partial files are gone) hold nothing.
     for folder, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if d != STATE_DIR]
-        if any(not _TEMP.search(name) for name in names):
+        if any(partial_of(name) is None for name in names):
             return True
     return False
 
@@ -124,7 +130,7 @@ def _read_manifest(path: Path) -> dict | None:
 
 def _create_once(path: Path, data: dict, run_id: str) -> bool:
     """Create ``path`` with ``data`` unless it exists (atomically); False when another run won."""
-    temp = _write_json(temp_name(path, run_id), data)
+    temp = _write_json(partial_path(path, run_owner(run_id)), data)
     try:
         os.link(temp, path)
         return True
@@ -143,12 +149,15 @@ class RunJournal:
     """This run's record of finished items, locked for as long as the run lives.
 
     Attributes:
-        run_id: 16 hex digits; in every temporary file name this run writes.
+        run_id: 16 hex digits.
+        owner: what every partial file this run writes carries in its name
+            (:func:`gtacity.files.run_owner`).
         token: the manifest token the records belong to.
     """
 
     def __init__(self, root: Path):
         self.run_id = secrets.token_hex(8)
+        self.owner = run_owner(self.run_id)
         self.token: str | None = None
         folder = root / STATE_DIR
         folder.mkdir(parents=True, exist_ok=True)
@@ -231,18 +240,21 @@ def clean_leftovers(root: Path, token: str, walk: Iterable[Path] | None = None) 
     """
     alive: dict[str, bool] = {}
     removed = 0
+
+    def run_alive(run_id: str) -> bool:
+        if run_id not in alive:
+            alive[run_id] = is_alive(root, run_id)
+        return alive[run_id]
+
     folders = walk if walk is not None else (Path(f) for f, _, _ in os.walk(root))
     for folder in folders:
         if folder.name == STATE_DIR:
             continue
         for entry in os.scandir(folder):
-            match = _TEMP.search(entry.name) if entry.name.startswith(".") else None
-            if match is None or not entry.is_file(follow_symlinks=False):
+            found = partial_of(entry.name) if entry.name.startswith(".") else None
+            if found is None or not entry.is_file(follow_symlinks=False):
                 continue
-            run_id = match[1]
-            if run_id not in alive:
-                alive[run_id] = is_alive(root, run_id)
-            if not alive[run_id]:
+            if not writer_alive(found[1], run_alive):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed += 1

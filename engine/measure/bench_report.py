@@ -39,7 +39,6 @@ from __future__ import annotations
 import datetime
 import functools
 import importlib.metadata
-import json
 import os
 import platform
 import re
@@ -50,11 +49,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from gtacity.engine.backends import Backend
-from gtacity.engine.stream.stages import STAGES
 
 import gtacity
 from gtacity import hardware
+from gtacity.engine.backends import Backend
+from gtacity.engine.stream.stages import STAGES
+from gtacity.files import write_json
 
 # Distributions whose versions decide the numbers; the ones not installed are left out.
 _DISTRIBUTIONS = (
@@ -372,7 +372,7 @@ class BenchReport:
 
     def write_json(self, path: str | Path) -> None:
         """Write :meth:`to_json` to ``path`` (indented UTF-8)."""
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        write_json(path, self.to_json())
 
     def format(self) -> str:
         """The human-readable report: machine, versions, settings, then the tables."""

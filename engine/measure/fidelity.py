@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gtacity.engine.backends import Backend, create_backend
-from gtacity.engine.media.sources import open_source
-from gtacity.engine.stream.convert import to_batch, to_frames
 from tqdm import tqdm
 
 from gtacity.checkpoint import GeneratorInfo, load_generator
+from gtacity.engine.backends import Backend, create_backend
+from gtacity.engine.media.sources import open_source
+from gtacity.engine.stream.convert import to_batch, to_frames
 from gtacity.errors import GtacityError
 from gtacity.nets import count_macs
 from gtacity.quality import psnr, ssim

@@ -14,7 +14,7 @@ errors, lighting changes, codec noise), reported next to it.
 
 ::
 
-    from gtacity.engine.measure.flicker import FlickerConfig, evaluate_flicker
+    from gtacity.engine import FlickerConfig, evaluate_flicker
     report = evaluate_flicker(FlickerConfig("drive.mp4", "drive_city.mp4", plot="flicker.png"))
     print(report.summary())
 
@@ -30,11 +30,12 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from gtacity.engine.media.sources import open_source
-from gtacity.engine.temporal.optical_flow import PRESETS, FlowPair, grey, warp
 from tqdm import tqdm
 
+from gtacity.engine.media.sources import open_source
+from gtacity.engine.temporal.optical_flow import PRESETS, FlowPair, grey, warp
 from gtacity.errors import GtacityError
+from gtacity.files import written_whole
 from gtacity.images import IMAGE_EXTENSIONS
 
 
@@ -252,8 +253,12 @@ def draw_curves(
         cv2.polylines(canvas, [points], False, colour, 2, cv2.LINE_AA)
         _text(canvas, f"{label}  E_warp {np.mean(curve):.5f}", (left + 8, 18 + 18 * row), colour)
     path = Path(path)
-    if not cv2.imwrite(str(path), canvas):
-        raise FlickerError(f"{path}: the plot could not be written; use a .png name in a writable folder")
+    try:
+        with written_whole(path) as partial:
+            if not cv2.imwrite(str(partial), canvas):
+                raise FlickerError(f"{path}: the plot could not be written; use a .png name in a writable folder")
+    except OSError as e:
+        raise FlickerError(f"{path}: the plot could not be written ({e.strerror}); choose a writable folder") from None
     return path
 
 

@@ -20,11 +20,11 @@ import av
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
+
+from gtacity import kernels
 from gtacity.engine.frames import Frame, Planes
 from gtacity.engine.media.colour import VideoColour
 from gtacity.engine.stream.slots import download, upload
-
-from gtacity import kernels
 from gtacity.nets import MIN_SIZE, SIZE_MULTIPLE
 
 # Decoder pixel formats handed out as planes. Everything else (10-bit, 4:2:2, 4:4:4, RGB, ...) is

@@ -22,23 +22,13 @@ import av
 import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
 from gtacity.engine.frames import Frame, FrameSource, SinkContext
 from gtacity.engine.media.lock import OutputLock
 from gtacity.engine.media.sources import VideoSource, ffmpeg_reason
-
 from gtacity.errors import GtacityError
-from gtacity.files import (
-    partial_path,
-    remove_stale_partials,
-    remove_stale_partials_under,
-    written_whole,
-)
-from gtacity.images import (
-    ALPHA_EXTENSIONS,
-    DEEP_EXTENSIONS,
-    IMAGE_EXTENSIONS,
-    VIDEO_EXTENSIONS,
-)
+from gtacity.files import partial_path, remove_stale_partials, remove_stale_partials_under, written_whole
+from gtacity.images import ALPHA_EXTENSIONS, DEEP_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 # Audio codecs each container takes as a plain copy (Matroska takes anything). Checked up front:
 # a misfit stream (PCM in .mp4) is only refused when the trailer is written, after all the work.

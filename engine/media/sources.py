@@ -18,11 +18,11 @@ from pathlib import Path, PurePosixPath
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
 from gtacity.engine.frames import Frame, SourceContext
 from gtacity.engine.media.colour import VideoColour
 from gtacity.engine.media.damage import Damage
 from gtacity.engine.media.planes import PlaneReader
-
 from gtacity.errors import GtacityError
 from gtacity.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_full
 

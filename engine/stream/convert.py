@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from gtacity import kernels
 from gtacity.engine.frames import Frame
 from gtacity.engine.media.planes import planes_from_batch, planes_to_batch
 from gtacity.engine.stream.slots import download, upload
-
-from gtacity import kernels
 from gtacity.nets import MIN_SIZE, SIZE_MULTIPLE
 
 

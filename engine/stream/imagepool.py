@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from gtacity.engine.frames import Frame, SinkContext, SourceContext
 from gtacity.engine.media.sinks import ImageFolderSink
 from gtacity.engine.media.sources import SourceError, read_image
 from gtacity.engine.media.trees import list_items
 from gtacity.engine.stream.stages import StageTimes
-
 from gtacity.errors import GtacityError
 from gtacity.hardware import usable_cores
 

@@ -30,6 +30,8 @@ import threading
 import time
 from typing import Callable, Iterable, Iterator
 
+from tqdm import tqdm
+
 from gtacity.engine.backends.base import Backend
 from gtacity.engine.frames import Frame, FrameSink, FrameSource
 from gtacity.engine.stream.convert import to_batch, to_frames
@@ -189,6 +191,15 @@ def run_pipeline(
         _join(workers)
         run.times.wall = time.perf_counter() - start
     return run.times
+
+
+def run_with_progress(frames: Iterable[Frame], sink: FrameSink, backend: Backend, *, total: int,
+                      progress: bool, desc: str, **options) -> StageTimes:
+    """:func:`run_pipeline` over one video (or image) with a progress bar of ``total`` frames on
+    stderr (none for a single frame, or when ``progress`` is False); ``options`` go to it."""
+    with tqdm(total=total, unit="frame", disable=not progress or total < 2, dynamic_ncols=True,
+              desc=desc) as bar:
+        return run_pipeline(frames, sink, backend, on_frames=bar.update, **options)
 
 
 def _join(workers: list[_Worker]) -> None:

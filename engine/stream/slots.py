@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from gtacity.engine.frames import Frame
 
 # stage -> the timing events (recorded on a slot's stream) around its GPU work.
@@ -150,7 +151,3 @@ class SlotPool:
         """Return ``slot`` once its frames are on the host and copied out of its buffers."""
         slot.clear()
         self._free.put(slot)
-
-    def free(self) -> int:
-        """How many slots are free now."""
-        return self._free.qsize()

@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from gtacity.engine.backends import BACKENDS, Backend, TorchBackend
 from gtacity.engine.frames import Frame, FrameSink, FrameSource
 from gtacity.engine.temporal.optical_flow import (
@@ -36,8 +38,6 @@ from gtacity.engine.temporal.optical_flow import (
     thumbnail_histograms,
     warp,
 )
-from torch import nn
-
 from gtacity.errors import GtacityError
 from gtacity.nets import InstanceNorm2dFP32
 

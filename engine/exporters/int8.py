@@ -67,9 +67,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from gtacity.engine.media.sources import open_source
 from gtacity.engine.stream.convert import to_batch
-
 from gtacity.errors import BackendError
 from gtacity.files import written_whole
 from gtacity.quality import psnr

@@ -8,8 +8,8 @@
     export(ExportConfig("gen.safetensors", "gen.engine", format="engine", shape="8x3x512x1024"))
 
 ``gtacity export --format`` offers the table's keys and each entry writes its own kind of file, so no
-caller branches on format names. The ONNX graphs come from :mod:`~gtacity.engine.export.onnx`, the
-TensorRT plan from :mod:`~gtacity.engine.export.tensorrt`.
+caller branches on format names. The ONNX graphs come from :mod:`~gtacity.engine.exporters.onnx`, the
+TensorRT plan from :mod:`~gtacity.engine.exporters.tensorrt`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from gtacity.engine.export.onnx import ONNX_FORMATS, onnx_model, save_onnx
-from gtacity.engine.export.plan import profile_from
-from gtacity.engine.export.shapes import ExportError, parse_shape
-from gtacity.engine.export.tensorrt import BuildOptions, engine_for
 from torch import nn
 
 from gtacity.checkpoint import GeneratorInfo, load_generator
+from gtacity.engine.exporters.onnx import ONNX_FORMATS, onnx_model, save_onnx
+from gtacity.engine.exporters.plan import profile_from
+from gtacity.engine.exporters.shapes import ExportError, parse_shape
+from gtacity.engine.exporters.tensorrt import BuildOptions, engine_for
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ TensorRT is imported lazily and its major version decides how precision is asked
   normalisation layer (InstanceNormalization) pinned to fp32 with ``layer.precision`` /
   ``set_output_type`` under ``BuilderFlag.OBEY_PRECISION_CONSTRAINTS``.
 * TensorRT 11 (always strongly typed; the precision flags are gone): the precision is the ONNX's
-  own, so fp16 builds from the FP16 ONNX (:mod:`gtacity.engine.export.onnx`), which already keeps
+  own, so fp16 builds from the FP16 ONNX (:mod:`gtacity.engine.exporters.onnx`), which already keeps
   InstanceNormalization and the I/O in fp32.
 
 Both use one optimisation profile, a workspace limit and a timing cache kept beside the engines
@@ -33,25 +33,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from gtacity.engine.export.cache import cache_root
-from gtacity.engine.export.onnx import (
-    OPSET,
-    metadata,
-    onnx_format_for,
-    onnx_model,
-    save_onnx,
-)
-from gtacity.engine.export.plan import (
-    CachedEngine,
-    EngineCache,
-    EngineError,
-    EngineKey,
-    Profile,
-)
 from torch import nn
 from torch.export import Dim
 
 from gtacity.checkpoint import GeneratorInfo
+from gtacity.engine.exporters.cache import cache_root
+from gtacity.engine.exporters.onnx import OPSET, metadata, onnx_format_for, onnx_model, save_onnx
+from gtacity.engine.exporters.plan import CachedPlan, PlanCache, PlanError, PlanKey, Profile
 from gtacity.nets import SIZE_MULTIPLE
 
 INSTALL_HINT = ('TensorRT is not installed: pip install "gtacity[tensorrt]" (pip fetches its '
@@ -81,12 +69,12 @@ class BuildOptions:
 
     def __post_init__(self):
         if self.precision not in ENGINE_PRECISIONS:
-            raise EngineError(f"TensorRT engines are built in {' or '.join(ENGINE_PRECISIONS)}, "
+            raise PlanError(f"TensorRT engines are built in {' or '.join(ENGINE_PRECISIONS)}, "
                               f"not {self.precision}")
         if self.via not in VIAS:
-            raise EngineError(f"--via {self.via!r}: choose {' or '.join(VIAS)}")
+            raise PlanError(f"--via {self.via!r}: choose {' or '.join(VIAS)}")
         if not self.workspace_gib > 0:
-            raise EngineError(f"the TensorRT workspace must be more than 0 GiB, got {self.workspace_gib}")
+            raise PlanError(f"the TensorRT workspace must be more than 0 GiB, got {self.workspace_gib}")
 
 
 @functools.cache
@@ -94,12 +82,12 @@ def import_tensorrt():
     """The ``tensorrt`` module.
 
     Raises:
-        EngineError: not installed (or its libraries missing), with how to get it.
+        PlanError: not installed (or its libraries missing), with how to get it.
     """
     try:
         import tensorrt
     except (ImportError, OSError):
-        raise EngineError(INSTALL_HINT) from None
+        raise PlanError(INSTALL_HINT) from None
     return tensorrt
 
 
@@ -107,7 +95,7 @@ def tensorrt_missing() -> str | None:
     """Why TensorRT cannot be used here, or None."""
     try:
         import_tensorrt()
-    except EngineError as e:
+    except PlanError as e:
         return str(e)
     return None
 
@@ -124,15 +112,15 @@ def gpu_identity(device: torch.device) -> tuple[str, str]:
 
 
 def engine_for(net: nn.Module, info: GeneratorInfo | None, profile: Profile,
-               options: BuildOptions, device: torch.device | None = None) -> CachedEngine:
+               options: BuildOptions, device: torch.device | None = None) -> CachedPlan:
     """The engine of ``net`` for ``profile``: from the cache, else built and cached.
 
     Raises:
-        EngineError: TensorRT (or torch-tensorrt) missing, no CUDA GPU, or a failed build.
+        PlanError: TensorRT (or torch-tensorrt) missing, no CUDA GPU, or a failed build.
     """
     trt = import_tensorrt()
     if not torch.cuda.is_available():
-        raise EngineError("building a TensorRT engine needs an NVIDIA GPU; torch sees no CUDA device")
+        raise PlanError("building a TensorRT engine needs an NVIDIA GPU; torch sees no CUDA device")
     device = device or torch.device("cuda", torch.cuda.current_device())
     gpu_name, capability = gpu_identity(device)
     if options.via == "onnx":
@@ -144,9 +132,9 @@ def engine_for(net: nn.Module, info: GeneratorInfo | None, profile: Profile,
         meta = json.dumps(metadata(net, info, options.precision), sort_keys=True)
         seed = f"{meta} torch-tensorrt {torch_tensorrt.__version__}"
         source = hashlib.sha256(seed.encode()).hexdigest()
-    key = EngineKey(source, options.via, options.precision, str(profile), trt.__version__,
+    key = PlanKey(source, options.via, options.precision, str(profile), trt.__version__,
                     gpu_name, capability)
-    cache = EngineCache(cache_root(options.cache_dir, "tensorrt"))
+    cache = PlanCache(cache_root(options.cache_dir, "tensorrt"))
     cached = cache.load(key)
     if cached is not None:
         return cached
@@ -178,7 +166,7 @@ def _scratch_dir() -> str:
     return tempfile.mkdtemp(prefix="gtacity-onnx-")
 
 
-def _timing_cache_path(cache: EngineCache, key: EngineKey) -> Path | None:
+def _timing_cache_path(cache: PlanCache, key: PlanKey) -> Path | None:
     if cache.root is None:
         return None
     tag = hashlib.sha256(f"{key.tensorrt_version} {key.gpu_name} {key.compute_capability}".encode())
@@ -197,7 +185,7 @@ def build_from_onnx(trt, onnx_path: Path, profile: Profile, options: BuildOption
     parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
+        raise PlanError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * 2**30))
     if options.precision == "fp16" and not strongly_typed(trt):
@@ -211,7 +199,7 @@ def build_from_onnx(trt, onnx_path: Path, profile: Profile, options: BuildOption
     config.set_timing_cache(config.create_timing_cache(old), ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EngineError(f"TensorRT could not build an engine from {onnx_path} for {profile} "
+        raise PlanError(f"TensorRT could not build an engine from {onnx_path} for {profile} "
                           "(its messages above say why)")
     if timing_path is not None:
         _write_quietly(timing_path, bytes(config.get_timing_cache().serialize()))
@@ -232,7 +220,7 @@ def _import_torch_tensorrt():
     try:
         import torch_tensorrt
     except (ImportError, OSError):
-        raise EngineError(INSTALL_HINT.replace("TensorRT is", "torch-tensorrt is")) from None
+        raise PlanError(INSTALL_HINT.replace("TensorRT is", "torch-tensorrt is")) from None
     return torch_tensorrt
 
 

@@ -2,7 +2,7 @@
 
 ::
 
-    from gtacity.engine.translate import TranslateConfig, translate
+    from gtacity.engine import TranslateConfig, translate
     report = translate(TranslateConfig("drive.mp4", "out.mp4"))
     print(report.summary())
 """
@@ -13,16 +13,13 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gtacity.engine.backends import create_backend
+from tqdm import tqdm
+
+from gtacity.checkpoint import DIRECTIONS, GeneratorInfo, bundled_generator, generator_path, load_generator
+from gtacity.engine.backends import Backend, create_backend
 from gtacity.engine.backends.tiling import TiledBackend, Tiling
-from gtacity.engine.export.int8 import calibration_frames
-from gtacity.engine.jobs.folder import (
-    FolderJob,
-    JobSummary,
-    job_settings,
-    list_job,
-    run_folder_job,
-)
+from gtacity.engine.exporters.int8 import calibration_frames
+from gtacity.engine.jobs.folder import FolderJob, JobSummary, job_settings, list_job, run_folder_job
 from gtacity.engine.jobs.shards import parse_shard
 from gtacity.engine.media.damage import Damage
 from gtacity.engine.media.planes import use_planes
@@ -30,24 +27,9 @@ from gtacity.engine.media.sinks import open_sink
 from gtacity.engine.media.sources import open_source
 from gtacity.engine.media.trees import LABEL_MODES
 from gtacity.engine.stream.imagepool import default_workers
-from gtacity.engine.stream.pipeline import run_pipeline
+from gtacity.engine.stream.pipeline import run_with_progress
 from gtacity.engine.stream.stages import StageTimes
-from gtacity.engine.temporal.remedies import (
-    FlowBlend,
-    backend_for,
-    check_mode,
-    smooth_norm_stats,
-    tile_setting,
-)
-from tqdm import tqdm
-
-from gtacity.checkpoint import (
-    DIRECTIONS,
-    GeneratorInfo,
-    bundled_generator,
-    generator_path,
-    load_generator,
-)
+from gtacity.engine.temporal.remedies import FlowBlend, backend_for, check_mode, smooth_norm_stats, tile_setting
 from gtacity.errors import GtacityError
 
 
@@ -96,10 +78,10 @@ class TranslateConfig:
             blended in along the optical flow; any backend). See :mod:`gtacity.engine.temporal.remedies`.
 
     A folder job resumes: rerunning it into the same output folder skips finished files. It
-    records its settings in ``gtacity-job.json`` there and refuses to resume with other settings
+    records its settings in ``.gtacity-job/manifest.json`` there and refuses to resume with other settings
     unless ``overwrite`` (which redoes every file).
         calibration: int8 only: a video, image folder or image to calibrate on; None = the job's
-            own input (up to 32 frames spread over it; see :mod:`gtacity.engine.export.int8`).
+            own input (up to 32 frames spread over it; see :mod:`gtacity.engine.exporters.int8`).
     """
 
     input: str | Path
@@ -177,6 +159,21 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
         DamagedInputError: the input video was damaged and ``cfg.allow_damaged`` is False; the
             output is kept (incomplete) and the error's ``report`` describes it.
     """
+    _check_numbers(cfg)
+    shard = parse_shard(cfg.shard)
+    folder = Path(cfg.input).is_dir()
+    _check_folder_options(cfg, folder)
+    items = list_job(Path(cfg.input), Path(cfg.output), cfg.dataset, cfg.labels) if folder else None
+    check_mode(cfg.temporal, folder)
+    net, info = _generator(cfg)
+    backend = _backend(cfg, net, info)
+    batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
+    if folder:
+        return _translate_folder(cfg, items, shard, backend, info, batch_size)
+    return _translate_one(cfg, backend, info, batch_size)
+
+
+def _check_numbers(cfg: TranslateConfig) -> None:
     if cfg.direction is not None and cfg.direction not in DIRECTIONS:
         raise TranslateError(f"unknown direction {cfg.direction!r}; choose {' or '.join(DIRECTIONS)}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
@@ -185,29 +182,33 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
         raise TranslateError(f"--streams must be at least 1, got {cfg.streams}")
     if cfg.tile is not None and cfg.tile != 0 and cfg.tile < MIN_TILE:
         raise TranslateError(f"--tile must be 0 (never tile) or at least {MIN_TILE}, got {cfg.tile}")
-    shard = parse_shard(cfg.shard)
-    folder = Path(cfg.input).is_dir()
-    _check_folder_options(cfg, folder)
-    items = list_job(Path(cfg.input), Path(cfg.output), cfg.dataset, cfg.labels) if folder else None
-    check_mode(cfg.temporal, folder)
-    net, info = _generator(cfg)
+
+
+def _backend(cfg: TranslateConfig, net, info: GeneratorInfo) -> Backend:
+    """The backend ``cfg`` asks for, calibrated, smoothed for ``--temporal stats``, tiling huge frames."""
     backend = create_backend(backend_for(cfg.temporal, cfg.backend), net, precision=cfg.precision, device=cfg.device)
     _calibrate(backend, cfg)
     if cfg.temporal == "stats":
         backend = smooth_norm_stats(backend)
     tile = tile_setting(cfg.temporal, cfg.tile)
-    backend = TiledBackend(backend, Tiling(tile=tile, ngf=info.ngf))  # huge frames in tiles
-    batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
-    if folder:
-        settings = job_settings(_weights_path(cfg), info.direction, backend, cfg.dataset, cfg.labels,
-                                any(i.kind == "video" for i in items), cfg.crf, cfg.preset)
-        job = FolderJob(Path(cfg.input), Path(cfg.output), settings, cfg.overwrite, shard, cfg.dataset,
-                        cfg.labels, cfg.workers or default_workers(), cfg.crf, cfg.preset, cfg.progress,
-                        log=lambda line: tqdm.write(line, file=sys.stderr), streams=cfg.streams,
-                        allow_damaged=cfg.allow_damaged)
-        done = run_folder_job(job, items, backend, batch_size)
-        return TranslateReport(job.output, done.frames, done.times, backend.name, backend.precision,
-                               info, job=done)
+    return TiledBackend(backend, Tiling(tile=tile, ngf=info.ngf))
+
+
+def _translate_folder(cfg: TranslateConfig, items, shard, backend: Backend, info: GeneratorInfo,
+                      batch_size: int) -> TranslateReport:
+    settings = job_settings(_weights_path(cfg), info.direction, backend, cfg.dataset, cfg.labels,
+                            any(i.kind == "video" for i in items), cfg.crf, cfg.preset)
+    job = FolderJob(Path(cfg.input), Path(cfg.output), settings, cfg.overwrite, shard, cfg.dataset,
+                    cfg.labels, cfg.workers or default_workers(), cfg.crf, cfg.preset, cfg.progress,
+                    log=lambda line: tqdm.write(line, file=sys.stderr), streams=cfg.streams,
+                    allow_damaged=cfg.allow_damaged)
+    done = run_folder_job(job, items, backend, batch_size)
+    return TranslateReport(job.output, done.frames, done.times, backend.name, backend.precision,
+                           info, job=done)
+
+
+def _translate_one(cfg: TranslateConfig, backend: Backend, info: GeneratorInfo, batch_size: int) -> TranslateReport:
+    """One video or image into ``cfg.output``."""
     # On CUDA a video's colour is converted on the GPU, fused with the generator's layout.
     with open_source(cfg.input, planes=use_planes(backend.device, cfg.temporal)) as source:
         sink = open_sink(cfg.output, source, overwrite=cfg.overwrite, crf=cfg.crf, preset=cfg.preset)
@@ -215,12 +216,10 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
         if cfg.temporal == "flow":
             blend = FlowBlend()
             frames, sink = blend.watch(source), blend.wrap(sink)
-        total = len(source)
         try:
-            with tqdm(total=total, unit="frame", disable=not cfg.progress or total < 2, dynamic_ncols=True,
-                      desc=f"{info.direction} {backend.name}") as bar:
-                times = run_pipeline(frames, sink, backend, batch_size=batch_size, streams=cfg.streams,
-                                     on_frames=bar.update)
+            times = run_with_progress(frames, sink, backend, total=len(source), progress=cfg.progress,
+                                      desc=f"{info.direction} {backend.name}", batch_size=batch_size,
+                                      streams=cfg.streams)
         except BaseException as e:
             sink.abort()  # a signal before the pipeline took the sink over must not leak it
             if _out_of_memory(e):

@@ -6,7 +6,7 @@ An engine file is a TensorRT plan behind a self-describing header::
 
     b"GTACITY-TRT\\0"  |  uint32 little-endian n  |  n bytes of UTF-8 JSON  |  the plan
 
-The JSON says what the engine was built from and for (the :class:`EngineKey` fields: source
+The JSON says what the engine was built from and for (the :class:`PlanKey` fields: source
 checksum, precision, shape profile, TensorRT version, GPU and compute capability) and what the
 generator is (direction, value range, arch, ...). A file without the magic (a raw plan, anything
 else) or with a damaged header is refused with one line, before TensorRT sees it.
@@ -23,8 +23,7 @@ import struct
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from gtacity.engine.export.shapes import ExportError, check_frame_shape, parse_shape
-
+from gtacity.engine.exporters.shapes import ExportError, check_frame_shape, parse_shape
 from gtacity.errors import GtacityError
 from gtacity.files import written_whole
 
@@ -35,7 +34,7 @@ _MAX_HEADER = 1 << 20  # a real header is ~1 KB; more means the length field is 
 Shape = tuple[int, int, int, int]
 
 
-class EngineError(GtacityError):
+class PlanError(GtacityError):
     """An engine file that cannot be used, or an engine that cannot be built here."""
 
 
@@ -68,7 +67,7 @@ def profile_from(shape: str, min_shape: str | None = None, max_shape: str | None
     low = parse_shape(min_shape, "--min-shape") if min_shape else (1, *opt[1:])
     high = parse_shape(max_shape, "--max-shape") if max_shape else opt
     profile = Profile(low, opt, high)  # type: ignore[arg-type]
-    if not all(lo <= v <= hi for lo, v, hi in zip(low, opt, high)):
+    if not profile.accepts(opt):
         raise ExportError(f"shapes must satisfy --min-shape <= --shape <= --max-shape in every "
                           f"dimension; got {profile} (min:opt:max)")
     return profile
@@ -82,7 +81,7 @@ def profile_for_batch(max_batch: int, height: int, width: int) -> Profile:
 
 
 @dataclass(frozen=True)
-class EngineKey:
+class PlanKey:
     """Everything an engine depends on; any change means another engine.
 
     Attributes:
@@ -109,7 +108,7 @@ class EngineKey:
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     @classmethod
-    def from_dict(cls, values: dict) -> "EngineKey":
+    def from_dict(cls, values: dict) -> "PlanKey":
         """The key recorded in a header; raises KeyError/TypeError for a damaged one."""
         return cls(**{f.name: str(values[f.name]) for f in fields(cls)})
 
@@ -125,27 +124,27 @@ def unpack(data: bytes, where: str) -> tuple[dict, bytes]:
     """(header, plan) of engine-file bytes; ``where`` names the file in errors.
 
     Raises:
-        EngineError: no gtacity header, a damaged one, a newer format, or no plan after it.
+        PlanError: no gtacity header, a damaged one, a newer format, or no plan after it.
     """
     start = len(MAGIC) + _LENGTH.size
     if not data.startswith(MAGIC) or len(data) < start:
-        raise EngineError(f"{where}: not a gtacity TensorRT engine (no gtacity header); build one "
+        raise PlanError(f"{where}: not a gtacity TensorRT engine (no gtacity header); build one "
                           "with `gtacity export --format engine` or let --backend tensorrt build it")
     (length,) = _LENGTH.unpack_from(data, len(MAGIC))
     try:
         if length > _MAX_HEADER or start + length > len(data):
             raise ValueError("header length past the end of the file")
         header = json.loads(data[start:start + length].decode())
-        EngineKey.from_dict(header["key"])
+        PlanKey.from_dict(header["key"])
         version = int(header["format_version"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise EngineError(f"{where}: damaged gtacity engine header ({e}); build the engine again") from None
+        raise PlanError(f"{where}: damaged gtacity engine header ({e}); build the engine again") from None
     if header.get("format") != HEADER_FORMAT or version > HEADER_VERSION:
-        raise EngineError(f"{where}: engine header {header.get('format')} v{version} is not one this "
+        raise PlanError(f"{where}: engine header {header.get('format')} v{version} is not one this "
                           f"gtacity reads ({HEADER_FORMAT} v{HEADER_VERSION}); upgrade gtacity or rebuild")
     plan = data[start + length:]
     if not plan:
-        raise EngineError(f"{where}: the engine file ends after its header (truncated); build it again")
+        raise PlanError(f"{where}: the engine file ends after its header (truncated); build it again")
     return header, plan
 
 
@@ -160,18 +159,18 @@ def read_engine(path: str | Path) -> tuple[dict, bytes]:
     """(header, plan) of an engine file.
 
     Raises:
-        EngineError: missing, unreadable, foreign or damaged file.
+        PlanError: missing, unreadable, foreign or damaged file.
     """
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise EngineError(f"{path}: cannot read the engine file ({e.strerror or e})") from None
+        raise PlanError(f"{path}: cannot read the engine file ({e.strerror or e})") from None
     return unpack(data, str(path))
 
 
 @dataclass(frozen=True)
-class CachedEngine:
+class CachedPlan:
     """An engine from the cache (or just built into it)."""
 
     header: dict
@@ -184,30 +183,30 @@ class CachedEngine:
         return write_engine(output, self.header, self.plan)
 
 
-class EngineCache:
-    """A folder of engine files named by :meth:`EngineKey.digest`; ``root=None``: no cache."""
+class PlanCache:
+    """A folder of engine files named by :meth:`PlanKey.digest`; ``root=None``: no cache."""
 
     def __init__(self, root: Path | None):
         self.root = root
 
-    def path(self, key: EngineKey) -> Path | None:
+    def path(self, key: PlanKey) -> Path | None:
         """Where the engine of ``key`` lives (None without a cache)."""
         return None if self.root is None else self.root / f"{key.digest()}.engine"
 
-    def load(self, key: EngineKey) -> CachedEngine | None:
+    def load(self, key: PlanKey) -> CachedPlan | None:
         """The cached engine of ``key``, or None (absent, damaged, or holding another key)."""
         path = self.path(key)
         if path is None or not path.is_file():
             return None
         try:
             header, plan = read_engine(path)
-        except EngineError:
+        except PlanError:
             return None  # a damaged entry is rebuilt and replaced
-        if EngineKey.from_dict(header["key"]) != key:
+        if PlanKey.from_dict(header["key"]) != key:
             return None
-        return CachedEngine(header, plan, path, built=False)
+        return CachedPlan(header, plan, path, built=False)
 
-    def store(self, key: EngineKey, header: dict, plan: bytes) -> CachedEngine:
+    def store(self, key: PlanKey, header: dict, plan: bytes) -> CachedPlan:
         """Keep a freshly built engine; a cache that cannot be written costs only the next run time."""
         path = self.path(key)
         if path is not None:
@@ -215,4 +214,4 @@ class EngineCache:
                 write_engine(path, header, plan)
             except OSError:
                 path = None
-        return CachedEngine(header, plan, path, built=True)
+        return CachedPlan(header, plan, path, built=True)

@@ -23,13 +23,13 @@ import warnings
 from pathlib import Path
 
 import torch
-from gtacity.engine.export.cache import weights_checksum
-from gtacity.engine.export.shapes import ExportError, check_frame_shape
 from torch import nn
 from torch.export import Dim
 
 from gtacity import __version__
 from gtacity.checkpoint import GeneratorInfo
+from gtacity.engine.exporters.cache import weights_checksum
+from gtacity.engine.exporters.shapes import ExportError, check_frame_shape
 from gtacity.files import written_whole
 from gtacity.nets import MAX_BATCH, MAX_SIDE, MIN_SIZE, SIZE_MULTIPLE
 

@@ -3,7 +3,7 @@
 :func:`export` with an :class:`ExportConfig` is the one call behind ``gtacity export``.
 """
 
-from gtacity.engine.export.formats import FORMATS, ExportConfig, export
-from gtacity.engine.export.shapes import ExportError
+from gtacity.engine.exporters.formats import FORMATS, ExportConfig, export
+from gtacity.engine.exporters.shapes import ExportError
 
 __all__ = ["FORMATS", "ExportConfig", "ExportError", "export"]
