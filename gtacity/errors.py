@@ -10,3 +10,10 @@ class GtacityError(Exception):
     """A problem with the user's input or environment, stated in one line."""
 
     exit_code = 1
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of ``e``'s message for a one-line error, or its type's name where the message
+    is empty (``EOFError()`` from an empty file has none)."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else type(e).__name__
