@@ -191,7 +191,7 @@ def _read_ours(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
         # A safetensors file from elsewhere holding an official-layout state dict is still usable.
         return state, _infer_info(path, state, source_format="safetensors")
     version = meta.get("format_version", "0")
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()):
         raise CheckpointError(f"{path}: generator metadata gives format_version {version[:40]!r}, not a "
                               "number; the file is damaged or was not written by gtacity")
     if int(version) > FORMAT_VERSION:

@@ -55,6 +55,7 @@ def gtacity(*args, cwd):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_resume_falls_back_past_a_damaged_latest_checkpoint(tmp_path):
     gta, city = make_domains(tmp_path / "data")
     run = tmp_path / "run"
@@ -141,6 +142,7 @@ def test_resume_forgets_the_metrics_logged_after_the_checkpoint(tmp_path):
     assert steps_logged(run) == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow
 def test_distill_keeps_previous_and_falls_back(tmp_path, capsys):
     torch.manual_seed(3)
     teacher = save_generator(init_weights(ResnetGenerator(ngf=8, n_blocks=2)), tmp_path / "teacher.safetensors",

@@ -141,12 +141,13 @@ def test_metadata_is_checked_against_the_tensors_before_building(tmp_path, tiny_
     ]
 
 
-def test_format_version_that_is_not_a_number_is_one_line(tmp_path, tiny_generator):
+@pytest.mark.parametrize("version", ["abc", "\u00b2", "-1"])
+def test_format_version_that_is_not_a_number_is_one_line(tmp_path, tiny_generator, version):
     src = save_generator(tiny_generator, tmp_path / "gen.safetensors", direction="gta2city")
-    bad = edited(src, tmp_path / "abc.safetensors", {"format_version": "abc"})
+    bad = edited(src, tmp_path / "bad.safetensors", {"format_version": version})
     result = CliRunner().invoke(cli, ["export", str(bad), "-o", str(tmp_path / "out.onnx")])
     assert result.exit_code == 1
-    assert result.output == (f"error: {bad}: generator metadata gives format_version 'abc', not a number; "
+    assert result.output == (f"error: {bad}: generator metadata gives format_version {version!r}, not a number; "
                              "the file is damaged or was not written by gtacity\n")
 
 
