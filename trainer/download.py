@@ -16,6 +16,7 @@ import errno
 import http.client
 import re
 import shutil
+import stat
 import urllib.error
 import urllib.request
 import zipfile
@@ -289,12 +290,13 @@ def _unpack(zip_path: Path, root: Path, folder: str) -> None:
     interrupted or refused unpack never leaves a ``root`` that looks finished.
     """
     staging = root.with_name(f".{root.name}.unpacking")
-    shutil.rmtree(staging, ignore_errors=True)
     try:
+        _fresh_staging(staging)
         with zipfile.ZipFile(zip_path) as zf:
             members = zf.infolist()
             for info in members:
                 _refuse_unsafe(info.filename, zip_path)
+            _refuse_beneath_files(members, zip_path)
             _ensure_space(root.parent, sum(i.file_size for i in members), f"unpacking {zip_path}")
             zf.extractall(staging, members)
         _layout_root(staging, folder, zip_path).replace(root)
@@ -302,8 +304,27 @@ def _unpack(zip_path: Path, root: Path, folder: str) -> None:
         raise ArchiveError(f"{zip_path} is not a valid zip archive ({e}); delete it and run again") from e
     except OSError as e:
         _raise_if_disk_full(e, root)
-        raise
+        denied = e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        advice = "check that folder's permissions or pass --to another folder" if denied else "check --url"
+        raise DownloadError(f"cannot unpack {zip_path}: {e.strerror or e} ({e.filename or staging}); {advice}") from e
     finally:
+        _remove_staging(staging)
+
+
+def _fresh_staging(staging: Path) -> None:
+    """An empty staging folder made by this run: whatever was left at its name is removed first.
+
+    A symbolic link planted at the name is removed as a link (its target is never touched), and
+    ``mkdir`` fails if anything appears there again, so the archive cannot be steered elsewhere.
+    """
+    _remove_staging(staging)
+    staging.mkdir()
+
+
+def _remove_staging(staging: Path) -> None:
+    if staging.is_symlink() or staging.is_file():
+        staging.unlink()
+    else:
         shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -315,6 +336,22 @@ def _refuse_unsafe(member: str, zip_path: Path) -> None:
             f"{zip_path}: member {member!r} points outside the target folder; refusing to unpack "
             "(delete the file and check --url)"
         )
+
+
+def _refuse_beneath_files(members: list[zipfile.ZipInfo], zip_path: Path) -> None:
+    """No member may lie beneath another member that is a file or a symbolic link (``a``, then
+    ``a/b``): unpacking it would have to write through that file or link."""
+    files = {info.filename.rstrip("/"): info for info in members if not info.is_dir()}
+    for info in members:
+        parts = info.filename.rstrip("/").split("/")
+        for depth in range(1, len(parts)):
+            parent = files.get("/".join(parts[:depth]))
+            if parent is not None:
+                what = "a symbolic link" if stat.S_ISLNK(parent.external_attr >> 16) else "a file"
+                raise ArchiveError(
+                    f"{zip_path}: member {info.filename!r} lies beneath {parent.filename!r}, which the "
+                    f"archive holds as {what}; refusing to unpack (delete the file and check --url)"
+                )
 
 
 def _layout_root(staging: Path, folder: str, zip_path: Path) -> Path:

@@ -18,7 +18,15 @@ from tqdm import tqdm
 from gtacity import hardware
 from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files, unaligned_files
 from gtacity.trainer.logs import RunLogger
-from gtacity.trainer.state import Progress, RunSettings, init_from, read_checkpoint, restore, save_checkpoint
+from gtacity.trainer.state import (
+    Progress,
+    RunSettings,
+    has_checkpoint,
+    init_from,
+    read_checkpoint,
+    restore,
+    save_checkpoint,
+)
 from gtacity.trainer.step import CycleGAN, Precision, StepConfig, choose_precision, train_step
 
 
@@ -97,7 +105,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress_bar: bool = True,
     state = read_checkpoint(run_dir) if resume else None
     if state is not None:
         cfg = TrainConfig.from_dict({**state["config"], "out": cfg.out})
-    elif (run_dir / "checkpoints" / "latest.pt").exists():
+    elif has_checkpoint(run_dir):
         raise DataError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
     dataset, gta_side = _dataset(cfg)
     spe = ResumableSampler.per_rank(len(dataset), world) // cfg.batch_size
