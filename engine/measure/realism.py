@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from gtacity.engine.export import cache_root
 from gtacity.engine.measure.artifacts import ArtifactScore, ArtifactSummary, peak_prominence, score_from
-from gtacity.engine.measure.features import FEATURES, RESIZE_MODE, SIZE, FeatureNet, extract, standin_network
+from gtacity.engine.measure.features import RESIZE_MODE, SIZE, FeatureNet, extract, standin_network
 from gtacity.engine.measure.weights import load_inception
 from gtacity.engine.sources import open_source
 from gtacity.errors import GtacityError
@@ -170,7 +170,9 @@ class RealismReport:
 class _Given(nn.Identity):
     """The "feature network" torchmetrics sees: the features are computed (and cached) before."""
 
-    num_features = FEATURES
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
 
 
 def distances(generated: np.ndarray, real: np.ndarray, subsets: int = 100, subset_size: int | None = None,
@@ -189,12 +191,12 @@ def distances(generated: np.ndarray, real: np.ndarray, subsets: int = 100, subse
         raise RealismError(f"KID subsets of {size} frames need at least that many on each side "
                            f"(got {smaller}); pass a smaller --kid-subset-size")
     g, r = torch.from_numpy(generated).double(), torch.from_numpy(real).double()
-    fid = FrechetInceptionDistance(feature=_Given())
+    fid = FrechetInceptionDistance(feature=_Given(real.shape[1]))
     fid.update(r, real=True)
     fid.update(g, real=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "KID keeps every feature in memory": as meant
-        kid = KernelInceptionDistance(feature=_Given(), subsets=subsets, subset_size=size)
+        kid = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=subsets, subset_size=size)
     kid.update(r, real=True)
     kid.update(g, real=False)
     with torch.random.fork_rng(devices=[]):
@@ -234,8 +236,11 @@ class Measurer:
         return distances(generated, self.real, s.kid_subsets, s.kid_subset_size, s.seed)
 
 
-def prepare(settings: RealismSettings) -> Measurer:
-    """Build the feature network and get the real set's features (from the cache when it has them)."""
+def prepare(settings: RealismSettings, net: FeatureNet | None = None) -> Measurer:
+    """Build the feature network (unless ``net`` is given) and get the real set's features (from the
+    cache when it has them)."""
+    if net is not None:
+        return Measurer(settings, net, _real_features(settings, net))
     device = settings.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -282,15 +287,20 @@ def _files(path: Path) -> list[Path]:
         return [path / rel for rel in source.files]
 
 
-def evaluate_realism(cfg: RealismConfig) -> RealismReport:
+def evaluate_realism(cfg: RealismConfig, net: FeatureNet | None = None) -> RealismReport:
     """FID and KID of ``cfg.generated`` against the real set, with the artifact check if ``inputs``.
+
+    Args:
+        cfg: what to measure.
+        net: a feature network already built (reused across calls, or another extractor);
+            None builds the one ``cfg.settings`` names.
 
     Raises:
         GtacityError: (subclasses) unreadable sets, too few frames, weights unavailable offline,
             inputs that do not pair with the generated frames.
     """
     s = cfg.settings
-    measurer = prepare(s)
+    measurer = prepare(s, net)
     scores: list[ArtifactScore] = []
     generated = frames(cfg.generated, s.max_frames, "generated", s.progress)
     if cfg.inputs is not None:

@@ -23,7 +23,7 @@ import numpy as np
 from gtacity.checkpoint import load_generator
 from gtacity.engine.backends import Backend, create_backend
 from gtacity.engine.measure.artifacts import ArtifactScore, ArtifactSummary, peak_prominence, score_from
-from gtacity.engine.measure.features import RESIZE_MODE, SIZE
+from gtacity.engine.measure.features import RESIZE_MODE, SIZE, FeatureNet
 from gtacity.engine.measure.realism import Distances, Measurer, RealismError, RealismSettings, frames, prepare
 from gtacity.engine.pipeline import to_batch, to_frames
 from gtacity.engine.sources import open_source
@@ -133,8 +133,10 @@ def run_generators(run: str | Path, direction: str) -> list[tuple[int, Path]]:
     return found
 
 
-def evaluate_run(cfg: RunRealismConfig) -> RunReport:
+def evaluate_run(cfg: RunRealismConfig, net: FeatureNet | None = None) -> RunReport:
     """Score every saved generator of a run on ``cfg.images`` against the real set.
+
+    ``net``: a feature network already built; None builds the one ``cfg.settings`` names.
 
     Raises:
         GtacityError: (subclasses) no generators, unreadable frames or weights, too few frames,
@@ -144,7 +146,7 @@ def evaluate_run(cfg: RunRealismConfig) -> RunReport:
     if cfg.best_to is not None and Path(cfg.best_to).exists():
         raise RealismError(f"{cfg.best_to} exists; remove it or choose another --best-to")
     found = run_generators(cfg.run, cfg.direction)
-    measurer = prepare(s)
+    measurer = prepare(s, net)
     input_peaks = [peak_prominence(im) for im in frames(cfg.images, s.max_frames)]
     rows = []
     for step, path in found:
