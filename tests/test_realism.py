@@ -101,7 +101,7 @@ def test_clean_fid_values_are_reproduced_on_the_same_images(tmp_path):
 
 
 def test_real_features_are_cached_by_content(tmp_path):
-    gen, real = write_set(tmp_path / "gen", 4, (200, 60, 40), 0), write_set(tmp_path / "real", 4, (60, 90, 190), 1)
+    real = write_set(tmp_path / "real", 4, (60, 90, 190), 1)
     settings = RealismSettings(real=real, cache_dir=str(tmp_path / "cache"), progress=False)
     first = prepare(settings, tiny_net())
     cached = list((tmp_path / "cache" / "realism").glob("real-*.npy"))
