@@ -81,11 +81,13 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, epochs_decay: int) -
 
 @dataclass
 class TrainResult:
-    """What :func:`train` leaves: the run folder, the step it stopped at and the trained nets."""
+    """What :func:`train` leaves: the run folder, the step it stopped at and the trained nets; when the
+    run finished (rank 0), ``files``: its training images per domain (``"gta"``, ``"city"``)."""
 
     run_dir: Path
     step: int
     model: CycleGAN
+    files: dict[str, list[Path]] = field(default_factory=dict)
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress_bar: bool = True,
@@ -134,7 +136,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress_bar: bool = True,
         _print(rank, f"stopped at step {progress.step} of {total}; continue with: gtacity train --resume {run_dir}")
     if dist.is_initialized():
         dist.destroy_process_group()
-    return TrainResult(run_dir, progress.step, model)
+    finished = progress.step == total and rank == 0  # what the trained generators' int8 models are calibrated on
+    return TrainResult(run_dir, progress.step, model,
+                       {"gta": list(dataset.gta), "city": list(dataset.city)} if finished else {})
 
 
 @dataclass
@@ -202,6 +206,7 @@ def _dataset(cfg: TrainConfig) -> tuple[UnpairedDataset, str | None]:
     else:
         raise DataError("no training data: pass --gta DIR and --city DIR, or --data DIR (cityscapes2gta layout)")
     return UnpairedDataset(gta, city, cfg.preprocess, seed=cfg.seed), gta_side
+
 
 
 def _loader(dataset, sampler: ResumableSampler, cfg: TrainConfig, device) -> DataLoader:
