@@ -222,3 +222,32 @@ class Backend(ABC):
     @abstractmethod
     def _run(self, built: Any, batch: torch.Tensor) -> torch.Tensor:
         """Run one checked batch with what :meth:`_build` returned for its shape."""
+
+
+class FirstBatchCheck:
+    """A backend whose first output is checked to be finite; every other attribute is the wrapped one's.
+
+    A generator with NaN weights, or one whose activations overflow (fp16), translates to black or
+    garbage frames without any error. One check of the first batch (one device sync) stops such a
+    job before it writes a single output; later batches are not checked (they cost nothing extra).
+    """
+
+    def __init__(self, backend, weights: str):
+        self._backend, self._weights = backend, weights
+        self._checked = False
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        """The wrapped backend's output; the first one raises :class:`BackendError` if not finite."""
+        out = self._backend.infer(batch)
+        if not self._checked:
+            if not bool(torch.isfinite(out).all()):
+                raise BackendError(
+                    f"{self._weights}: the generator's output holds NaN or Inf values ({self._backend.name} "
+                    f"{self._backend.precision}); its weights are damaged or overflow at this precision: "
+                    "use a sound generator file (retrain, or export it again), or try --precision fp32"
+                )
+            self._checked = True
+        return out
