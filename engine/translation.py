@@ -211,7 +211,8 @@ def _pixel_limit(cfg: TranslateConfig, tiling: Tiling) -> PixelLimit:
     if cfg.max_pixels is not None:
         return PixelLimit(cfg.max_pixels, "set by --max-pixels")
     free = free_memory()
-    return PixelLimit(max_frame_pixels(tiling, free), f"what the {free / 2**30:.1f} GiB of memory free here can translate")
+    why = f"what the {free / 2**30:.1f} GiB of memory free here can translate"
+    return PixelLimit(max_frame_pixels(tiling, free), why)
 
 
 def _translate_folder(cfg: TranslateConfig, items, shard, backend: Backend, info: GeneratorInfo,

@@ -67,8 +67,9 @@ def decode_full(path: str | Path, max_pixels: int | None = None) -> tuple[np.nda
 
     Args:
         path: the file.
-        max_pixels: refuse, before decoding, a file whose header declares more pixels (or whose
-            size cannot be read from its header); None decodes any size OpenCV accepts.
+        max_pixels: refuse, before decoding, a file whose header declares more pixels, or whose
+            size cannot be read from its header (another format than those gtacity reads, which
+            could hide a memory bomb); None decodes anything OpenCV accepts.
 
     Raises:
         OSError: the file cannot be read.
@@ -83,7 +84,7 @@ def decode_full(path: str | Path, max_pixels: int | None = None) -> tuple[np.nda
     if max_pixels is not None:
         size = image_size(data)
         if size is None:
-            raise ImageDecodeError("its size cannot be read from its header (not a PNG, JPEG, WebP, BMP or TIFF file)")
+            raise ImageDecodeError("not a PNG, JPEG, WebP, BMP or TIFF file")
         if size[0] * size[1] > max_pixels:
             raise ImageTooLargeError(*size, max_pixels)
     # JPEG holds neither alpha nor 16 bits; decoding it as colour keeps OpenCV's EXIF rotation,
@@ -109,7 +110,7 @@ def decode_full(path: str | Path, max_pixels: int | None = None) -> tuple[np.nda
 def _opencv_reason(error: Exception) -> str:
     """The assertion of an OpenCV error (``pixels <= CV_IO_MAX_IMAGE_PIXELS``), not its source path."""
     text = " ".join(str(error).split())
-    found = re.search(r"\) (.*?) in function", text)
+    found = re.search(r"error: \([^)]*\) (.*?) in function", text)
     return found[1] if found else text
 
 

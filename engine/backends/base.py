@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import torch
 from torch import nn
 
+from gtacity.checkpoint import check_finite_output
 from gtacity.errors import BackendError
 from gtacity.nets import MIN_SIZE, SIZE_MULTIPLE
 
@@ -227,8 +228,8 @@ class Backend(ABC):
 class FirstBatchCheck:
     """A backend whose first output is checked to be finite; every other attribute is the wrapped one's.
 
-    A generator with NaN weights, or one whose activations overflow (fp16), translates to black or
-    garbage frames without any error. One check of the first batch (one device sync) stops such a
+    A generator whose activations overflow (finite weights that blow up, or fp16), translates to
+    black or garbage frames without any error. One check of the first batch (one device sync) stops such a
     job before it writes a single output; later batches are not checked (they cost nothing extra).
     """
 
@@ -240,14 +241,13 @@ class FirstBatchCheck:
         return getattr(self._backend, name)
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
-        """The wrapped backend's output; the first one raises :class:`BackendError` if not finite."""
+        """The wrapped backend's output; the first one must be finite.
+
+        Raises:
+            CheckpointError: the first output holds NaN or Inf values (naming the weights).
+        """
         out = self._backend.infer(batch)
         if not self._checked:
-            if not bool(torch.isfinite(out).all()):
-                raise BackendError(
-                    f"{self._weights}: the generator's output holds NaN or Inf values ({self._backend.name} "
-                    f"{self._backend.precision}); its weights are damaged or overflow at this precision: "
-                    "use a sound generator file (retrain, or export it again), or try --precision fp32"
-                )
+            check_finite_output(out, self._weights, self._backend.precision)
             self._checked = True
         return out

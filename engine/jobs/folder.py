@@ -37,7 +37,14 @@ from gtacity.engine.stream.imagepool import ImageTask, PooledImageSource, Pooled
 from gtacity.engine.stream.pipeline import run_pipeline, run_with_progress
 from gtacity.engine.stream.stages import STAGES, StageTimes
 from gtacity.errors import GtacityError
-from gtacity.files import STOPPING_ERRNOS, WriteError, remove_stale_partials_under, run_owner, write_error, written_whole
+from gtacity.files import (
+    STOPPING_ERRNOS,
+    WriteError,
+    remove_stale_partials_under,
+    run_owner,
+    write_error,
+    written_whole,
+)
 
 FAILURES = "gtacity-failures"
 

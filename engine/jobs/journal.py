@@ -121,7 +121,8 @@ def _live_runs(root: Path, run_id: str) -> list[_LiveRun]:
             continue
         info = json.loads(lines[1][4:]) if len(lines) > 1 and lines[1].startswith("run ") else {}
         shard = info.get("shard")
-        who = f"pid {info.get('pid', '?')} on {info.get('host', '?')}, " + (f"shard {shard}" if shard else "the whole job")
+        what = f"shard {shard}" if shard else "the whole job"
+        who = f"pid {info.get('pid', '?')} on {info.get('host', '?')}, {what}"
         found.append(_LiveRun(lines[0][6:], shard, who))
     return found
 
