@@ -243,7 +243,8 @@ def test_bench_e2e_on_a_folder_runs_the_pooled_folder_path(tmp_path):
 
 
 def test_cleanup_removes_dead_runs_leftovers_and_keeps_live_ones(tmp_path):
-    from gtacity.engine.jobs.journal import RunJournal, clean_leftovers, temp_name
+    from gtacity.engine.jobs.journal import RunJournal, clean_leftovers
+    from gtacity.files import partial_path
 
     live, dead, old = RunJournal(tmp_path), RunJournal(tmp_path), RunJournal(tmp_path)
     live.start("t1")  # holds its lock, like a shard still running
@@ -252,7 +253,7 @@ def test_cleanup_removes_dead_runs_leftovers_and_keeps_live_ones(tmp_path):
     old.start("t0")  # a run of settings since replaced with --overwrite
     old.close()
     (tmp_path / "sub").mkdir()
-    mine, theirs = (temp_name(tmp_path / "sub" / "a.png", run.run_id) for run in (live, dead))
+    mine, theirs = (partial_path(tmp_path / "sub" / "a.png", run.owner) for run in (live, dead))
     for path in (mine, theirs, tmp_path / ".other-hidden.png"):
         path.write_bytes(b"x")
     assert clean_leftovers(tmp_path, "t1") == 1
