@@ -108,6 +108,7 @@ class _LiveRun:
     token: str
     shard: str | None
     who: str
+    described: bool  # False for an earlier version's run, whose journal does not say its shard
 
 
 def _live_runs(root: Path, run_id: str) -> list[_LiveRun]:
@@ -119,12 +120,21 @@ def _live_runs(root: Path, run_id: str) -> list[_LiveRun]:
             continue
         if not is_alive(root, journal.stem):
             continue
-        info = json.loads(lines[1][4:]) if len(lines) > 1 and lines[1].startswith("run ") else {}
+        info = _run_line(lines[1] if len(lines) > 1 else "")
         shard = info.get("shard")
         what = f"shard {shard}" if shard else "the whole job"
-        who = f"pid {info.get('pid', '?')} on {info.get('host', '?')}, {what}"
-        found.append(_LiveRun(lines[0][6:], shard, who))
+        who = f"pid {info.get('pid', '?')} on {info.get('host', '?')}, {what}" if info else "of an earlier gtacity version"
+        found.append(_LiveRun(lines[0][6:], shard, who, bool(info)))
     return found
+
+
+def _run_line(line: str) -> dict:
+    """What a journal's ``run {...}`` line says ({} for another line or a damaged one)."""
+    try:
+        info = json.loads(line[4:]) if line.startswith("run ") else {}
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _check_company(root: Path, run_id: str, token: str, shard: str | None) -> None:
@@ -135,6 +145,8 @@ def _check_company(root: Path, run_id: str, token: str, shard: str | None) -> No
                 f"{root}: another run ({other.who}) is writing this folder with other settings; "
                 "wait for it to finish or choose another output folder"
             )
+        if not other.described:
+            continue
         if shard is None or other.shard is None or other.shard == shard or \
                 other.shard.split("/")[1] != shard.split("/")[1]:
             raise JobStateError(
