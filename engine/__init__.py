@@ -52,6 +52,7 @@ _PUBLIC = {
     "evaluate_run": "gtacity.engine.measure.realism_run",
     "RunRealismConfig": "gtacity.engine.measure.realism_run",
     "artifact_score": "gtacity.engine.measure.artifacts",
+    "read_failures": "gtacity.engine.jobs.folder",
 }
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     "evaluate_realism",
     "evaluate_run",
     "export",
+    "read_failures",
     "run_bench",
     "translate",
 ]
@@ -102,6 +104,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from gtacity.engine.backends import BACKENDS, Backend, BackendError, available_backends, create_backend
     from gtacity.engine.exporters import FORMATS, ExportConfig, ExportError, export
     from gtacity.engine.frames import Frame
+    from gtacity.engine.jobs.folder import read_failures
     from gtacity.engine.measure.artifacts import artifact_score
     from gtacity.engine.measure.bench import run_bench
     from gtacity.engine.measure.bench_plan import BenchConfig, BenchError

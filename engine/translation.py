@@ -17,20 +17,22 @@ from tqdm import tqdm
 
 from gtacity.checkpoint import DIRECTIONS, GeneratorInfo, bundled_generator, generator_path, load_generator
 from gtacity.engine.backends import Backend, create_backend
-from gtacity.engine.backends.tiling import TiledBackend, Tiling
+from gtacity.engine.backends.base import FirstBatchCheck
+from gtacity.engine.backends.tiling import TiledBackend, Tiling, max_frame_pixels
 from gtacity.engine.exporters.int8 import calibration_frames, check_frames
 from gtacity.engine.jobs.folder import FolderJob, JobSummary, job_settings, list_job, run_folder_job
 from gtacity.engine.jobs.shards import parse_shard
 from gtacity.engine.media.damage import Damage
 from gtacity.engine.media.planes import use_planes
 from gtacity.engine.media.sinks import open_sink
-from gtacity.engine.media.sources import open_source
+from gtacity.engine.media.sources import PixelLimit, open_source
 from gtacity.engine.media.trees import LABEL_MODES
 from gtacity.engine.stream.imagepool import default_workers
 from gtacity.engine.stream.pipeline import run_with_progress
 from gtacity.engine.stream.stages import StageTimes
 from gtacity.engine.temporal.remedies import FlowBlend, backend_for, check_mode, smooth_norm_stats, tile_setting
 from gtacity.errors import GtacityError
+from gtacity.hardware import free_memory
 
 
 class TranslateError(GtacityError):
@@ -82,6 +84,11 @@ class TranslateConfig:
     unless ``overwrite`` (which redoes every file).
         calibration: int8 only: a video, image folder or image to calibrate on; None = the job's
             own input (up to 32 frames spread over it; see :mod:`gtacity.engine.exporters.int8`).
+        max_pixels: refuse an input image with more pixels, before decoding it (in a folder job it
+            is listed as failed and the rest is translated); None decides from the memory free
+            when the job starts and what one frame costs
+            (:func:`gtacity.engine.backends.tiling.max_frame_pixels`), so a small file declaring
+            a huge picture cannot exhaust the memory.
     """
 
     input: str | Path
@@ -105,6 +112,7 @@ class TranslateConfig:
     workers: int | None = None
     calibration: str | Path | None = None
     temporal: str = "off"
+    max_pixels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -166,11 +174,13 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
     items = list_job(Path(cfg.input), Path(cfg.output), cfg.dataset, cfg.labels) if folder else None
     check_mode(cfg.temporal, folder)
     net, info = _generator(cfg)
-    backend = _backend(cfg, net, info)
+    tiling = Tiling(tile=tile_setting(cfg.temporal, cfg.tile), ngf=info.ngf)
+    backend = _backend(cfg, net, tiling)
+    limit = _pixel_limit(cfg, tiling)
     batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
     if folder:
-        return _translate_folder(cfg, items, shard, backend, info, batch_size)
-    return _translate_one(cfg, backend, info, batch_size)
+        return _translate_folder(cfg, items, shard, backend, info, batch_size, limit)
+    return _translate_one(cfg, backend, info, batch_size, limit)
 
 
 def _check_numbers(cfg: TranslateConfig) -> None:
@@ -182,35 +192,47 @@ def _check_numbers(cfg: TranslateConfig) -> None:
         raise TranslateError(f"--streams must be at least 1, got {cfg.streams}")
     if cfg.tile is not None and cfg.tile != 0 and cfg.tile < MIN_TILE:
         raise TranslateError(f"--tile must be 0 (never tile) or at least {MIN_TILE}, got {cfg.tile}")
+    if cfg.max_pixels is not None and cfg.max_pixels < 1:
+        raise TranslateError(f"--max-pixels must be at least 1, got {cfg.max_pixels}")
 
 
-def _backend(cfg: TranslateConfig, net, info: GeneratorInfo) -> Backend:
-    """The backend ``cfg`` asks for, calibrated, smoothed for ``--temporal stats``, tiling huge frames."""
+def _backend(cfg: TranslateConfig, net, tiling: Tiling) -> Backend:
+    """The backend ``cfg`` asks for, calibrated, smoothed for ``--temporal stats``, tiling huge
+    frames, its first output checked."""
     backend = create_backend(backend_for(cfg.temporal, cfg.backend), net, precision=cfg.precision, device=cfg.device)
     _calibrate(backend, cfg)
     if cfg.temporal == "stats":
         backend = smooth_norm_stats(backend)
-    tile = tile_setting(cfg.temporal, cfg.tile)
-    return TiledBackend(backend, Tiling(tile=tile, ngf=info.ngf))
+    return FirstBatchCheck(TiledBackend(backend, tiling), str(_weights_path(cfg)))
+
+
+def _pixel_limit(cfg: TranslateConfig, tiling: Tiling) -> PixelLimit:
+    """``--max-pixels``, or what the memory free now (the generator loaded) can translate."""
+    if cfg.max_pixels is not None:
+        return PixelLimit(cfg.max_pixels, "set by --max-pixels")
+    free = free_memory()
+    why = f"what the {free / 2**30:.1f} GiB of memory free here can translate"
+    return PixelLimit(max_frame_pixels(tiling, free), why)
 
 
 def _translate_folder(cfg: TranslateConfig, items, shard, backend: Backend, info: GeneratorInfo,
-                      batch_size: int) -> TranslateReport:
+                      batch_size: int, limit: PixelLimit) -> TranslateReport:
     settings = job_settings(_weights_path(cfg), info.direction, backend, cfg.dataset, cfg.labels,
                             any(i.kind == "video" for i in items), cfg.crf, cfg.preset)
     job = FolderJob(Path(cfg.input), Path(cfg.output), settings, cfg.overwrite, shard, cfg.dataset,
                     cfg.labels, cfg.workers or default_workers(), cfg.crf, cfg.preset, cfg.progress,
                     log=lambda line: tqdm.write(line, file=sys.stderr), streams=cfg.streams,
-                    allow_damaged=cfg.allow_damaged)
+                    allow_damaged=cfg.allow_damaged, limit=limit)
     done = run_folder_job(job, items, backend, batch_size)
     return TranslateReport(job.output, done.frames, done.times, backend.name, backend.precision,
                            info, job=done)
 
 
-def _translate_one(cfg: TranslateConfig, backend: Backend, info: GeneratorInfo, batch_size: int) -> TranslateReport:
+def _translate_one(cfg: TranslateConfig, backend: Backend, info: GeneratorInfo, batch_size: int,
+                   limit: PixelLimit) -> TranslateReport:
     """One video or image into ``cfg.output``."""
     # On CUDA a video's colour is converted on the GPU, fused with the generator's layout.
-    with open_source(cfg.input, planes=use_planes(backend.device, cfg.temporal)) as source:
+    with open_source(cfg.input, planes=use_planes(backend.device, cfg.temporal), limit=limit) as source:
         sink = open_sink(cfg.output, source, overwrite=cfg.overwrite, crf=cfg.crf, preset=cfg.preset)
         frames = source
         if cfg.temporal == "flow":

@@ -140,6 +140,9 @@ Examples:
 @click.option("--tile", type=int, default=None, metavar="N",
               help="Translate frames larger than N pixels in overlapping NxN tiles; 0 never tiles.  "
                    "[default: tiles of 1024 when a frame would need more than 4 GiB]")
+@click.option("--max-pixels", type=int, default=None, metavar="N",
+              help="Refuse (in a folder: list and skip) images with more pixels, before decoding them.  "
+                   "[default: what the free memory can translate]")
 @click.option("--allow-damaged", is_flag=True,
               help="Exit 0 when the input video is damaged (the summary still says what was lost).")
 @click.option("--temporal", default="off", show_default=True, type=click.Choice(["off", "stats", "flow"]),

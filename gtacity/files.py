@@ -18,12 +18,49 @@ Used by every file the project writes: outputs of translate (with the lock of
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from gtacity.errors import GtacityError
+
+# Write errors no retry of the next file avoids: a job stops on them instead of failing file by file.
+STOPPING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+_ADVICE = {
+    errno.ENOSPC: "the disk is full; free some space (or choose an output on another disk) and rerun",
+    errno.EDQUOT: "the disk quota is used up; free some space (or choose an output on another disk) and rerun",
+    errno.EROFS: "the file system is read-only; choose an output folder on a writable disk",
+    errno.EACCES: "no permission to write there; choose another output folder or change its permissions",
+    errno.EPERM: "no permission to write there; choose another output folder or change its permissions",
+}
+
+
+class WriteError(GtacityError):
+    """A file the machine will not let us write: a full disk, a read-only mount, no permission.
+
+    Attributes:
+        errno: the system's error number (``errno.ENOSPC`` ...).
+    """
+
+    def __init__(self, message: str, number: int | None = None):
+        super().__init__(message)
+        self.errno = number
+
+    @property
+    def stopping(self) -> bool:
+        """Whether every later write would fail the same way (full disk, read-only mount)."""
+        return self.errno in STOPPING_ERRNOS
+
+
+def write_error(error: OSError, path: str | Path) -> WriteError:
+    """``error`` (from writing ``path``: the file as the user knows it, not its partial name) as one
+    line: the file, the system's words, what to do."""
+    advice = _ADVICE.get(error.errno, "check the folder is writable and the disk has free space")
+    return WriteError(f"{path}: cannot be written ({error.strerror}); {advice}", error.errno)
 
 
 def partial_path(final: Path, owner: str | None = None) -> Path:

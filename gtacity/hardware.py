@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,3 +193,41 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def free_memory() -> int:
+    """Bytes this process can still allocate: the least of the memory the kernel reports available,
+    what its cgroup (a container's or Slurm job's limit) leaves, and what its address-space limit
+    (``ulimit -v``) leaves."""
+    available = _proc_kib("/proc/meminfo", "MemAvailable:")
+    if available is None:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    found = [available, _cgroup_headroom()]
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit != resource.RLIM_INFINITY:
+        found.append(limit - (_proc_kib("/proc/self/status", "VmSize:") or 0))
+    return max(0, min(v for v in found if v is not None))
+
+
+def _proc_kib(path: str, field: str) -> int | None:
+    """A ``FIELD: N kB`` line of a /proc file, in bytes (None where there is no such file)."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cgroup_headroom() -> int | None:
+    """cgroup v2's ``memory.max`` minus ``memory.current`` for this process's group, if limited."""
+    try:
+        group = Path("/proc/self/cgroup").read_text().strip().split("\n")[0].split(":", 2)[2]
+        folder = Path("/sys/fs/cgroup") / group.lstrip("/")
+        limit = (folder / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int((folder / "memory.current").read_text())
+    except (OSError, IndexError, ValueError):
+        return None

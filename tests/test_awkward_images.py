@@ -202,7 +202,8 @@ def test_huge_frames_are_tiled_automatically_and_on_request(tmp_path, weights, t
 
 
 # The child imports everything, then caps its address space a little above what it already uses:
-# far too little to translate a 1.5 Mpx frame whole, so a real allocation fails mid-job.
+# far too little to translate a 1.5 Mpx frame whole, so a real allocation fails mid-job (once
+# --max-pixels lifts the limit that would refuse the frame before decoding it).
 _CAPPED = """import resource, sys
 import gtacity.cli, gtacity.engine.translation, gtacity.engine.backends.torch_backend
 size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
@@ -218,7 +219,7 @@ def test_running_out_of_memory_is_one_line(tmp_path, weights):
     cv2.imwrite(str(tmp_path / "big.png"), image)
     done = subprocess.run([sys.executable, "-c", _CAPPED, "translate", str(tmp_path / "big.png"),
                            "-o", str(tmp_path / "out.png"), "--weights", str(weights),
-                           "--backend", "torch", "--tile", "0", "-q"],
+                           "--backend", "torch", "--tile", "0", "-q", "--max-pixels", "10000000"],
                           capture_output=True, text=True, timeout=300,
                           # One BLAS and one OpenMP thread: under the address-space cap, each
                           # extra thread's stack and malloc arena could exhaust the headroom

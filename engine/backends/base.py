@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import torch
 from torch import nn
 
+from gtacity.checkpoint import check_finite_output
 from gtacity.errors import BackendError
 from gtacity.nets import MIN_SIZE, SIZE_MULTIPLE
 
@@ -227,3 +228,31 @@ class Backend(ABC):
     @abstractmethod
     def _run(self, built: Any, batch: torch.Tensor) -> torch.Tensor:
         """Run one checked batch with what :meth:`_build` returned for its shape."""
+
+
+class FirstBatchCheck:
+    """A backend whose first output is checked to be finite; every other attribute is the wrapped one's.
+
+    A generator whose activations overflow (finite weights that blow up, or fp16), translates to
+    black or garbage frames without any error. One check of the first batch (one device sync) stops such a
+    job before it writes a single output; later batches are not checked (they cost nothing extra).
+    """
+
+    def __init__(self, backend, weights: str):
+        self._backend, self._weights = backend, weights
+        self._checked = False
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        """The wrapped backend's output; the first one must be finite.
+
+        Raises:
+            CheckpointError: the first output holds NaN or Inf values (naming the weights).
+        """
+        out = self._backend.infer(batch)
+        if not self._checked:
+            check_finite_output(out, self._weights, self._backend.precision)
+            self._checked = True
+        return out

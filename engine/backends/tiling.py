@@ -35,7 +35,10 @@ DEFAULT_TILE = 1024
 # (benchmarks/tile_seams.py, tiles of 512): without overlap a seam is a 22-level step; with 32 or
 # 64 px of ramp it is under 1 level more than the whole-frame picture has there. 64 leaves margin.
 DEFAULT_OVERLAP = 64
-
+# What a frame costs outside the generator, per pixel: the decoded file and its RGB copy, the float32
+# batch in and out, the uint8 translation and the encoder's copy. Measured 54-60 bytes (peak RSS over
+# a 64x48 run; 8-bit PNGs of 12 and 24 Mpx, tiles of 512); 16-bit frames cost more.
+FRAME_BYTES_PER_PIXEL = 64
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,17 @@ class Tiling:
 def estimated_bytes(height: int, width: int, ngf: int) -> int:
     """Peak inference memory to translate one ``height`` x ``width`` frame whole (an estimate)."""
     return BYTES_PER_NGF_PIXEL * ngf * height * width
+
+
+def max_frame_pixels(tiling: Tiling, free: int) -> int:
+    """The most pixels one frame may have for its translation to fit in ``free`` bytes: the frame's
+    own buffers plus the generator's memory for one tile (or for the whole frame when ``tiling``
+    never tiles). Any bigger frame would exhaust the memory, so it is refused before decoding."""
+    if tiling.tile == 0:
+        return free // (FRAME_BYTES_PER_PIXEL + BYTES_PER_NGF_PIXEL * tiling.ngf)
+    tile = DEFAULT_TILE if tiling.tile is None else tiling.tile
+    inference = min(estimated_bytes(tile, tile, tiling.ngf), tiling.budget)
+    return max(0, free - inference) // FRAME_BYTES_PER_PIXEL
 
 
 class TiledBackend:

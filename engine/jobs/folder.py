@@ -12,6 +12,8 @@ resumes it. A file that fails is reported, listed in the failures file, and the 
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 import shutil
 import threading
 from collections.abc import Callable
@@ -29,13 +31,20 @@ from gtacity.engine.jobs.journal import MANIFEST, RunJournal, clean_leftovers, d
 from gtacity.engine.jobs.shards import Shard
 from gtacity.engine.media.planes import use_planes
 from gtacity.engine.media.sinks import check_folder_target, open_sink, write_image
-from gtacity.engine.media.sources import SourceError, open_source, read_image
+from gtacity.engine.media.sources import PixelLimit, SourceError, open_source, read_image
 from gtacity.engine.media.trees import Item, list_items, write_train_ids
 from gtacity.engine.stream.imagepool import ImageTask, PooledImageSource, PooledWriter, pool_stage_times
 from gtacity.engine.stream.pipeline import run_pipeline, run_with_progress
 from gtacity.engine.stream.stages import STAGES, StageTimes
 from gtacity.errors import GtacityError
-from gtacity.files import remove_stale_partials_under, run_owner, written_whole
+from gtacity.files import (
+    STOPPING_ERRNOS,
+    WriteError,
+    remove_stale_partials_under,
+    run_owner,
+    write_error,
+    written_whole,
+)
 
 FAILURES = "gtacity-failures"
 
@@ -56,6 +65,7 @@ class FolderJob:
         allow_damaged: count a damaged video (decode errors, lost frames, an early end) as done;
             otherwise its output is kept but it is listed as failed, and a rerun tries it again.
         log: takes one line per failed item as it happens (and nothing else).
+        limit: images with more pixels are listed as failed, never decoded.
     """
 
     input: Path
@@ -72,6 +82,7 @@ class FolderJob:
     streams: int | None = None
     allow_damaged: bool = False
     log: Callable[[str], None] = lambda line: None
+    limit: PixelLimit | None = None
 
 
 @dataclass
@@ -144,7 +155,7 @@ def run_folder_job(job: FolderJob, items: list[Item], backend: Backend, batch_si
         # Debris of a killed plain translation (dead writers' partial files) is not a user's file;
         # with no manifest yet, no shard of this job can be writing here.
         remove_stale_partials_under(job.output)
-    journal = open_job(job.output, job.settings, job.overwrite)
+    journal = open_job(job.output, job.settings, job.overwrite, job.shard.label if job.shard else None)
     summary = JobSummary(job.output, shard=job.shard)
     try:
         clean_leftovers(job.output, journal.token)
@@ -169,7 +180,7 @@ def run_folder_job(job: FolderJob, items: list[Item], backend: Backend, batch_si
 
 def _fail(job: FolderJob, summary: JobSummary, item: Item, reason: str) -> None:
     summary.failures.append((item.key, reason))
-    job.log(f"failed: {item.key}: {reason}")
+    job.log(f"failed: {escape_name(item.key)}: {escape_name(reason)}")
 
 
 class _Run:
@@ -186,6 +197,7 @@ class _Run:
             return
         workers = self.job.workers
         tasks = [ImageTask(item.source, item) for item in items]
+        read = functools.partial(read_image, limit=self.job.limit)
         with tqdm(total=len(items), unit="image", disable=not self.job.progress, dynamic_ncols=True,
                   desc=f"{self.backend.name} {self.backend.precision}") as bar:
 
@@ -194,7 +206,7 @@ class _Run:
                 bar.update(1)
 
             with ThreadPoolExecutor(workers, thread_name_prefix="gtacity-io") as pool, \
-                    PooledImageSource(self.job.input, tasks, pool, workers, read_image, unreadable) as source:
+                    PooledImageSource(self.job.input, tasks, pool, workers, read, unreadable) as source:
                 writer = PooledWriter(self.job.output, pool, workers, self._write_image)
                 times = run_pipeline(source, writer, self.backend, batch_size=self.batch_size,
                                      streams=self.job.streams, queue_frames=2 * workers,
@@ -218,8 +230,14 @@ class _Run:
             self.journal.done(item.key)
             with self._count:
                 self.summary.translated += 1
-        except (GtacityError, OSError) as e:
-            _fail(self.job, self.summary, item, str(e) if isinstance(e, GtacityError) else f"{e.strerror}: {e.filename}")
+        except OSError as e:
+            if e.errno in STOPPING_ERRNOS:  # a full disk or a read-only mount: every later file would fail too
+                raise write_error(e, item.output) from None
+            _fail(self.job, self.summary, item, f"{e.strerror}: {e.filename}")
+        except GtacityError as e:
+            if isinstance(e, WriteError) and e.stopping:
+                raise
+            _fail(self.job, self.summary, item, str(e))
 
     def video(self, item: Item) -> None:
         try:
@@ -254,12 +272,60 @@ class _Run:
 
 
 def _write_failures(job: FolderJob, summary: JobSummary, run_id: str) -> Path | None:
-    """This shard's failures file (``KEY<TAB>reason`` per line), or none when nothing failed."""
+    """This shard's failures file, or none when nothing failed: UTF-8, one ``KEY<TAB>reason`` line
+    per failed item, both fields escaped by :func:`escape_name` (see :func:`read_failures`)."""
     name = FAILURES if job.shard is None else f"{FAILURES}-shard-{job.shard.index}-of-{job.shard.count}"
     path = job.output / f"{name}.txt"
     if not summary.failures:
         path.unlink(missing_ok=True)
         return None
+    lines = (f"{escape_name(key)}\t{escape_name(why.strip())}\n" for key, why in sorted(summary.failures))
     with written_whole(path, run_owner(run_id)) as partial:
-        partial.write_text("".join(f"{key}\t{' '.join(why.split())}\n" for key, why in sorted(summary.failures)))
+        partial.write_text("".join(lines), encoding="utf-8")
     return path
+
+
+# What a failures list escapes: the backslash, control characters (a newline or tab in a name would
+# break the one-record-per-line format) and the bytes of a name that is not valid UTF-8 (which
+# Python carries as lone surrogates U+DC80..U+DCFF and no UTF-8 file can hold).
+_UNSAFE = re.compile("[\\\\\x00-\x1f\x7f\udc80-\udcff]")
+_SHORT = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_ESCAPE = re.compile(r"\\(\\|n|t|r|x[0-9a-f]{2})")
+
+
+def escape_name(text: str) -> str:
+    r"""``text`` as a failures list writes it: readable (any other Unicode as it is) and on one line.
+
+    ``\\`` for a backslash, ``\n`` ``\t`` ``\r`` for those characters, ``\xNN`` for another
+    control character (NN below 80) or for a byte of a name that is not valid UTF-8 (NN from 80).
+    """
+
+    def one(match: re.Match) -> str:
+        char = match[0]
+        code = ord(char) - 0xDC00 if char >= "\udc80" else ord(char)
+        return _SHORT.get(char, f"\\x{code:02x}")
+
+    return _UNSAFE.sub(one, text)
+
+
+def unescape_name(text: str) -> str:
+    """The inverse of :func:`escape_name`; an undecodable byte comes back as Python names it in a
+    path (``os.fsdecode``), so the result opens the file."""
+
+    def one(match: re.Match) -> str:
+        code = match[1]
+        if code[0] == "x":
+            value = int(code[1:], 16)
+            return chr(0xDC00 + value if value >= 0x80 else value)
+        return {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}[code]
+
+    return _ESCAPE.sub(one, text)
+
+
+def read_failures(path: Path) -> list[tuple[str, str]]:
+    """A failures list's ``(key, reason)`` records, names unescaped."""
+    records = []
+    for line in path.read_text(encoding="utf-8").split("\n")[:-1]:
+        key, _, why = line.partition("\t")
+        records.append((unescape_name(key), unescape_name(why)))
+    return records

@@ -5,7 +5,10 @@ Layout inside the output folder::
     .gtacity-job/manifest.json  the manifest: what defines the result (weights file's SHA-256,
                                 direction, backend, precision, gtacity version, dataset options)
                                 + a token
-    .gtacity-job/RUNID.journal  one per run: "token T", then 'done "KEY"' per finished item
+    .gtacity-job/RUNID.journal  one per run: "token T", 'run {"shard": "K/N" or null, "pid": P,
+                                "host": H}', then 'done "KEY"' per finished item
+    .gtacity-job/.start.lock    held while a run starts (reads the manifest, writes its first lines
+                                and looks at the other live runs), so starts never interleave
 
 Everything else in the output folder is the mirrored input (and a failures list when something
 failed). Jobs of earlier versions kept the manifest at the top as ``gtacity-job.json``; it is moved
@@ -19,7 +22,11 @@ and never rewritten: a SIGKILL can lose only the line of an item being finished,
 redone (its output is replaced atomically, never duplicated).
 
 The token changes only when ``--overwrite`` replaces a manifest with different settings; journals of
-an older token no longer count, so outputs made with the old settings are redone.
+an older token no longer count, so outputs made with the old settings are redone. ``--overwrite``
+is refused while another run of the folder is alive: its outputs would mix with the new ones under
+a manifest naming only the new settings. Live runs must be distinct shards of one split (``--shard
+K/N``, the same N): a second run of the whole job, or of the same shard, is refused, as it would
+redo what the first is doing.
 """
 
 from __future__ import annotations
@@ -30,12 +37,15 @@ import fcntl
 import json
 import os
 import secrets
+import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from gtacity.engine.media.lock import OutputLock
 from gtacity.errors import GtacityError
-from gtacity.files import partial_of, partial_path, run_owner, writer_alive, written_whole
+from gtacity.files import partial_of, partial_path, run_owner, write_error, writer_alive, written_whole
 
 STATE_DIR = ".gtacity-job"
 MANIFEST = f"{STATE_DIR}/manifest.json"
@@ -46,8 +56,10 @@ class JobStateError(GtacityError):
     """An output folder that holds another job's results, or a manifest that cannot be read."""
 
 
-def open_job(root: Path, settings: dict[str, str], overwrite: bool) -> RunJournal:
+def open_job(root: Path, settings: dict[str, str], overwrite: bool, shard: str | None = None) -> RunJournal:
     """Start a run in output folder ``root``: its locked journal, under the manifest's token.
+
+    ``shard`` is this run's ``K/N`` (None: the whole job); it must not overlap a live run's.
 
     The manifest is written if there is none. Shards starting together race to create it: exactly
     one wins (a hard link never replaces), the others read the winner's and must agree with it.
@@ -55,9 +67,11 @@ def open_job(root: Path, settings: dict[str, str], overwrite: bool) -> RunJourna
     manifest leaves only files the next run recognises as a dead run's.
 
     Raises:
-        JobStateError: the manifest records different settings (without ``overwrite``), or the
-            folder holds files but no manifest (not a gtacity job; never mixed into without
-            ``overwrite``). Nothing is left in ``root`` then.
+        JobStateError: the manifest records different settings (without ``overwrite``, or with
+            it while another run is alive), the folder holds files but no manifest (not a
+            gtacity job; never mixed into without ``overwrite``), or a live run does the same
+            items. Nothing is left in ``root`` then.
+        WriteError: the folder is read-only or the disk full (no lock or empty manifest is left).
     """
     path = root / MANIFEST
     _move_old_manifest(root)
@@ -68,11 +82,78 @@ def open_job(root: Path, settings: dict[str, str], overwrite: bool) -> RunJourna
         )
     journal = RunJournal(root)
     try:
-        journal.start(_manifest_token(path, settings, overwrite, journal.run_id))
+        with _starting(root):
+            journal.start(_manifest_token(root, settings, overwrite, journal.run_id), shard)
+            _check_company(root, journal.run_id, journal.token, shard)
     except BaseException:
         journal.discard()
         raise
     return journal
+
+
+@contextlib.contextmanager
+def _starting(root: Path) -> Iterator[None]:
+    """Hold the folder's start lock: one run at a time reads the manifest and the live runs."""
+    lock = OutputLock(root / STATE_DIR / "start").acquire(wait=True)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@dataclass(frozen=True)
+class _LiveRun:
+    """Another run of the folder that holds its journal's lock, as its first lines describe it."""
+
+    token: str
+    shard: str | None
+    who: str
+    described: bool  # False for an earlier version's run, whose journal does not say its shard
+
+
+def _live_runs(root: Path, run_id: str) -> list[_LiveRun]:
+    """The folder's other live runs that have started (written their token)."""
+    found = []
+    for journal in (root / STATE_DIR).glob("*.journal"):
+        lines = _complete_lines(journal)
+        if journal.stem == run_id or not lines[:1] or not lines[0].startswith("token "):
+            continue
+        if not is_alive(root, journal.stem):
+            continue
+        info = _run_line(lines[1] if len(lines) > 1 else "")
+        shard = info.get("shard")
+        what = f"shard {shard}" if shard else "the whole job"
+        who = f"pid {info.get('pid', '?')} on {info.get('host', '?')}, {what}" if info else "of an earlier gtacity version"
+        found.append(_LiveRun(lines[0][6:], shard, who, bool(info)))
+    return found
+
+
+def _run_line(line: str) -> dict:
+    """What a journal's ``run {...}`` line says ({} for another line or a damaged one)."""
+    try:
+        info = json.loads(line[4:]) if line.startswith("run ") else {}
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _check_company(root: Path, run_id: str, token: str, shard: str | None) -> None:
+    """Refuse to run beside a live run of other settings, of the whole job or of an overlapping shard."""
+    for other in _live_runs(root, run_id):
+        if other.token != token:
+            raise JobStateError(
+                f"{root}: another run ({other.who}) is writing this folder with other settings; "
+                "wait for it to finish or choose another output folder"
+            )
+        if not other.described:
+            continue
+        if shard is None or other.shard is None or other.shard == shard or \
+                other.shard.split("/")[1] != shard.split("/")[1]:
+            raise JobStateError(
+                f"{root}: another run ({other.who}) is translating this job into this folder, and this one "
+                f"({'shard ' + shard if shard else 'the whole job'}) would redo its files; wait for it "
+                "to finish, or split the job between runs with --shard K/N (the same N, a different K each)"
+            )
 
 
 def _move_old_manifest(root: Path) -> None:
@@ -83,7 +164,8 @@ def _move_old_manifest(root: Path) -> None:
         os.replace(old, root / MANIFEST)
 
 
-def _manifest_token(path: Path, settings: dict[str, str], overwrite: bool, run_id: str) -> str:
+def _manifest_token(root: Path, settings: dict[str, str], overwrite: bool, run_id: str) -> str:
+    path = root / MANIFEST
     existing = _read_manifest(path)
     if existing is None:
         token = secrets.token_hex(8)
@@ -94,15 +176,25 @@ def _manifest_token(path: Path, settings: dict[str, str], overwrite: bool, run_i
                    if settings.get(k) != existing.get(k)]
     if not differences:
         return existing["token"]
+    what = "; ".join(f"{k} was {existing.get(k)!r}, now {settings.get(k)!r}" for k in differences)
     if not overwrite:
-        what = "; ".join(f"{k} was {existing.get(k)!r}, now {settings.get(k)!r}" for k in differences)
         raise JobStateError(
             f"{path.parent}: was made with other settings ({what}); rerun with the same ones to "
             "resume, choose another output folder, or pass --overwrite to redo it with these"
         )
+    busy = _live_runs(root, run_id)
+    if busy:
+        raise JobStateError(
+            f"{root}: another run ({busy[0].who}) is still writing this job with its "
+            f"old settings ({what}); --overwrite now would mix both in one folder; wait for every "
+            "run to finish (or stop them), then rerun"
+        )
     token = secrets.token_hex(8)
-    with written_whole(path, run_owner(run_id)) as partial:
-        _write_json(partial, {**settings, "token": token})
+    try:
+        with written_whole(path, run_owner(run_id)) as partial:
+            _write_json(partial, {**settings, "token": token})
+    except OSError as e:
+        raise write_error(e, path) from None
     return token
 
 
@@ -130,12 +222,15 @@ def _read_manifest(path: Path) -> dict | None:
 
 def _create_once(path: Path, data: dict, run_id: str) -> bool:
     """Create ``path`` with ``data`` unless it exists (atomically); False when another run won."""
-    temp = _write_json(partial_path(path, run_owner(run_id)), data)
+    temp = partial_path(path, run_owner(run_id))
     try:
+        _write_json(temp, data)
         os.link(temp, path)
         return True
     except FileExistsError:
         return False
+    except OSError as e:
+        raise write_error(e, path) from None
     finally:
         temp.unlink(missing_ok=True)
 
@@ -160,16 +255,21 @@ class RunJournal:
         self.owner = run_owner(self.run_id)
         self.token: str | None = None
         folder = root / STATE_DIR
-        folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{self.run_id}.journal"
-        self._file = open(self.path, "x", encoding="utf-8")  # noqa: SIM115 - held for the run
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "x", encoding="utf-8")  # noqa: SIM115 - held for the run
+        except OSError as e:
+            raise write_error(e, folder) from None
         self._lock = threading.Lock()  # items finish on several writer threads
         fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
-    def start(self, token: str) -> None:
-        """Say which manifest token the records that follow belong to (the journal's first line)."""
+    def start(self, token: str, shard: str | None = None) -> None:
+        """Say which manifest token the records that follow belong to (the journal's first line),
+        and who this run is: its shard ``K/N`` (None: the whole job), pid and host."""
         self.token = token
         self._write(f"token {token}")
+        self._write("run " + json.dumps({"shard": shard, "pid": os.getpid(), "host": socket.gethostname()}))
 
     def done(self, key: str) -> None:
         """Record that every output of item ``key`` is in place under its final name."""
@@ -178,12 +278,17 @@ class RunJournal:
     def _write(self, line: str) -> None:
         # One write() per line: a kill lands before or after it, never inside another line.
         with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
+            try:
+                self._file.write(line + "\n")
+                self._file.flush()
+            except OSError as e:
+                raise write_error(e, self.path) from None
 
     def close(self) -> None:
         """Release the lock: from now on this run counts as finished (or dead)."""
-        self._file.close()
+        # A line a full disk refused is still buffered; closing retries it, and fails the same way.
+        with contextlib.suppress(OSError):
+            self._file.close()
 
     def discard(self) -> None:
         """Close and delete the journal of a run that never started (refused settings)."""

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from gtacity.errors import GtacityError
+from gtacity.files import write_error
 
 
 class OutputBusyError(GtacityError):
@@ -47,17 +48,35 @@ class OutputLock:
         self.path = lock_path(final)
         self._fd: int | None = None
 
-    def acquire(self) -> OutputLock:
-        """Take the lock or refuse at once.
+    def acquire(self, wait: bool = False) -> OutputLock:
+        """Take the lock, or refuse at once (``wait``: wait for its holder to release it).
 
         Raises:
             OutputBusyError: another live job is writing the same output.
+            WriteError: the lock file cannot be written (a read-only folder, a full disk); no
+                lock file is left behind.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = self._open(wait)
+        except OSError as e:
+            raise write_error(e, self.final) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            self.path.unlink(missing_ok=True)  # held by us: nobody else is using this file
+            os.close(fd)
+            raise write_error(e, self.final) from None
+        self._fd = fd
+        return self
+
+    def _open(self, wait: bool) -> int:
+        """The locked file descriptor of the lock file at :attr:`path` (created if missing)."""
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except OSError as e:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
@@ -68,12 +87,8 @@ class OutputLock:
                     "wait for it to finish or choose another output"
                 ) from None
             if _same_inode(fd, self.path):
-                break
+                return fd
             os.close(fd)  # unlinked by its previous holder while we waited: lock the new one
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
 
     def release(self) -> None:
         """Remove the lock file and drop the lock (safe to call twice)."""

@@ -27,8 +27,8 @@ from gtacity.engine.frames import Frame, FrameSource, SinkContext
 from gtacity.engine.media.lock import OutputLock
 from gtacity.engine.media.sources import VideoSource, ffmpeg_reason
 from gtacity.errors import GtacityError
-from gtacity.files import partial_path, remove_stale_partials, remove_stale_partials_under, written_whole
-from gtacity.images import ALPHA_EXTENSIONS, DEEP_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from gtacity.files import partial_path, remove_stale_partials, remove_stale_partials_under, write_error, written_whole
+from gtacity.images import ALPHA_EXTENSIONS, DEEP_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, write_image_file
 
 # Audio codecs each container takes as a plain copy (Matroska takes anything). Checked up front:
 # a misfit stream (PCM in .mp4) is only refused when the trailer is written, after all the work.
@@ -336,7 +336,8 @@ def write_image(path: Path, frame: Frame) -> None:
     temporary name: for callers that manage their own (the bulk job's run-stamped names).
 
     Raises:
-        SinkError: OpenCV could not write the file.
+        SinkError: OpenCV cannot encode the frame in that format.
+        OSError: the file system refused the file (full, read-only, no permission).
     """
     # JPEG quality 95 keeps the translation's detail; PNG, BMP and TIFF are lossless and OpenCV
     # writes WebP lossless when no quality is given. (OpenCV 5 warns about options a format does
@@ -347,13 +348,15 @@ def write_image(path: Path, frame: Frame) -> None:
     if image.dtype == np.uint16 and suffix not in DEEP_EXTENSIONS:
         image = _to_8_bit(image)
         alpha = None if alpha is None else _to_8_bit(alpha)
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix in (".jpg", ".jpeg") else []
+    params = (cv2.IMWRITE_JPEG_QUALITY, 95) if suffix in (".jpg", ".jpeg") else ()
     if alpha is not None and suffix in ALPHA_EXTENSIONS:
         bgr = cv2.cvtColor(np.dstack([image, alpha]), cv2.COLOR_RGBA2BGRA)
     else:
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), bgr, params):
-        raise SinkError(f"{path}: could not be written; check free disk space and permissions")
+    try:
+        write_image_file(path, bgr, params)
+    except ValueError as e:
+        raise SinkError(f"{path}: could not be written ({e}); choose another image format") from None
 
 
 def _to_8_bit(pixels: np.ndarray) -> np.ndarray:
@@ -378,8 +381,11 @@ class ImageFolderSink(SinkContext):
     def write(self, frame: Frame) -> None:
         """Write one translated image at its input's relative path."""
         target = self.path / frame.meta
-        with written_whole(target) as partial:
-            write_image(partial, frame)
+        try:
+            with written_whole(target) as partial:
+                write_image(partial, frame)
+        except OSError as e:
+            raise write_error(e, target) from None
 
     def close(self) -> None:
         """Every file was finished as it was written; release the folder."""
@@ -401,8 +407,11 @@ class ImageSink(SinkContext):
 
     def write(self, frame: Frame) -> None:
         """Write the image under its unfinished name."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_image(self._partial, frame)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_image(self._partial, frame)
+        except OSError as e:
+            raise write_error(e, self.path) from None
 
     def close(self) -> None:
         """Move the written image to its final name."""

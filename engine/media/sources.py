@@ -24,11 +24,25 @@ from gtacity.engine.media.colour import VideoColour
 from gtacity.engine.media.damage import Damage
 from gtacity.engine.media.planes import PlaneReader
 from gtacity.errors import GtacityError
-from gtacity.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_full
+from gtacity.images import IMAGE_EXTENSIONS, ImageDecodeError, ImageTooLargeError, decode_full
 
 
 class SourceError(GtacityError):
     """An input that cannot be read; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class PixelLimit:
+    """The most pixels one input image may have, checked from its header before it is decoded.
+
+    Attributes:
+        pixels: the limit.
+        why: where it comes from, as the refusal says it (``"what the 5.2 GiB of memory free here
+            can translate"``, ``"set by --max-pixels"``).
+    """
+
+    pixels: int
+    why: str
 
 
 @dataclass(frozen=True)
@@ -50,7 +64,7 @@ class VideoFrameMeta:
 
 
 def open_source(
-    path: str | Path, *, planes: bool = False
+    path: str | Path, *, planes: bool = False, limit: PixelLimit | None = None
 ) -> VideoSource | ImageFolderSource | ImageSource:
     """Open a video, an image folder (searched recursively) or a single image.
 
@@ -59,6 +73,7 @@ def open_source(
             (-> :class:`ImageSource`), or anything else (-> :class:`VideoSource`).
         planes: a video hands out the decoder's 4:2:0 planes where it can (see
             :class:`VideoSource`); images ignore it.
+        limit: a single image with more pixels is refused before it is decoded.
 
     Raises:
         SourceError: the path is missing or is not a readable video/image/image folder.
@@ -69,7 +84,7 @@ def open_source(
     if path.is_dir():
         return ImageFolderSource(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return ImageSource(path)
+        return ImageSource(path, limit)
     return VideoSource(path, planes=planes)
 
 
@@ -80,17 +95,24 @@ def ffmpeg_reason(error: av.FFmpegError) -> str:
     return error.strerror
 
 
-def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def read_image(path: Path, limit: PixelLimit | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """One image file -> ``(H, W, 3)`` RGB and its alpha plane (or None), uint8, or uint16 for a
     16-bit file (grey converted to RGB).
 
     Raises:
-        SourceError: the file is missing, damaged, cut short or not an image OpenCV can decode.
+        SourceError: the file is missing, damaged, cut short, not an image OpenCV can decode, or
+            has more pixels than ``limit`` (refused before decoding).
     """
     try:
-        return decode_full(path)
+        return decode_full(path, None if limit is None else limit.pixels)
     except OSError as e:
         raise SourceError(f"{path}: cannot be read ({e.strerror}); check the file") from None
+    except ImageTooLargeError as e:
+        pixels = e.width * e.height
+        raise SourceError(
+            f"{path}: {e.width}x{e.height} = {pixels:,} pixels, over the limit of {limit.pixels:,} "
+            f"({limit.why}); pass --max-pixels {pixels} to try anyway, or scale the image down"
+        ) from None
     except ImageDecodeError as e:
         raise SourceError(
             f"{path}: not a readable image ({e}); check the file opens in an image viewer, or "
@@ -307,14 +329,15 @@ def _list_images(root: Path) -> list[PurePosixPath]:
 class ImageSource(SourceContext):
     """A single image file; it is read on open so a bad file fails before any work starts.
 
-    ``Frame.meta`` is the file name (a ``PurePosixPath``).
+    ``Frame.meta`` is the file name (a ``PurePosixPath``). An image over ``limit`` is refused
+    before it is decoded.
     """
 
     kind = "image"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, limit: PixelLimit | None = None):
         self.path = path
-        self._image, self._alpha = read_image(path)
+        self._image, self._alpha = read_image(path, limit)
         self.width, self.height = self._image.shape[1], self._image.shape[0]
 
     def __len__(self) -> int:

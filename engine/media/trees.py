@@ -20,12 +20,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from gtacity.errors import GtacityError
-from gtacity.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from gtacity.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, write_image_file
 
 DATASETS = ("gta5", "cityscapes")
 LABEL_MODES = ("copy", "trainids")
@@ -212,6 +211,13 @@ def to_train_ids(label_ids: np.ndarray) -> np.ndarray:
 
 
 def write_train_ids(label_map: Path, target: Path) -> None:
-    """Write ``label_map``'s train ids as an 8-bit grey PNG at ``target`` (lossless, same size)."""
-    if not cv2.imwrite(str(target), to_train_ids(read_label_ids(label_map))):
-        raise DatasetError(f"{target}: could not be written; check free disk space and permissions")
+    """Write ``label_map``'s train ids as an 8-bit grey PNG at ``target`` (lossless, same size).
+
+    Raises:
+        DatasetError: ``label_map`` is not a label map.
+        OSError: ``target`` cannot be written.
+    """
+    try:
+        write_image_file(target, to_train_ids(read_label_ids(label_map)))
+    except ValueError as e:
+        raise DatasetError(f"{target}: could not be written ({e})") from None
