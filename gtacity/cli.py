@@ -16,6 +16,7 @@ import click
 
 from gtacity import __version__
 from gtacity.cli_learn import data, distill, train
+from gtacity.cli_segment import eval_miou
 from gtacity.errors import GtacityError
 
 _DEBUG = {"on": False}
@@ -347,6 +348,8 @@ def eval_flicker(input, output, as_json, plot, preset, quiet) -> None:
     report = evaluate_flicker(FlickerConfig(input, output, plot=plot, preset=preset, progress=not quiet))
     click.echo(report.to_json() if as_json else report.summary())
 
+
+evaluate.add_command(eval_miou)
 
 for _command in (train, data, distill):
     cli.add_command(_command)
