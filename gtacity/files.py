@@ -15,6 +15,7 @@ Used by every file the project writes: outputs of translate (with the lock of
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -49,6 +50,13 @@ def written_whole(final: str | Path) -> Iterator[Path]:
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def write_json(final: str | Path, data: dict) -> Path:
+    """``data`` as indented JSON at ``final``, written whole (see :func:`written_whole`)."""
+    with written_whole(final) as partial:
+        partial.write_text(json.dumps(data, indent=2) + "\n")
+    return Path(final)
 
 
 _PARTIAL = re.compile(r"\.(?P<name>.+)\.partial-(?P<pid>\d+)-[0-9a-f]{8}(?P<ext>\.[^.]+)?")
