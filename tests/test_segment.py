@@ -178,3 +178,16 @@ def test_resume_after_sigkill_is_exact(game, tmp_path):
         assert torch.equal(a, b), name
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 16 and reached + 1 in steps
+
+
+@pytest.mark.cuda
+def test_deeplab_on_cuda_trains_with_amp_and_channels_last(game, tmp_path):
+    rec = recipe("deeplabv3-mobilenet", train_width=160, eval_width=160, crop=(80, 80), batch_size=4, steps=4)
+    run = train_segmenter(SegmentConfig(out=str(tmp_path / "run"), train=str(game / "train"), recipe=rec,
+                                        device="cuda", log_every=1), progress_bar=False)
+    assert run.precision.dtype in (torch.bfloat16, torch.float16)
+    conv = run.net.net.backbone["0"][0].weight
+    assert conv.is_cuda and conv.is_contiguous(memory_format=torch.channels_last)
+    losses = [json.loads(line)["cross_entropy"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert score_segmenter(run.net, rec, game / "val", "val", run.precision, progress_bar=False).n_images == 6

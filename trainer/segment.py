@@ -266,10 +266,12 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tupl
 
 
 @torch.no_grad()
-def predict(net: nn.Module, image: np.ndarray, rec: Recipe, precision: Precision | None = None) -> np.ndarray:
+def predict(net: nn.Module, image: np.ndarray, rec: Recipe, precision: Precision | None = None,
+            size: tuple[int, int] | None = None) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB -> ``(H, W)`` uint8 train IDs, predicted at the recipe's width.
 
-    The logits are upsampled bilinearly to the image's size before the argmax.
+    The logits are upsampled bilinearly to the image's size (or ``size`` = (height, width), e.g.
+    the ground truth's when the image was scaled down) before the argmax.
     """
     net.eval()
     device = next(net.parameters()).device
@@ -278,7 +280,7 @@ def predict(net: nn.Module, image: np.ndarray, rec: Recipe, precision: Precision
         x = x.contiguous(memory_format=torch.channels_last)
     with (precision or Precision(device.type)).autocast():
         logits = net(x)  # (1, 19, h, w)
-    logits = F.interpolate(logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False)
+    logits = F.interpolate(logits.float(), size=size or image.shape[:2], mode="bilinear", align_corners=False)
     return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
 
@@ -286,8 +288,8 @@ def score_segmenter(net: nn.Module, rec: Recipe, val: str | Path, split: str = "
                     precision: Precision | None = None, progress_bar: bool = True) -> MiouScores:
     """The official Cityscapes scores of ``net`` on the ``split`` of the Cityscapes tree ``val``.
 
-    Every frame with a ``*_gtFine_labelIds.png`` is predicted at its full size and compared with it
-    as ``gtacity eval miou`` compares a prediction file with it.
+    Every frame with a ``*_gtFine_labelIds.png`` is predicted at the ground truth's size (whatever
+    the image's) and compared with it as ``gtacity eval miou`` compares a prediction file with it.
     """
     pairs = cityscapes_pairs(val, split)
     total = np.zeros((N_IDS, N_IDS), np.uint64)
@@ -297,5 +299,6 @@ def score_segmenter(net: nn.Module, rec: Recipe, val: str | Path, split: str = "
         if image is None:
             raise DataError(f"{image_path}: not a readable image")
         gt = read_label_map(label_path)
-        total += confusion_matrix(gt, to_label_ids(predict(net, image, rec, precision)), where=str(label_path))
+        prediction = to_label_ids(predict(net, image, rec, precision, size=gt.shape))
+        total += confusion_matrix(gt, prediction, where=str(label_path))
     return scores(total, len(pairs))
