@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -75,6 +76,12 @@ def _tree(root: Path, images: Path, gt: Path, frames: list[str]) -> Path:
     return root
 
 
+def _mean_pct(values: list[float]) -> float | None:
+    """Mean in percent over the seeds where the class was present or predicted (None if never)."""
+    kept = [v for v in values if not math.isnan(v)]
+    return 100 * statistics.mean(kept) if kept else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("real", type=Path, help="Cityscapes folder with leftImg8bit/ and gtFine/ (8 frames)")
@@ -108,7 +115,7 @@ def main() -> None:
         summary[condition] = {
             "miou_per_seed": mious, "miou_mean": statistics.mean(mious),
             "miou_std": statistics.stdev(mious) if len(mious) > 1 else 0.0,
-            "classes_mean": {k: 100 * float(np.nanmean([r.classes[k] for r in per_seed])) for k in per_seed[0].classes},
+            "classes_mean": {k: _mean_pct([r.classes[k] for r in per_seed]) for k in per_seed[0].classes},
         }
         print(f"{condition:>9}: mIoU {summary[condition]['miou_mean']:.1f} +- {summary[condition]['miou_std']:.1f} "
               f"(seeds: {', '.join(f'{m:.1f}' for m in mious)})")
