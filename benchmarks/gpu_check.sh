@@ -92,5 +92,22 @@ for input in "$clip" "$work/frames"; do
     done
 done
 
+step "segmentation: deeplabv3-mobilenet (AMP, channels-last) on the labelled synthetic game, 300 steps"
+"${gtacity[@]}" demo-clip "$work/game" --labels --seconds 40 --fps 1 --size 1024x512 2>&1 | tee -a "$results"
+"${gtacity[@]}" demo-clip "$work/game_val" --labels --seconds 10 --fps 1 --size 1024x512 --seed 1 --split val \
+    2>&1 | tee -a "$results"
+"${gtacity[@]}" eval segmentation --train "$work/game" --val "$work/game_val" --recipe deeplabv3-mobilenet \
+    --steps 300 --device cuda --workers 4 --out "$work/seg" --json "$work/seg.json" -q 2>&1 | tail -n 25 \
+    | tee -a "$results"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+if [ -n "${GTACITY_REAL_DATA:-}" ] && [ -d "$GTACITY_REAL_DATA/cityscapes/gtFine" ]; then
+    say "-- the 8 real Cityscapes frames (train on them, score on them: a check that the recipe runs, not a result)"
+    mkdir -p "$work/real8/leftImg8bit" "$work/real8/gtFine"
+    ln -s "$(realpath "$GTACITY_REAL_DATA")"/cityscapes/leftImg8bit/aachen_*.png "$work/real8/leftImg8bit/"
+    ln -s "$(realpath "$GTACITY_REAL_DATA")"/cityscapes/gtFine/aachen_*_labelIds.png "$work/real8/gtFine/"
+    "${gtacity[@]}" eval segmentation --train "$work/real8" --val "$work/real8" \
+        --recipe deeplabv3-resnet50 --steps 200 --device cuda --out "$work/seg_real" -q 2>&1 | tail -n 3 \
+        | tee -a "$results"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
 step "done: status $status"
 exit $status

@@ -17,6 +17,7 @@ import click
 from gtacity import __version__
 from gtacity.cli_learn import data, distill, train
 from gtacity.cli_realism import eval_realism
+from gtacity.cli_segment import eval_miou, eval_segmentation
 from gtacity.errors import GtacityError
 
 _DEBUG = {"on": False}
@@ -181,6 +182,7 @@ def _size(text: str) -> tuple[int, int]:
 Examples:
   gtacity demo-clip drive.mp4 && gtacity translate drive.mp4 -o drive_city.mp4
   gtacity demo-clip long.mp4 --seconds 60 --size 1280x720
+  gtacity demo-clip synth/ --labels --seconds 40 --fps 1   # 40 PNG frames + Cityscapes label maps
 """)
 @click.argument("output", type=click.Path())
 @click.option("--seconds", default=6.0, show_default=True, help="Clip length.")
@@ -188,14 +190,23 @@ Examples:
 @click.option("--fps", default=25, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing file.")
-def demo_clip(output, seconds, size, fps, seed, overwrite) -> None:
+@click.option("--labels", is_flag=True,
+              help="Write PNG frames with the Cityscapes label maps of what was drawn into the folder OUTPUT "
+                   "(leftImg8bit/ gtFine/) instead of a video.")
+@click.option("--split", default="train", show_default=True, help="With --labels: the split folder of the tree.")
+def demo_clip(output, seconds, size, fps, seed, overwrite, labels, split) -> None:
     """Render a synthetic game-style driving clip (H.264 + AAC) to try gtacity on.
 
     The street is drawn by gtacity itself (no game footage ships with it), flat-shaded the way
     older games look, so a fresh install has something to translate.
     """
-    from gtacity.democlip import write_demo_clip
+    from gtacity.democlip import write_demo_clip, write_labelled_frames
 
+    if labels:
+        frames = write_labelled_frames(output, seconds=seconds, size=_size(size), fps=fps, seed=seed,
+                                       split=split, overwrite=overwrite)
+        click.echo(f"wrote {len(frames)} frames with label maps ({size}) under {output}")
+        return
     path = write_demo_clip(output, seconds=seconds, size=_size(size), fps=fps, seed=seed, overwrite=overwrite)
     click.echo(f"wrote {path} ({seconds:g} s, {size}, {fps} fps, with audio)")
 
@@ -358,6 +369,8 @@ def eval_flicker(input, output, as_json, plot, preset, quiet) -> None:
 
 
 evaluate.add_command(eval_realism)
+evaluate.add_command(eval_miou)
+evaluate.add_command(eval_segmentation)
 
 for _command in (train, data, distill):
     cli.add_command(_command)

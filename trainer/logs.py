@@ -71,6 +71,21 @@ class RunLogger:
             self._writer.add_scalar("lr", lr, step)
         return values
 
+    def results(self, step: int, values: dict[str, float], prefix: str = "val") -> None:
+        """Scores measured on held-out data (``val/miou``, ...): TensorBoard and ``metrics.jsonl``;
+        may be called after :meth:`close`."""
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self._writer is None:
+            self._writer = SummaryWriter(str(self.run_dir))
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **{f"{prefix}/{k}": v for k, v in values.items()}}) + "\n")
+        for k, v in values.items():
+            self._writer.add_scalar(f"{prefix}/{k}", v, step)
+        self._writer.flush()
+
     @torch.no_grad()
     def samples(self, step: int, model, batch: dict[str, torch.Tensor], precision) -> Path | None:
         """Translate the fixed sample images both ways; save ``samples/step_XXXXXXXX.png``."""
@@ -98,6 +113,7 @@ class RunLogger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
 
 
 def _step_of(line: str) -> int | None:

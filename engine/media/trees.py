@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from gtacity.cityscapes import to_train_ids
 from gtacity.errors import GtacityError
 from gtacity.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, write_image_file
 
@@ -30,34 +31,6 @@ DATASETS = ("gta5", "cityscapes")
 LABEL_MODES = ("copy", "trainids")
 # What FFmpeg commonly reads as video; a folder job translates these files one by one.
 VIDEO_INPUTS = (*VIDEO_EXTENSIONS, ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv")
-IGNORE = 255
-
-# Cityscapes label id -> train id: the 19 evaluated classes of cityscapesScripts
-# (cityscapesscripts/helpers/labels.py, mcordts/cityscapesScripts 0bcc4a7); every other id is 255.
-# GTA5 (Playing for Data) label maps use the same ids.
-CITYSCAPES_TRAIN_IDS = {
-    7: 0,  # road
-    8: 1,  # sidewalk
-    11: 2,  # building
-    12: 3,  # wall
-    13: 4,  # fence
-    17: 5,  # pole
-    19: 6,  # traffic light
-    20: 7,  # traffic sign
-    21: 8,  # vegetation
-    22: 9,  # terrain
-    23: 10,  # sky
-    24: 11,  # person
-    25: 12,  # rider
-    26: 13,  # car
-    27: 14,  # truck
-    28: 15,  # bus
-    31: 16,  # train
-    32: 17,  # motorcycle
-    33: 18,  # bicycle
-}
-_LOOKUP = np.full(256, IGNORE, np.uint8)
-_LOOKUP[list(CITYSCAPES_TRAIN_IDS)] = list(CITYSCAPES_TRAIN_IDS.values())
 
 
 class DatasetError(GtacityError):
@@ -203,11 +176,6 @@ def read_label_ids(path: Path) -> np.ndarray:
             return np.asarray(image, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path}: not a readable label map ({e}); check the file") from None
-
-
-def to_train_ids(label_ids: np.ndarray) -> np.ndarray:
-    """Cityscapes label ids -> train ids (0..18, 255 = ignore), pixel by pixel."""
-    return _LOOKUP[label_ids]
 
 
 def write_train_ids(label_map: Path, target: Path) -> None:
