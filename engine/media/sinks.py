@@ -26,6 +26,7 @@ from av.video.reformatter import VideoReformatter
 from gtacity.engine.frames import Frame, FrameSource, SinkContext
 from gtacity.engine.media.lock import OutputLock
 from gtacity.engine.media.sources import VideoSource, ffmpeg_reason
+from gtacity.engine.media.window import Window
 from gtacity.errors import GtacityError
 from gtacity.files import partial_path, remove_stale_partials, remove_stale_partials_under, written_whole
 from gtacity.images import ALPHA_EXTENSIONS, DEEP_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
@@ -148,11 +149,13 @@ class _AudioCopy:
     and the file is interleaved the way players expect.
     """
 
-    def __init__(self, input_path: Path, output: av.container.OutputContainer, out_path: Path):
+    def __init__(self, input_path: Path, output: av.container.OutputContainer, out_path: Path,
+                 window: Window | None = None):
         self._input = av.open(str(input_path))
         self._output = output
         self._pending: av.Packet | None = None
         self._map = {}
+        self._window = window or Window()
         copyable = _COPYABLE_AUDIO.get(out_path.suffix.lower())
         streams = list(self._input.streams.audio)
         for stream in streams:
@@ -164,11 +167,20 @@ class _AudioCopy:
                     f"{out_path.suffix.lower()}; name the output .mkv"
                 )
             self._map[stream.index] = output.add_stream_from_template(stream)
+        self._streams = streams
+        self._packets = None  # demuxed from the first write on: a slice's start is known by then
+
+    def _demux(self):
+        if self._streams and not self._window.whole and self._window.first is not None:
+            with contextlib.suppress(av.FFmpegError):  # a slice: from just before it, not from the start
+                self._input.seek(int(self._window.first * av.time_base), backward=True)
         # demux() of no streams would mean every stream, the video included.
-        self._packets = self._input.demux(streams) if streams else iter(())
+        return self._input.demux(self._streams) if self._streams else iter(())
 
     def write_until(self, seconds: Fraction | None) -> None:
-        """Mux input audio packets up to ``seconds`` (all remaining ones for None)."""
+        """Mux input audio packets up to ``seconds`` of the output (all remaining ones for None)."""
+        if self._packets is None:
+            self._packets = self._demux()
         while True:
             if self._pending is None:
                 self._pending = next(self._packets, None)
@@ -179,11 +191,31 @@ class _AudioCopy:
                 self._pending = None
                 continue
             stamp = packet.dts if packet.dts is not None else packet.pts
-            if seconds is not None and stamp is not None and stamp * packet.time_base > seconds:
+            if not self._in_window(packet):
+                self._pending = None
+                if self._window.end is not None and stamp is not None and \
+                        stamp * packet.time_base >= self._window.end:
+                    return  # past the slice: the rest is not wanted
+                continue
+            if seconds is not None and stamp is not None and stamp * packet.time_base - self._window.shift > seconds:
                 return
+            self._move(packet)
             packet.stream = self._map[packet.stream.index]
             self._output.mux(packet)
             self._pending = None
+
+    def _in_window(self, packet: av.Packet) -> bool:
+        """Whether an audio packet belongs to the video's slice (always, for the whole video)."""
+        if packet.pts is None or self._window.whole or self._window.first is None:
+            return True
+        start = packet.pts * packet.time_base
+        end = self._window.end
+        return start >= self._window.first and (end is None or start < end)
+
+    def _move(self, packet: av.Packet) -> None:
+        """Move a slice's audio back in time with its video."""
+        offset = round(self._window.shift / packet.time_base)
+        packet.pts, packet.dts = (None if t is None else t - offset for t in (packet.pts, packet.dts))
 
     def close(self) -> None:
         self._input.close()
@@ -222,7 +254,7 @@ class VideoSink(SinkContext):
             path.parent.mkdir(parents=True, exist_ok=True)
             self._out = av.open(str(self._partial), "w")
             self._video = self._add_video_stream(source, crf=crf, preset=preset, codec=codec)
-            self._audio = _AudioCopy(source.path, self._out, path)
+            self._audio = _AudioCopy(source.path, self._out, path, source.window)
             # Writing the header now makes encoder/container refusals surface before any work.
             self._out.start_encoding()
         except av.FFmpegError as e:
