@@ -22,7 +22,7 @@ import numpy as np
 import openvino as ov
 
 from gtacity.checkpoint import generator_path, load_generator
-from gtacity.engine.backends.openvino_backend import to_openvino
+from gtacity.engine.exporters.openvino import to_openvino
 from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
 
 NORM_TYPES = ("MVN", "ReduceMean", "Subgraph", "Eltwise")

@@ -51,6 +51,11 @@ _PUBLIC = {
     "FidelityConfig": "gtacity.engine.measure.fidelity",
     "evaluate_flicker": "gtacity.engine.measure.flicker",
     "FlickerConfig": "gtacity.engine.measure.flicker",
+    "evaluate_realism": "gtacity.engine.measure.realism",
+    "RealismConfig": "gtacity.engine.measure.realism",
+    "evaluate_run": "gtacity.engine.measure.realism_run",
+    "RunRealismConfig": "gtacity.engine.measure.realism_run",
+    "artifact_score": "gtacity.engine.measure.artifacts",
 }
 
 __all__ = [
@@ -66,14 +71,19 @@ __all__ = [
     "FidelityConfig",
     "FlickerConfig",
     "Frame",
+    "RealismConfig",
+    "RunRealismConfig",
     "TranslateConfig",
     "TranslateError",
     "TranslateReport",
     "Translator",
+    "artifact_score",
     "available_backends",
     "create_backend",
     "evaluate_fidelity",
     "evaluate_flicker",
+    "evaluate_realism",
+    "evaluate_run",
     "export",
     "run_bench",
     "translate",
@@ -97,10 +107,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from gtacity.engine.backends import BACKENDS, Backend, BackendError, available_backends, create_backend
     from gtacity.engine.exporters import FORMATS, ExportConfig, ExportError, export
     from gtacity.engine.frames import Frame
+    from gtacity.engine.measure.artifacts import artifact_score
     from gtacity.engine.measure.bench import run_bench
     from gtacity.engine.measure.bench_plan import BenchConfig, BenchError
     from gtacity.engine.measure.fidelity import FidelityConfig, evaluate_fidelity
     from gtacity.engine.measure.flicker import FlickerConfig, evaluate_flicker
+    from gtacity.engine.measure.realism import RealismConfig, evaluate_realism
+    from gtacity.engine.measure.realism_run import RunRealismConfig, evaluate_run
     from gtacity.engine.translation import (
         DamagedInputError,
         TranslateConfig,

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from gtacity.checkpoint import DIRECTIONS, GeneratorInfo, bundled_generator, generator_path, load_generator
 from gtacity.engine.backends import Backend, create_backend
 from gtacity.engine.backends.tiling import TiledBackend, Tiling
-from gtacity.engine.exporters.int8 import calibration_frames
+from gtacity.engine.exporters.int8 import calibration_frames, check_frames
 from gtacity.engine.jobs.folder import FolderJob, JobSummary, job_settings, list_job, run_folder_job
 from gtacity.engine.jobs.shards import parse_shard
 from gtacity.engine.media.damage import Damage
@@ -325,7 +325,10 @@ def _calibrate(backend, cfg: TranslateConfig) -> None:
         if cfg.calibration is not None:
             raise TranslateError(f"--calibration is for --precision int8; this job runs {backend.precision}")
         return
-    backend.calibrate(calibration_frames(cfg.calibration or cfg.input))
+    # The generator's own int8 model, made once (by its first calibration, or shipped with it), is
+    # only checked on a few of this input's frames; without one, the input calibrates it.
+    if cfg.calibration is not None or not backend.reuse_calibration(check_frames(cfg.input)):
+        backend.calibrate(calibration_frames(cfg.calibration or cfg.input))
     print(backend.int8_check.line(), file=sys.stderr)
 
 

@@ -27,7 +27,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from gtacity.errors import GtacityError
+from gtacity.errors import GtacityError, first_line
+from gtacity.filekinds import foreign_kind, torch_load_problem, training_checkpoint_kind
 from gtacity.files import written_whole
 from gtacity.nets import ARCHS, build_generator
 
@@ -103,15 +104,26 @@ def save_generator(
 def read_generator_file(path: str | Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
     """Read a generator file into (state dict, info) without building the network.
 
+    The metadata is checked against the tensors before anything is built, so a file cannot make
+    this allocate more than its own size; weights holding NaN or Inf are refused.
+
     Raises:
-        CheckpointError: missing, truncated, not a generator, or tensors that don't fit.
+        CheckpointError: missing, truncated, not a generator (an ONNX file, an engine, a training
+            checkpoint, ... named as such), tensors that don't fit, or weights that are not finite.
     """
     path = generator_path(path)
+    try:
+        kind = foreign_kind(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the weights file ({e.strerror or e})") from e
+    if kind is not None:
+        raise CheckpointError(f"{path}: {kind}")
     if path.suffix == ".safetensors":
         state, info = _read_ours(path)
     else:
         state, info = _read_official(path)
     _check_shapes(path, state, info)
+    _check_finite(path, state)
     return state, info
 
 
@@ -173,11 +185,15 @@ def _read_ours(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
             meta = f.metadata() or {}
             state = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(e)})") from e
     if meta.get("format") != FORMAT:
         # A safetensors file from elsewhere holding an official-layout state dict is still usable.
         return state, _infer_info(path, state, source_format="safetensors")
-    if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+    version = meta.get("format_version", "0")
+    if not (version.isascii() and version.isdigit()):
+        raise CheckpointError(f"{path}: generator metadata gives format_version {version[:40]!r}, not a "
+                              "number; the file is damaged or was not written by gtacity")
+    if int(version) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: generator format version {meta['format_version']} is newer than this gtacity "
             f"reads ({FORMAT_VERSION}); upgrade gtacity"
@@ -214,10 +230,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file; all mean "unreadable"
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch state dict ({_first_line(e)}); "
-            "expected an official CycleGAN latest_net_G_*.pth or a gtacity .safetensors file"
-        ) from e
+        raise CheckpointError(f"{path}: {torch_load_problem(e)}") from e
+    kind = training_checkpoint_kind(path, obj)
+    if kind is not None:
+        raise CheckpointError(f"{path}: {kind}")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -248,7 +264,14 @@ def _infer_info(path: Path, state: dict[str, torch.Tensor], source_format: str) 
 
 
 def _check_shapes(path: Path, state: dict[str, torch.Tensor], info: GeneratorInfo) -> None:
-    expected = build_generator(info.arch, info.ngf, info.n_blocks).state_dict()
+    # Sizes come from metadata anyone can edit: every residual block holds at least two tensors, so
+    # a block count the file cannot hold is refused before a single layer exists, and the network
+    # is built on the meta device (shapes, no memory), so a huge ngf allocates nothing either.
+    if 2 * info.n_blocks > len(state):
+        raise CheckpointError(f"{path}: generator metadata gives n_blocks={info.n_blocks}, but the file "
+                              f"holds only {len(state)} tensors; the file is damaged or was edited")
+    with torch.device("meta"):
+        expected = build_generator(info.arch, info.ngf, info.n_blocks).state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -268,9 +291,38 @@ def _check_shapes(path: Path, state: dict[str, torch.Tensor], info: GeneratorInf
             )
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
+    # One NaN or Inf in any weight spreads through InstanceNorm and the next conv to every pixel of
+    # every frame: the output would be black frames that look like a finished job.
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{path}: tensor {key} holds {bad} NaN/Inf values (of {tensor.numel()}): these weights "
+                "translate every frame to garbage (a training run that diverged?); use an earlier "
+                "checkpoint's generator (<run>/generators/step_*.safetensors)"
+            )
+
+
+def check_finite_output(output: torch.Tensor, weights: str | Path, precision: str) -> None:
+    """Stop a translation whose first batch came out with NaN or Inf values.
+
+    Call it on the generator's output for the first batch (any device; one reduction and one
+    sync), before anything is written. Weights are already checked at load, so what is left is a
+    reduced precision overflowing, or weights that are finite but blow up.
+
+    Raises:
+        CheckpointError: naming the weights, the precision and how many values are not finite.
+    """
+    finite = torch.isfinite(torch.as_tensor(output))
+    if bool(finite.all()):
+        return
+    bad = int((~finite).sum())
+    raise CheckpointError(
+        f"{weights}: the generator's output for the first batch holds {bad} NaN/Inf values (of "
+        f"{finite.numel()}) at {precision} precision. Try --precision fp32; "
+        "if that fails too, the weights are broken: use another generator file"
+    )
 
 
 def describe(info: GeneratorInfo) -> str:

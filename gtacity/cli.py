@@ -16,6 +16,7 @@ import click
 
 from gtacity import __version__
 from gtacity.cli_learn import data, distill, train
+from gtacity.cli_realism import eval_realism
 from gtacity.cli_slice import max_frames_option, slice_options
 from gtacity.errors import GtacityError
 
@@ -264,11 +265,16 @@ Examples:
   gtacity export gen.safetensors --format engine --shape 8x3x512x1024 -o gen.engine   # TensorRT fp16
   gtacity export gen.safetensors --format engine --shape 8x3x1056x1920 \\
       --min-shape 1x3x1056x1920 --via torch-tensorrt -o gen_1080p.engine
+  gtacity export gen.safetensors --format openvino-int8 --calibration gta5/images -o gen_int8.xml
 """)
 @click.argument("weights", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="The file to write.")
-@click.option("--format", "format_", default="onnx", show_default=True, metavar="onnx|onnx-fp16|engine",
-              help="onnx: fp32; onnx-fp16: fp16 weights and convolutions; engine: TensorRT fp16 plan.")
+@click.option("--format", "format_", default="onnx", show_default=True, metavar="onnx|onnx-fp16|engine|openvino-int8",
+              help="onnx: fp32; onnx-fp16: fp16 weights and convolutions; engine: TensorRT fp16 plan; "
+                   "openvino-int8: OpenVINO IR quantised by NNCF (also becomes the generator's int8 model "
+                   "for --precision int8 on this machine).")
+@click.option("--calibration", default=None, type=click.Path(),
+              help="openvino-int8: frames like the ones it will translate (a folder, video or image).")
 @click.option("--shape", default=None, metavar="NxCxHxW",
               help="ONNX: fix the graph to this shape (default: dynamic). engine: the shape TensorRT optimises for (required).")
 @click.option("--min-shape", default=None, metavar="NxCxHxW", help="engine: smallest accepted shape.  [default: batch 1 at --shape's size]")
@@ -280,7 +286,7 @@ Examples:
               help="Recorded in the file's metadata, for generator files that do not say.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (never the input).")
 def export(weights, output, format_, **opts) -> None:
-    """Export a generator as ONNX, FP16 ONNX or a TensorRT engine (with its metadata inside).
+    """Export a generator as ONNX, FP16 ONNX, a TensorRT engine or an int8 OpenVINO IR (with its metadata).
 
     Engines are kept in the engine cache (see README, "Export and TensorRT"): exporting the
     same generator, shapes and precision again on the same GPU copies the cached engine.
@@ -351,6 +357,8 @@ def eval_flicker(input, output, as_json, plot, preset, quiet) -> None:
     report = evaluate_flicker(FlickerConfig(input, output, plot=plot, preset=preset, progress=not quiet))
     click.echo(report.to_json() if as_json else report.summary())
 
+
+evaluate.add_command(eval_realism)
 
 for _command in (train, data, distill):
     cli.add_command(_command)

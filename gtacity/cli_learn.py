@@ -88,7 +88,8 @@ def train(resume, no_progress, stop_after, **opts) -> None:
         given = [k for k in ("out", "data", "init_from") if opts[k]] + [k for k in ("gta", "city") if opts[k]]
         if given:
             raise click.UsageError(f"--resume continues with the run's saved settings; drop --{given[0].replace('_', '-')}")
-        run_training(TrainConfig(out=resume), resume=True, progress_bar=not no_progress, stop_after=stop_after)
+        result = run_training(TrainConfig(out=resume), resume=True, progress_bar=not no_progress, stop_after=stop_after)
+        _int8_models(result)
         return
     if not opts["out"]:
         raise click.UsageError("--out is required (the run folder), or --resume a run")
@@ -103,7 +104,34 @@ def train(resume, no_progress, stop_after, **opts) -> None:
         checkpoint_every=opts["checkpoint_every"], log_every=opts["log_every"],
         sample_every=opts["sample_every"], init_from=opts["init_from"],
     )
-    run_training(cfg, progress_bar=not no_progress, stop_after=stop_after)
+    _int8_models(run_training(cfg, progress_bar=not no_progress, stop_after=stop_after))
+
+
+def _int8_models(result) -> None:
+    """A finished run's generators get their int8 models (``--precision int8``), calibrated on the
+    run's own training frames of their input domain, where this CPU runs int8 and NNCF is installed."""
+    import importlib.util
+
+    from gtacity import hardware
+
+    if not result.files or importlib.util.find_spec("nncf") is None or importlib.util.find_spec("openvino") is None:
+        return
+    if hardware.emulation_reason(hardware.cpu_capabilities(), "int8"):
+        return
+    from gtacity.checkpoint import load_generator
+    from gtacity.engine.exporters import int8
+    from gtacity.engine.exporters.cache import cache_root
+    from gtacity.errors import GtacityError
+
+    for direction, domain in (("gta2city", "gta"), ("city2gta", "city")):
+        net, _info = load_generator(result.run_dir / f"{direction}.safetensors")
+        try:
+            _model, check = int8.for_generator(net, int8.frames_of_images(result.files[domain]),
+                                               cache_root(None, "openvino"))
+        except GtacityError as e:  # training succeeded; int8 is an extra
+            click.echo(f"{direction}: no int8 model kept ({e})", err=True)
+            continue
+        click.echo(f"{direction}: {check.line()}", err=True)
 
 
 @click.group()

@@ -15,3 +15,10 @@ class GtacityError(Exception):
 class BackendError(GtacityError):
     """A backend that cannot run as asked here: not installed, no such device, unsupported precision,
     or a compiled model (int8, a TensorRT plan) that cannot be made or fails its check."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of ``e``'s message for a one-line error, or its type's name where the message
+    is empty (``EOFError()`` from an empty file has none)."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else type(e).__name__

@@ -281,7 +281,7 @@ def test_openvino_runs_each_instance_norm_as_one_fused_mvn(tiny_generator):
     """The conversion spells InstanceNorm so OpenVINO fuses it: one MVN per norm, no reductions left."""
     import openvino as ov
 
-    from gtacity.engine.backends.openvino_backend import to_openvino
+    from gtacity.engine.exporters.openvino import to_openvino
 
     model = to_openvino(tiny_generator)
     model.reshape([1, 3, 32, 32])

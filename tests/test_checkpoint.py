@@ -92,7 +92,7 @@ def test_direction_mismatch_is_refused(tmp_path, tiny_generator):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda p: p.write_bytes(b"not a checkpoint at all"), "not a readable PyTorch state dict"),
+        (lambda p: p.write_bytes(b"not a checkpoint at all"), "is not a PyTorch file"),
         (lambda p: torch.save(PatchDiscriminator(8).state_dict(), p), "looks like a discriminator"),
         (lambda p: torch.save([1, 2, 3], p), "not a state dict of tensors"),
         (
@@ -122,7 +122,7 @@ def test_truncated_and_missing_files(tmp_path, tiny_generator):
         read_generator_file(tmp_path / "nope.pth")
     torch.save(official_state_dict(8, 2), tmp_path / "cut.pth")
     (tmp_path / "cut.pth").write_bytes((tmp_path / "cut.pth").read_bytes()[:3000])
-    with pytest.raises(CheckpointError, match="cut.pth: not a readable PyTorch state dict"):
+    with pytest.raises(CheckpointError, match="cut.pth: is a damaged zip archive"):
         read_generator_file(tmp_path / "cut.pth")
 
 

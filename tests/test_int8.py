@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -93,7 +95,8 @@ def test_translate_int8_prints_its_psnr_and_writes_every_frame(tmp_path, tiny_ge
     result = runner.invoke(cli, ["translate", str(clip), "-o", str(tmp_path / "out.mp4"), "-q",
                                  "--weights", str(weights), "--precision", "int8"])
     assert result.exit_code == 0, result.output
-    assert "int8: PSNR vs fp32 on" in result.stderr and "with openvino int8" in result.stdout
+    # the tiny generator may already carry its int8 model from an earlier test: either way, a PSNR line
+    assert re.search(r"^int8: .*PSNR vs fp32 on \d+ ", result.stderr, re.M) and "with openvino int8" in result.stdout
     with open_source(tmp_path / "out.mp4") as out:
         images = [f.image for f in out]
     assert len(images) == 10 and images[0].shape == (48, 64, 3) and np.ptp(images[0]) > 0
@@ -109,3 +112,88 @@ def test_int8_joins_the_bench_by_name(tiny_generator, tmp_path):
                       weights=weights, repeats=3, warmup=1)
     report = run_bench(cfg)
     assert report.ok and [(r.backend, r.precision) for r in report.results] == [("openvino", "int8")]
+
+
+def test_a_generator_calibrates_once_and_every_later_input_only_checks(tmp_path, tiny_generator, monkeypatch):
+    monkeypatch.setenv("GTACITY_CACHE_DIR", str(tmp_path / "cache"))
+    weights = save_generator(tiny_generator, tmp_path / "g.safetensors", direction="gta2city")
+    runner = CliRunner()
+    lines = []
+    for name, size in (("first.mp4", (64, 48)), ("second.mp4", (80, 48)), ("third.mp4", (64, 64))):
+        make_clip(tmp_path / name, frames=12, size=size, audio=None)
+        result = runner.invoke(cli, ["translate", str(tmp_path / name), "-o", str(tmp_path / f"out_{name}"), "-q",
+                                     "--weights", str(weights), "--precision", "int8"])
+        assert result.exit_code == 0, result.output
+        lines.append(result.stderr.strip().splitlines()[-1])
+    assert "quantised on 12 frames" in lines[0]  # the first input calibrates the generator
+    for line in lines[1:]:  # later inputs reuse it, checked on a few of their own frames
+        assert line.startswith("int8: the generator's cached int8 model; PSNR vs fp32 on 4 frames of this input: mean ")
+    entries = list((tmp_path / "cache" / "openvino").glob("int8-gen-*"))
+    assert len(entries) == 1, "one int8 model per generator, not per input"
+
+
+def test_a_reused_int8_model_below_the_floor_is_refused(tmp_path, tiny_generator, monkeypatch):
+    monkeypatch.setenv("GTACITY_CACHE_DIR", str(tmp_path / "cache"))
+    create_backend("openvino", tiny_generator, precision="int8", device="cpu").calibrate(frames(6, seed=1))
+    strict = create_backend("openvino", tiny_generator, precision="int8", device="cpu", min_psnr_db=99)
+    with pytest.raises(BackendError, match=r"^int8 refused: [\d.]+ dB PSNR vs fp32 .* below the 99 dB floor"):
+        strict.reuse_calibration(frames(4, seed=5))
+    fresh = create_backend("openvino", tiny_generator, precision="int8", device="cpu", cache_dir="")
+    assert not fresh.reuse_calibration(frames(4, seed=5))  # no cache, nothing shipped: calibrate instead
+
+
+def test_export_openvino_int8_writes_the_ir_and_makes_it_the_generators_int8_model(tmp_path, tiny_generator,
+                                                                                      monkeypatch):
+    import openvino as ov
+
+    monkeypatch.setenv("GTACITY_CACHE_DIR", str(tmp_path / "cache"))
+    weights = save_generator(tiny_generator, tmp_path / "g.safetensors", direction="gta2city")
+    make_clip(tmp_path / "calib.mp4", frames=8, size=(64, 48), audio=None)
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["export", str(weights), "--format", "openvino-int8", "-o", str(tmp_path / "g.xml")])
+    assert missing.exit_code == 1 and "needs --calibration DIR" in missing.stderr
+    result = runner.invoke(cli, ["export", str(weights), "--format", "openvino-int8", "--calibration",
+                                 str(tmp_path / "calib.mp4"), "-o", str(tmp_path / "g.xml")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.glob("g.*")) == ["g.bin", "g.safetensors", "g.xml"]
+    model = ov.Core().compile_model(str(tmp_path / "g.xml"), "CPU")
+    y = model(torch.cat(frames(1, seed=3, size=64)).numpy())[0]
+    assert y.shape == (1, 3, 64, 64) and np.isfinite(y).all()
+    make_clip(tmp_path / "drive.mp4", frames=6, size=(80, 48), audio=None)
+    used = runner.invoke(cli, ["translate", str(tmp_path / "drive.mp4"), "-o", str(tmp_path / "out.mp4"), "-q",
+                               "--weights", str(weights), "--precision", "int8"])
+    assert used.exit_code == 0, used.output
+    assert "the generator's cached int8 model" in used.stderr
+
+
+@pytest.mark.parametrize("name", ["gta2city_demo", "gta2city_demo_fast", "city2gta_demo", "city2gta_demo_fast"])
+def test_bundled_generators_ship_their_int8_model_and_never_calibrate(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("GTACITY_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached: only what ships
+    make_clip(tmp_path / "drive.mp4", frames=4, size=(96, 64), audio=None)
+    result = CliRunner().invoke(cli, ["translate", str(tmp_path / "drive.mp4"), "-o", str(tmp_path / "out.mp4"),
+                                      "-q", "--weights", name, "--precision", "int8"])
+    assert result.exit_code == 0, result.output
+    assert "int8: the generator's shipped int8 model; PSNR vs fp32 on 4 frames of this input" in result.stderr
+    assert not list((tmp_path / "cache" / "openvino").glob("int8-gen-*")), "nothing was calibrated"
+
+
+def test_a_finished_training_run_calibrates_its_generators_on_its_own_frames(tmp_path, monkeypatch):
+    from test_trainer import make_domains
+
+    monkeypatch.setenv("GTACITY_CACHE_DIR", str(tmp_path / "cache"))
+    gta, city = make_domains(tmp_path / "data")
+    runner = CliRunner()
+    result = runner.invoke(cli, [
+        "train", "--gta", str(gta), "--city", str(city), "--out", str(tmp_path / "run"), "--ngf", "8",
+        "--n-blocks", "2", "--ndf", "8", "--preprocess", "crop", "--load-size", "48", "--crop-size", "32",
+        "--epochs", "1", "--epochs-decay", "0", "--workers", "0", "--amp", "off", "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    for direction in ("gta2city", "city2gta"):
+        assert re.search(rf"^{direction}: int8: PSNR vs fp32 on \d+ calibration frames: .* quantised on", result.stderr,
+                         re.M), result.stderr
+    make_clip(tmp_path / "drive.mp4", frames=4, size=(64, 48), audio=None)
+    used = runner.invoke(cli, ["translate", str(tmp_path / "drive.mp4"), "-o", str(tmp_path / "out.mp4"), "-q",
+                               "--weights", str(tmp_path / "run" / "gta2city.safetensors"), "--precision", "int8"])
+    assert used.exit_code == 0, used.output
+    assert "the generator's cached int8 model" in used.stderr  # the run's calibration, not this clip's

@@ -243,7 +243,8 @@ def test_bench_e2e_on_a_folder_runs_the_pooled_folder_path(tmp_path):
 
 
 def test_cleanup_removes_dead_runs_leftovers_and_keeps_live_ones(tmp_path):
-    from gtacity.engine.jobs.journal import RunJournal, clean_leftovers, temp_name
+    from gtacity.engine.jobs.journal import RunJournal, clean_leftovers
+    from gtacity.files import partial_path
 
     live, dead, old = RunJournal(tmp_path), RunJournal(tmp_path), RunJournal(tmp_path)
     live.start("t1")  # holds its lock, like a shard still running
@@ -252,11 +253,13 @@ def test_cleanup_removes_dead_runs_leftovers_and_keeps_live_ones(tmp_path):
     old.start("t0")  # a run of settings since replaced with --overwrite
     old.close()
     (tmp_path / "sub").mkdir()
-    mine, theirs = (temp_name(tmp_path / "sub" / "a.png", run.run_id) for run in (live, dead))
-    for path in (mine, theirs, tmp_path / ".other-hidden.png"):
+    mine, theirs = (partial_path(tmp_path / "sub" / "a.png", run.owner) for run in (live, dead))
+    pid_debris = partial_path(tmp_path / "sub" / "b.png", "999999999")  # a dead plain translate's
+    for path in (mine, theirs, pid_debris, tmp_path / ".other-hidden.png"):
         path.write_bytes(b"x")
-    assert clean_leftovers(tmp_path, "t1") == 1
-    assert mine.exists() and not theirs.exists() and (tmp_path / ".other-hidden.png").exists()
+    assert clean_leftovers(tmp_path, "t1") == 2
+    assert mine.exists() and not theirs.exists() and not pid_debris.exists()
+    assert (tmp_path / ".other-hidden.png").exists()
     assert sorted(p.stem for p in (tmp_path / STATE_DIR).iterdir()) == sorted([live.run_id, dead.run_id])
     live.close()
 

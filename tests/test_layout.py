@@ -137,3 +137,4 @@ def test_the_wheel_holds_every_source_module_and_the_bundled_models(tmp_path):
                 for name, path in _modules().items()}
     assert expected - names == set()
     assert {f"gtacity/models/{p.name}" for p in (ROOT / "gtacity" / "models").glob("*.safetensors")} <= names
+    assert {f"gtacity/models/int8/{p.name}" for p in (ROOT / "gtacity" / "models" / "int8").iterdir()} <= names

@@ -22,13 +22,12 @@ from tqdm import tqdm
 
 from gtacity import hardware
 from gtacity.checkpoint import describe, file_sha256, generator_path, load_generator, save_generator
-from gtacity.files import written_whole
 from gtacity.nets import ARCHS
 from gtacity.quality import psnr
 from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files
 from gtacity.trainer.distill_step import Distiller, DistillLosses, distill_step
 from gtacity.trainer.logs import RunLogger
-from gtacity.trainer.state import Progress, RunSettings, read_checkpoint
+from gtacity.trainer.state import Progress, RunSettings, has_checkpoint, read_checkpoint, write_checkpoint
 from gtacity.trainer.step import Precision, choose_precision
 
 _DOMAIN = {"gta2city": "gta", "city2gta": "city"}
@@ -124,7 +123,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     state = read_checkpoint(run_dir) if resume else None
     if state is not None:
         cfg = DistillConfig.from_dict({**state["config"], "out": cfg.out, "steps": steps or state["config"]["steps"]})
-    elif (run_dir / "checkpoints" / "latest.pt").exists():
+    elif has_checkpoint(run_dir):
         raise DataError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     teacher, info = load_generator(cfg.teacher, map_location=device)
@@ -240,9 +239,7 @@ def _save(run: _Run) -> None:
         "scaler": run.prec.scaler.state_dict() if run.prec.scaler else None,
         "rng": {"torch": torch.get_rng_state()},
     }
-    ckpt_dir = Path(cfg.out) / "checkpoints"
-    with written_whole(ckpt_dir / "latest.pt") as partial:
-        torch.save(state, partial)
+    write_checkpoint(Path(cfg.out) / "checkpoints", state)
     gen_dir = Path(cfg.out) / "generators"
     extra = {"training_step": str(step), "distilled_from": Path(cfg.teacher).name}
     for path in (gen_dir / f"step_{step:08d}_{run.direction}.safetensors", Path(cfg.out) / f"{run.direction}.safetensors"):

@@ -1,9 +1,10 @@
 """Download, resume, unpack and check the public unpaired datasets (``gtacity data download``).
 
 One table, :data:`DATASETS`, says where each archive lives and which folders it must unpack to;
-:func:`download_dataset` is the one call the command line makes. The transfer uses only
-:mod:`urllib`: a ``.partial`` file grows until its size matches the server's, an interrupted run
-resumes it with an HTTP ``Range`` request, and only a complete file is renamed to ``.zip``.
+:func:`download_dataset` is the one call the command line makes. The transfer is
+:func:`gtacity.fetch.fetch_file`: a ``.partial`` file grows until its size matches the server's, an
+interrupted run resumes it with an HTTP ``Range`` request, and only a complete file is renamed to
+``.zip``.
 
 Which side of ``cityscapes2gta.zip`` is GTA and which is Cityscapes is not stated by its authors
 (see :data:`DATASETS`), so a folder is labelled with a domain only when every image in it carries
@@ -13,31 +14,21 @@ that dataset's own file-name pattern; otherwise its domain is ``None`` and the t
 from __future__ import annotations
 
 import errno
-import http.client
 import re
 import shutil
-import urllib.error
-import urllib.request
+import stat
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
-from gtacity import __version__
-from gtacity.errors import GtacityError
+from gtacity.fetch import Advice, DownloadError, ensure_space, fetch_file, raise_if_disk_full
 from gtacity.trainer.data import domain_from_names
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("trainA", "trainB", "testA", "testB")
-_CHUNK = 1 << 20
-
-_CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)")
-
-
-class DownloadError(GtacityError):
-    """The archive could not be fetched: network, HTTP status, size or disk space."""
+# The transfer's one-line errors name this command's own options.
+_ADVICE = Advice(other_source="pass --url to a mirror", other_disk="pass --to another disk", check_source="check --url")
 
 
 class ArchiveError(DownloadError):
@@ -167,8 +158,8 @@ def download_dataset(
         return DatasetLayout(spec.name, root, folders, False, zip_path if zip_path.exists() else None)
     to.mkdir(parents=True, exist_ok=True)
     if not zip_path.exists():
-        _fetch(url or spec.url, partial, spec, progress, timeout_s)
-        partial.replace(zip_path)
+        fetch_file(url or spec.url, zip_path, size=spec.size_bytes, progress=progress, timeout_s=timeout_s,
+                   advice=_ADVICE)
     _unpack(zip_path, root, spec.folder)
     folders = _check_layout(root, f"{zip_path} unpacked but", "check that the URL serves this dataset")
     if not keep_zip:
@@ -176,110 +167,14 @@ def download_dataset(
     return DatasetLayout(spec.name, root, folders, True, zip_path if keep_zip else None)
 
 
-def _fetch(url: str, partial: Path, spec: DatasetSpec, progress: bool, timeout_s: float) -> None:
-    """Grow ``partial`` to the server's full file, resuming what is already there."""
-    start = partial.stat().st_size if partial.exists() else 0
-    resp, offset, total = _open(url, start, timeout_s)
-    if resp is not None:
-        if total is not None:
-            _ensure_space(partial.parent, total - offset, url)
-        with resp, open(partial, "ab" if offset else "wb") as out:
-            with tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=partial.name.removesuffix(".partial"), disable=not progress) as bar:
-                _copy(resp, out, bar, url, partial)
-    size = partial.stat().st_size
-    if total is not None and size > total:
-        partial.unlink()
-        raise DownloadError(f"{url} sent {size} bytes, more than the {total} it announced; run again to start over")
-    if total is not None and size < total:
-        raise DownloadError(
-            f"download of {url} stopped at {size} of {total} bytes; run the same command again to resume"
-        )
-    if spec.size_bytes is not None and size != spec.size_bytes:
-        partial.unlink()
-        raise DownloadError(
-            f"{url} served {size} bytes but {spec.name} is {spec.size_bytes} bytes; "
-            "the partial file was deleted, check --url"
-        )
-
-
-def _open(url: str, start: int, timeout_s: float):
-    """Open ``url`` from byte ``start``; returns (response or None, body offset, total size or None).
-
-    A ``None`` response means the partial file is already the whole file (HTTP 416 whose total
-    equals ``start``). An offset of 0 after asking for ``start > 0`` means the server sent the whole
-    file (it ignored the Range header, or the partial did not fit): the caller starts over.
-    """
-    headers = {"User-Agent": f"gtacity/{__version__}"}
-    if start:
-        headers["Range"] = f"bytes={start}-"
-    try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s)
-    except urllib.error.HTTPError as e:
-        with e:
-            if e.code == 416 and start:
-                total = _parse_content_range(e.headers.get("Content-Range"))[1]
-                if total == start:
-                    return None, start, total
-                return _open(url, 0, timeout_s)
-            raise DownloadError(f"{url}: HTTP {e.code} {e.reason}; check the URL or pass --url to a mirror") from e
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise DownloadError(f"cannot reach {url} ({reason}); check your connection or pass --url to a mirror") from e
-    if resp.status == 206:
-        first, total = _parse_content_range(resp.headers.get("Content-Range"))
-        if first == start:
-            return resp, start, total
-        resp.close()
-        return _open(url, 0, timeout_s)
-    length = resp.headers.get("Content-Length")
-    return resp, 0, int(length) if length and length.isdigit() else None
-
-
-def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
-    """``bytes 10-99/100`` -> (10, 100); ``bytes */100`` -> (None, 100); unparsable -> (None, None)."""
-    m = _CONTENT_RANGE.fullmatch((value or "").strip())
-    if not m:
-        return None, None
-    first, total = m.groups()
-    return (int(first) if first else None), (int(total) if total != "*" else None)
-
-
-def _copy(resp, out, bar: tqdm, url: str, partial: Path) -> None:
-    """Stream the body into ``out``; a broken connection keeps what arrived, for the next resume."""
-    while True:
-        try:
-            chunk = resp.read(_CHUNK)
-        except (OSError, http.client.HTTPException) as e:
-            out.flush()
-            raise DownloadError(
-                f"download of {url} broke off at {partial.stat().st_size} bytes ({e}); "
-                "run the same command again to resume"
-            ) from e
-        if not chunk:
-            return
-        try:
-            out.write(chunk)
-        except OSError as e:
-            _raise_if_disk_full(e, partial)
-            raise
-        bar.update(len(chunk))
-
-
 def _ensure_space(folder: Path, need: int, what: str) -> None:
     """Fail before writing when the disk cannot hold ``need`` more bytes."""
-    free = shutil.disk_usage(folder).free
-    if need > free:
-        raise DownloadError(
-            f"{what} needs {need / 2**30:.2f} GiB but {folder} has {free / 2**30:.2f} GiB free; "
-            "free some space or pass --to another disk"
-        )
+    ensure_space(folder, need, what, _ADVICE)
 
 
 def _raise_if_disk_full(e: OSError, path: Path) -> None:
     """A full disk is the user's to fix, so it becomes one line; other write errors keep their traceback."""
-    if e.errno == errno.ENOSPC:
-        raise DownloadError(f"disk full while writing {path}; free some space or pass --to another disk") from e
+    raise_if_disk_full(e, path, _ADVICE)
 
 
 def _unpack(zip_path: Path, root: Path, folder: str) -> None:
@@ -289,12 +184,13 @@ def _unpack(zip_path: Path, root: Path, folder: str) -> None:
     interrupted or refused unpack never leaves a ``root`` that looks finished.
     """
     staging = root.with_name(f".{root.name}.unpacking")
-    shutil.rmtree(staging, ignore_errors=True)
     try:
+        _fresh_staging(staging)
         with zipfile.ZipFile(zip_path) as zf:
             members = zf.infolist()
             for info in members:
                 _refuse_unsafe(info.filename, zip_path)
+            _refuse_beneath_files(members, zip_path)
             _ensure_space(root.parent, sum(i.file_size for i in members), f"unpacking {zip_path}")
             zf.extractall(staging, members)
         _layout_root(staging, folder, zip_path).replace(root)
@@ -302,8 +198,27 @@ def _unpack(zip_path: Path, root: Path, folder: str) -> None:
         raise ArchiveError(f"{zip_path} is not a valid zip archive ({e}); delete it and run again") from e
     except OSError as e:
         _raise_if_disk_full(e, root)
-        raise
+        denied = e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        advice = "check that folder's permissions or pass --to another folder" if denied else "check --url"
+        raise DownloadError(f"cannot unpack {zip_path}: {e.strerror or e} ({e.filename or staging}); {advice}") from e
     finally:
+        _remove_staging(staging)
+
+
+def _fresh_staging(staging: Path) -> None:
+    """An empty staging folder made by this run: whatever was left at its name is removed first.
+
+    A symbolic link planted at the name is removed as a link (its target is never touched), and
+    ``mkdir`` fails if anything appears there again, so the archive cannot be steered elsewhere.
+    """
+    _remove_staging(staging)
+    staging.mkdir()
+
+
+def _remove_staging(staging: Path) -> None:
+    if staging.is_symlink() or staging.is_file():
+        staging.unlink()
+    else:
         shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -315,6 +230,22 @@ def _refuse_unsafe(member: str, zip_path: Path) -> None:
             f"{zip_path}: member {member!r} points outside the target folder; refusing to unpack "
             "(delete the file and check --url)"
         )
+
+
+def _refuse_beneath_files(members: list[zipfile.ZipInfo], zip_path: Path) -> None:
+    """No member may lie beneath another member that is a file or a symbolic link (``a``, then
+    ``a/b``): unpacking it would have to write through that file or link."""
+    files = {info.filename.rstrip("/"): info for info in members if not info.is_dir()}
+    for info in members:
+        parts = info.filename.rstrip("/").split("/")
+        for depth in range(1, len(parts)):
+            parent = files.get("/".join(parts[:depth]))
+            if parent is not None:
+                what = "a symbolic link" if stat.S_ISLNK(parent.external_attr >> 16) else "a file"
+                raise ArchiveError(
+                    f"{zip_path}: member {info.filename!r} lies beneath {parent.filename!r}, which the "
+                    f"archive holds as {what}; refusing to unpack (delete the file and check --url)"
+                )
 
 
 def _layout_root(staging: Path, folder: str, zip_path: Path) -> Path:

@@ -4,6 +4,10 @@
 (``G_gta2city``, ``cycle_gta``, ``D_city``, ...), the step, epoch and learning rate, so a run can be
 plotted without TensorBoard. Sample grids show, per row, real -> translated -> reconstructed for
 a fixed set of images: GTA5 rows first, then Cityscapes rows.
+
+A run that resumes from the checkpoint of step N does again the steps after N that it had logged
+before it stopped, so at start both logs forget them: ``metrics.jsonl`` keeps its records up to
+step N and TensorBoard purges its events after N. Each step is then recorded once.
 """
 
 from __future__ import annotations
@@ -35,11 +39,24 @@ class RunLogger:
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "config.json", config, sort_keys=True)
-        self._writer = SummaryWriter(str(self.run_dir))
+        start = resumed_at or 0
+        self._keep_records_up_to(start)
+        self._writer = SummaryWriter(str(self.run_dir), purge_step=start + 1)
         amp = "fp32" if precision.dtype is None else str(precision.dtype).removeprefix("torch.")
         where = f"resuming at step {resumed_at}" if resumed_at is not None else "starting"
         tqdm.write(f"gtacity {command}: {where}; device {device}, autocast {amp}; run folder {self.run_dir}")
         tqdm.write(json.dumps(config, indent=2, sort_keys=True))
+
+    def _keep_records_up_to(self, step: int) -> None:
+        """Drop the ``metrics.jsonl`` records after ``step`` (and a line torn by a kill)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if (n := _step_of(line)) is not None and n <= step]
+        if len(kept) < len(lines):
+            with written_whole(path) as partial:
+                partial.write_text("".join(kept), encoding="utf-8")
 
     def scalars(self, step: int, epoch: int, lr: float, losses: dict[str, torch.Tensor]) -> dict[str, float]:
         """Log every loss term at ``step``; returns them as floats."""
@@ -81,3 +98,13 @@ class RunLogger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one ``metrics.jsonl`` record; None for a line that is not one (torn by a kill)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) and line.endswith("\n") else None

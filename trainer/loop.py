@@ -18,7 +18,15 @@ from tqdm import tqdm
 from gtacity import hardware
 from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files, unaligned_files
 from gtacity.trainer.logs import RunLogger
-from gtacity.trainer.state import Progress, RunSettings, init_from, read_checkpoint, restore, save_checkpoint
+from gtacity.trainer.state import (
+    Progress,
+    RunSettings,
+    has_checkpoint,
+    init_from,
+    read_checkpoint,
+    restore,
+    save_checkpoint,
+)
 from gtacity.trainer.step import CycleGAN, Precision, StepConfig, choose_precision, train_step
 
 
@@ -73,11 +81,13 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, epochs_decay: int) -
 
 @dataclass
 class TrainResult:
-    """What :func:`train` leaves: the run folder, the step it stopped at and the trained nets."""
+    """What :func:`train` leaves: the run folder, the step it stopped at and the trained nets; when the
+    run finished (rank 0), ``files``: its training images per domain (``"gta"``, ``"city"``)."""
 
     run_dir: Path
     step: int
     model: CycleGAN
+    files: dict[str, list[Path]] = field(default_factory=dict)
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress_bar: bool = True,
@@ -97,7 +107,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress_bar: bool = True,
     state = read_checkpoint(run_dir) if resume else None
     if state is not None:
         cfg = TrainConfig.from_dict({**state["config"], "out": cfg.out})
-    elif (run_dir / "checkpoints" / "latest.pt").exists():
+    elif has_checkpoint(run_dir):
         raise DataError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
     dataset, gta_side = _dataset(cfg)
     spe = ResumableSampler.per_rank(len(dataset), world) // cfg.batch_size
@@ -126,7 +136,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress_bar: bool = True,
         _print(rank, f"stopped at step {progress.step} of {total}; continue with: gtacity train --resume {run_dir}")
     if dist.is_initialized():
         dist.destroy_process_group()
-    return TrainResult(run_dir, progress.step, model)
+    finished = progress.step == total and rank == 0  # what the trained generators' int8 models are calibrated on
+    return TrainResult(run_dir, progress.step, model,
+                       {"gta": list(dataset.gta), "city": list(dataset.city)} if finished else {})
 
 
 @dataclass
@@ -194,6 +206,7 @@ def _dataset(cfg: TrainConfig) -> tuple[UnpairedDataset, str | None]:
     else:
         raise DataError("no training data: pass --gta DIR and --city DIR, or --data DIR (cityscapes2gta layout)")
     return UnpairedDataset(gta, city, cfg.preprocess, seed=cfg.seed), gta_side
+
 
 
 def _loader(dataset, sampler: ResumableSampler, cfg: TrainConfig, device) -> DataLoader:

@@ -5,22 +5,36 @@ process's image pools, the RNG state, the step and the position inside the epoch
 config. It is loaded with ``weights_only=True``: only tensors and plain containers, no pickled code.
 Beside it, each checkpoint writes the two generators as generator files that
 ``gtacity translate --weights`` reads directly.
+
+A checkpoint is verified before it is loaded: ``torch.save`` writes a zip that records a CRC-32 of
+every member (each tensor's storage, the pickle), so a flipped byte anywhere in the data is found
+and the damaged member named, with nothing kept beside the file that a crash could leave out of
+step with it. Each save keeps the checkpoint it replaces as ``previous.pt``; a resume whose
+``latest.pt`` is damaged or missing continues from ``previous.pt`` and says so in one line.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from gtacity.checkpoint import CheckpointError, read_generator_file, read_state_dict, save_generator
+from gtacity.errors import first_line
+from gtacity.filekinds import torch_load_problem
 from gtacity.files import written_whole
 from gtacity.trainer.data import DataError
 from gtacity.trainer.step import CycleGAN, Precision
 
 NET_NAMES = ("G_gta2city", "G_city2gta", "D_city", "D_gta")
+LATEST, PREVIOUS = "latest.pt", "previous.pt"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,11 +109,43 @@ def save_checkpoint(
         "pools": pools,
         "rng": {"torch": torch.get_rng_state()},
     }
-    ckpt_dir = run_dir / "checkpoints"
-    with written_whole(ckpt_dir / "latest.pt") as partial:
-        torch.save(state, partial)
+    latest = write_checkpoint(run_dir / "checkpoints", state)
     export_generators(run_dir, model, progress.step, trained_resolution)
-    return ckpt_dir / "latest.pt"
+    return latest
+
+
+def write_checkpoint(ckpt_dir: Path, state: dict) -> Path:
+    """Write ``state`` as ``ckpt_dir/latest.pt``, keeping the checkpoint it replaces as ``previous.pt``.
+
+    The new file appears whole or not at all. The old ``latest.pt`` becomes ``previous.pt`` only if
+    it verifies: after a resume that fell back past a damaged ``latest.pt``, that file must not push
+    out the good ``previous.pt`` (it is replaced by the new checkpoint instead). A crash between
+    the two renames leaves ``previous.pt`` alone, which :func:`read_checkpoint` falls back to.
+    """
+    latest, previous = ckpt_dir / LATEST, ckpt_dir / PREVIOUS
+    with written_whole(latest) as partial:
+        torch.save(state, partial)
+        if latest.is_file() and checkpoint_damage(latest) is None:
+            os.replace(latest, previous)
+    return latest
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run's checkpoint (``latest.pt`` or, after a crash, ``previous.pt``)."""
+    return any((run_dir / "checkpoints" / name).exists() for name in (LATEST, PREVIOUS))
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """Why the checkpoint file ``path`` is not whole (``"is ..."``), or None where every member of
+    its zip matches the CRC-32 recorded for it."""
+    try:
+        if path.stat().st_size == 0:
+            return "is empty (0 bytes)"
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as e:
+        return f"is not a whole zip archive, as torch.save writes ({first_line(e, 120)})"
+    return None if bad is None else f"is damaged: member {bad} fails its CRC-32 check"
 
 
 def _check_replicas_equal(model: CycleGAN, world: int) -> None:
@@ -128,18 +174,48 @@ def export_generators(run_dir: Path, model: CycleGAN, step: int, trained_resolut
 
 
 def read_checkpoint(path: Path) -> dict:
-    """Load a training checkpoint (``latest.pt``) safely, with one-line errors."""
+    """Load a training checkpoint safely and verified, with one-line errors.
+
+    ``path`` is a run folder or a checkpoint file. Where ``latest.pt`` is damaged or missing and
+    ``previous.pt`` beside it is whole, that one is loaded, and a line on stderr says so.
+
+    Raises:
+        DataError: no checkpoint, or none that is whole.
+    """
     if path.is_dir():
-        path = path / "checkpoints" / "latest.pt"
-    if not path.is_file():
+        path = path / "checkpoints" / LATEST
+    previous = path.with_name(PREVIOUS) if path.name == LATEST else None
+    if not path.is_file() and not (previous and previous.is_file()):
         raise DataError(f"{path}: no training checkpoint here (expected <run>/checkpoints/latest.pt)")
+    state, problem = _load_verified(path)
+    if state is not None:
+        return state
+    if previous is None or not previous.is_file():
+        raise DataError(f"{path}: {problem}; there is no {PREVIOUS} beside it to fall back to")
+    older, older_problem = _load_verified(previous)
+    if older is None:
+        raise DataError(f"{path}: {problem}, and {previous} {older_problem}; this run cannot continue: "
+                        "start a new one (--init-from takes a generator file of this run)")
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        tqdm.write(f"{path}: {problem}; continuing from {previous} (step {older['progress']['step']}), "
+                   "the checkpoint before it", file=sys.stderr)
+    return older
+
+
+def _load_verified(path: Path) -> tuple[dict | None, str]:
+    """(state, "") for a whole gtacity checkpoint, else (None, why not)."""
+    if not path.is_file():
+        return None, "is missing"
+    damage = checkpoint_damage(path)
+    if damage is not None:
+        return None, damage
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means the same thing to the user
-        raise DataError(f"{path}: not a readable gtacity training checkpoint ({str(e).splitlines()[0][:160]})") from e
-    if not isinstance(state, dict) or "nets" not in state:
-        raise DataError(f"{path}: not a gtacity training checkpoint")
-    return state
+        return None, torch_load_problem(e, expected=None)
+    if not isinstance(state, dict) or "nets" not in state or "progress" not in state:
+        return None, "is not a gtacity training checkpoint"
+    return state, ""
 
 
 def restore(model: CycleGAN, prec: Precision, state: dict, device: torch.device) -> Progress:

@@ -163,6 +163,11 @@ class Backend(ABC):
         there is nothing to derive.
         """
 
+    def reuse_calibration(self, frames: list[torch.Tensor]) -> bool:
+        """Use the generator's own quantised model, made once (an earlier calibration, or shipped
+        with the generator), checked on ``frames`` of this job; False when it has none."""
+        return False
+
     def prepare(self, max_batch: int, height: int, width: int) -> None:
         """Make batches of up to ``max_batch`` frames of ``height x width`` ready to run.
 

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import functools
-import hashlib
-import shutil
-import tempfile
-import time
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
-from torch.export import Dim
 
 from gtacity import hardware
 from gtacity.engine.backends.base import Backend, BackendError, Precision
 from gtacity.engine.exporters import int8
-from gtacity.engine.exporters.cache import cache_root, feed_weights
-from gtacity.nets import MAX_BATCH, MAX_SIDE, MIN_SIZE, SIZE_MULTIPLE
+from gtacity.engine.exporters.cache import cache_root, weights_checksum
+from gtacity.engine.exporters.openvino import compile_fp32, core, load_or_convert, model_key, ov_version, read_stored
 
 try:
     import openvino as ov
@@ -107,115 +98,6 @@ class OpenVINOConfig:
             )
 
 
-@functools.cache
-def _core() -> "ov.Core":
-    return ov.Core()
-
-
-def _ov_version() -> str:
-    return ov.__version__.split("-")[0]
-
-
-def _side_dim(name: str) -> Any:
-    """A height or width that can be any multiple of 4 from 8 to 16384."""
-    return SIZE_MULTIPLE * Dim(name, min=MIN_SIZE // SIZE_MULTIPLE, max=MAX_SIDE // SIZE_MULTIPLE)
-
-
-# Bumped when the conversion changes the graph it makes, so cached models of an older one are not reused.
-CONVERSION = "mvn-norms-v1"
-
-
-class _MVNInstanceNorm(nn.Module):
-    """InstanceNorm (affine=False) spelled as OpenVINO's MVN fusion pattern expects it.
-
-    ``torch.export`` lowers ``F.instance_norm`` to a batch norm over a reshaped tensor, which OpenVINO
-    runs as two ReduceMeans and a chain of element-wise ops, each a pass over memory. Written as
-    ``(x - mean) / sqrt(mean((x - mean)^2) + eps)`` the same maths becomes one MVN node, with the
-    following ReLU fused into it. Measured on a 2-core AVX2 EPYC, openvino fp32 at 512x284: the
-    norms of the distilled demo student fell from ~20 to ~10 ms a frame, the demo generator's from
-    ~33 to ~19 ms (benchmarks/openvino_norms.py, RESULTS.md); outputs within 2e-4 of the torch form.
-    """
-
-    def __init__(self, eps: float):
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centred = x - x.mean((2, 3), keepdim=True)
-        return centred / torch.sqrt(centred.pow(2).mean((2, 3), keepdim=True) + self.eps)
-
-
-def _use_mvn_norms(net: nn.Module) -> None:
-    """In place: every InstanceNorm of ``net`` (affine=False, no running stats) becomes an MVN one."""
-    for parent in list(net.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.InstanceNorm2d) and not child.affine and not child.track_running_stats:
-                setattr(parent, name, _MVNInstanceNorm(child.eps))
-
-
-def to_openvino(net: nn.Module, mvn_norms: bool = True) -> "ov.Model":
-    """The generator as an OpenVINO model with dynamic batch, height and width, converted from a copy.
-
-    ``mvn_norms``: InstanceNorms as :class:`_MVNInstanceNorm` (the backend's way; False gives
-    ``torch.export``'s own lowering, for benchmarks/openvino_norms.py).
-
-    ``torch.export`` with dynamic dims, not ``convert_model(net, example_input=...)``: that traces
-    with ``torch.jit.trace``, which bakes the example's shape into the graph (through
-    instance_norm's reshapes), so every frame size would need a new trace of several seconds.
-    """
-    net = copy.deepcopy(net).to("cpu", torch.float32).eval()
-    if mvn_norms:
-        _use_mvn_norms(net)
-    dims = {0: Dim("batch", min=1, max=MAX_BATCH), 2: _side_dim("h4"), 3: _side_dim("w4")}
-    # Batch 2, not 1: torch.export specialises dims whose example size is 0 or 1.
-    example = torch.zeros(2, 3, 8 * SIZE_MULTIPLE, 8 * SIZE_MULTIPLE)
-    with torch.no_grad():
-        exported = torch.export.export(net, (example,), dynamic_shapes=(dims,))
-    return ov.convert_model(exported)
-
-
-def _cache_key(net: nn.Module) -> str:
-    """Checksum of every weight (names, shapes, values) plus the versions that shape the IR."""
-    digest = hashlib.sha256(
-        f"{type(net).__name__} torch {torch.__version__} ov {ov.__version__} {CONVERSION}".encode()
-    )
-    feed_weights(digest, net)
-    return digest.hexdigest()[:32]
-
-
-def _load_or_convert(net: nn.Module, cache_dir: str | None) -> tuple["ov.Model", bool]:
-    """(model, whether it came from the cache); a fresh conversion is stored for next time."""
-    return _cached(cache_root(cache_dir, "openvino"), _cache_key(net), lambda: to_openvino(net))
-
-
-def _cached(root: Path | None, name: str, make: Callable[[], "ov.Model"]) -> tuple["ov.Model", bool]:
-    """(the model stored as ``root/name``, or ``make()``'s, stored there for next time; from cache)."""
-    if root is None:
-        return make(), False
-    entry = root / name
-    if (entry / "model.xml").is_file():
-        try:
-            return _core().read_model(str(entry / "model.xml")), True
-        except RuntimeError:
-            shutil.rmtree(entry, ignore_errors=True)  # damaged entry: make it again below
-    model = make()
-    with contextlib.suppress(OSError):  # a read-only or full cache only costs the next run time
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f"{entry.name}.partial-", dir=root))
-        ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=False)
-        try:
-            staging.rename(entry)  # atomic: readers see a whole entry or none
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)  # another process stored it first
-    return model, False
-
-
-def _isa_key() -> str:
-    """This CPU's instruction sets as OpenVINO's kernels see them, as a file-name-safe key."""
-    caps = hardware.cpu_capabilities()
-    return "-".join(f.name for f in fields(caps) if getattr(caps, f.name) is True) or "none"
-
-
 class OpenVINOBackend(Backend):
     """The generator converted once to OpenVINO and compiled for the CPU per prepared frame size.
 
@@ -242,8 +124,9 @@ class OpenVINOBackend(Backend):
         super().__init__(net, precision=precision, device=device, config=config)
         # int8 models keep their unquantised ops (norms, element-wise ops) in fp32.
         self._precision_hint = _OV_TYPE.get(self.precision, "f32")
-        self._model, self.from_cache = _load_or_convert(net, self.config.cache_dir)
-        self._weights_key = _cache_key(net)
+        self._model, self.from_cache = load_or_convert(net, self.config.cache_dir)
+        self._weights_key = model_key(net)
+        self._checksum = weights_checksum(net)  # names a shipped int8 model, whatever file the weights came from
         self.int8_check: int8.Int8Check | None = None
 
     @classmethod
@@ -256,7 +139,7 @@ class OpenVINOBackend(Backend):
     @classmethod
     def supported_precisions(cls, device: torch.device) -> tuple[Precision, ...]:
         """fp32, plus bf16, fp16 and int8 where the CPU reports them as optimisation capabilities."""
-        capabilities = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        capabilities = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         return tuple(p for p in cls.precisions["cpu"] if p == "fp32" or _CAPABILITY[p] in capabilities)
 
     @classmethod
@@ -266,7 +149,7 @@ class OpenVINOBackend(Backend):
 
     def describe(self) -> str:
         """E.g. ``"openvino 2026.4.1 CPU, bf16, LATENCY"``."""
-        return f"openvino {_ov_version()} CPU, {self.precision}, {self.config.performance_hint}"
+        return f"openvino {ov_version()} CPU, {self.precision}, {self.config.performance_hint}"
 
     def needs_calibration(self) -> bool:
         """True for int8 until :meth:`calibrate` has run."""
@@ -282,31 +165,35 @@ class OpenVINOBackend(Backend):
         """
         if self.precision != "int8":
             return
-        seconds = []
-
-        def quantize() -> "ov.Model":
-            start = time.perf_counter()
-            model = int8.quantize(self._model, frames)
-            seconds.append(time.perf_counter() - start)
-            return model
-
-        name = int8.cache_name(f"{self._weights_key} ov {ov.__version__}", frames)
         root = cache_root(self.config.cache_dir, "openvino")
-        quantized, from_cache = _cached(root, name, quantize)
-        # The comparison with fp32 (two compilations and 2 x 8 inferences: 3-11 s a job on 2 cores) is kept
-        # with the cached model, per instruction set: int8 kernels round differently on AVX2, VNNI
-        # and AMX, so a cache shared by other CPUs checks again there.
-        check_file = None if root is None else root / name / f"check-{_isa_key()}.json"
-        self.int8_check = int8.check(
-            self._compile_fp32, self._model, quantized, frames, self.config.min_psnr_db,
-            quantize_s=sum(seconds), from_cache=from_cache, stored=check_file if from_cache else None,
-        )
-        if check_file is not None and self.int8_check.rechecked:
-            int8.store_check(self.int8_check, check_file)
-        self._model = quantized
+        name = int8.cache_name(self._weights_key)
+        self._model, self.int8_check = int8.calibrated(self._model, frames, root, name, self._compile_fp32,
+                                                       self.config.min_psnr_db)
+
+    def reuse_calibration(self, frames: list[torch.Tensor]) -> bool:
+        """int8: the generator's int8 model made by an earlier calibration (cached) or shipped with a
+        bundled generator, checked against fp32 on ``frames`` of this job; False when there is none.
+
+        Raises:
+            BackendError: the model falls below ``config.min_psnr_db`` on these frames.
+        """
+        if self.precision != "int8":
+            return False
+        stored = read_stored(cache_root(self.config.cache_dir, "openvino"),
+                             int8.cache_name(self._weights_key))
+        reused = "cached"
+        if stored is None:
+            shipped = int8.shipped_model(self._checksum)
+            if shipped is None:
+                return False
+            stored, reused = (core().read_model(str(shipped)), {}), "shipped"
+        self.int8_check = int8.check(self._compile_fp32, self._model, stored[0], frames, self.config.min_psnr_db,
+                                     from_cache=True, reused=reused)
+        self._model = stored[0]
+        return True
 
     def _compile_fp32(self, model: "ov.Model") -> Any:
-        return _core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return compile_fp32(model, cache_root(self.config.cache_dir, "openvino"))
 
     def _build(self, max_batch: int, height: int, width: int) -> list[Any]:
         if self.needs_calibration():
@@ -317,7 +204,7 @@ class OpenVINOBackend(Backend):
         properties["INFERENCE_PRECISION_HINT"] = self._precision_hint
         if self.config.num_threads:
             properties["INFERENCE_NUM_THREADS"] = self.config.num_threads
-        compiled = _core().compile_model(model, "CPU", properties)
+        compiled = core().compile_model(model, "CPU", properties)
         if self.precision != "int8":
             self.precision = _PRECISION[compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()]
         n_requests = min(max_batch, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))

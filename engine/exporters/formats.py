@@ -14,6 +14,7 @@ TensorRT plan from :mod:`~gtacity.engine.exporters.tensorrt`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,7 +22,10 @@ from typing import Callable
 from torch import nn
 
 from gtacity.checkpoint import GeneratorInfo, load_generator
+from gtacity.engine.exporters import int8
+from gtacity.engine.exporters.cache import cache_root
 from gtacity.engine.exporters.onnx import ONNX_FORMATS, onnx_model, save_onnx
+from gtacity.engine.exporters.openvino import save_ir
 from gtacity.engine.exporters.plan import profile_from
 from gtacity.engine.exporters.shapes import ExportError, parse_shape
 from gtacity.engine.exporters.tensorrt import BuildOptions, engine_for
@@ -42,6 +46,7 @@ class ExportConfig:
         via: ``engine`` only: ``onnx`` (TensorRT's ONNX parser) or ``torch-tensorrt``.
         direction: what the generator translates, for files that do not record it.
         workspace_gib: ``engine`` only: TensorRT's scratch-memory limit while building.
+        calibration: ``openvino-int8`` only: frames like those it will translate (folder, video, image).
         overwrite: replace an existing output (never the input).
     """
 
@@ -54,6 +59,7 @@ class ExportConfig:
     via: str = "onnx"
     direction: str | None = None
     workspace_gib: float = 4.0
+    calibration: str | Path | None = None
     overwrite: bool = False
 
 
@@ -94,12 +100,27 @@ def _write_engine(net: nn.Module, info: GeneratorInfo, cfg: ExportConfig) -> Non
     entry.copy_to(Path(cfg.output))
 
 
+def _write_openvino_int8(net: nn.Module, info: GeneratorInfo, cfg: ExportConfig) -> None:
+    """The int8 IR (``.xml`` + ``.bin`` beside it), also stored as the generator's int8 model in the
+    cache, so ``--precision int8`` with these weights reuses it instead of calibrating."""
+    if not cfg.calibration:
+        raise ExportError("--format openvino-int8 needs --calibration DIR: frames like the ones it will translate "
+                          "(GTA5 frames for a gta2city generator, Cityscapes frames for city2gta)")
+    if Path(cfg.output).suffix != ".xml":
+        raise ExportError(f"{cfg.output}: an OpenVINO IR is named .xml (its weights go to .bin beside it)")
+    model, check = int8.for_generator(net, int8.calibration_frames(cfg.calibration), cache_root(None, "openvino"))
+    print(check.line(), file=sys.stderr)
+    save_ir(model, Path(cfg.output))
+
+
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", ".onnx", ONNX_FORMATS["onnx"], "ONNX, fp32, dynamic batch/height/width", _write_onnx),
     Format("onnx-fp16", ".onnx", ONNX_FORMATS["onnx-fp16"],
            "ONNX, fp16 weights and convolutions, InstanceNorm and I/O in fp32", _write_onnx),
     Format("engine", ".engine", "fp16", "TensorRT fp16 plan for this GPU (needs TensorRT + CUDA)",
            _write_engine),
+    Format("openvino-int8", ".xml", "int8", "OpenVINO IR, int8 (NNCF), calibrated on --calibration",
+           _write_openvino_int8),
 )}
 
 

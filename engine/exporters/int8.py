@@ -42,17 +42,22 @@ kernels vectorise over output channels, so it ran at a quarter of the first conv
 for the same MACs (16 of 102 ms of the previous recipe's frame). Quantising every convolution
 costs 3 dB on the mean but none on the worst frame, which is what the quality gate checks.
 
-Cost. Calibration is about two fp32 passes per calibration frame plus the graph work (measured in
-RESULTS.md); the quantised model is cached on disk next to the fp32 conversion, keyed by the
-weights, a checksum of the calibration frames and the torch / OpenVINO / NNCF versions, so a job
-that runs again on the same input (or with the same ``--calibration`` folder) pays it once.
+Cost, once per generator. Calibration is about two fp32 passes per calibration frame plus the
+graph work (measured in RESULTS.md). Quantisation ranges belong to the generator and its domain, not
+to one clip, so the quantised model is the generator's: cached on disk next to the fp32 conversion,
+keyed by the weights and the torch / OpenVINO / NNCF versions (not by the frames), made by the
+first input it meets (or by ``--calibration DIR``, ``gtacity export --format openvino-int8``, or at
+the end of ``gtacity train`` from its own training frames), and reused by every later input. The
+bundled generators ship theirs (``gtacity/models/int8/``), so they never calibrate.
 
 Quality gate. Before use the int8 output is compared with fp32 on up to :data:`CHECK_FRAMES`
 calibration frames; the PSNR is printed, and a model whose worst frame falls below the floor
 (:data:`MIN_PSNR_DB` by default) is refused with one line. The comparison (two compilations and
 2 x 8 inferences: about 3 s a job with the demo generator, 11 s with ngf 64, on 2 cores) is kept with the
-cached model per instruction set, so a later job on the same input and kind of CPU reuses its PSNRs
-and only applies its own floor.
+cached model per instruction set, so a later job on the same calibration frames and kind of CPU
+reuses its PSNRs and only applies its own floor. A job that reuses the generator's model checks it
+on :data:`REUSE_CHECK_FRAMES` frames of its own input (from its first :data:`REUSE_SPAN`), with the
+compiled models kept in OpenVINO's blob cache, and is refused below the floor as before.
 """
 
 from __future__ import annotations
@@ -62,21 +67,38 @@ import hashlib
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gtacity.engine.media.sources import open_source
+import gtacity
+from gtacity.engine.exporters.openvino import (
+    compile_fp32,
+    isa_key,
+    load_or_convert,
+    model_key,
+    read_stored,
+    store_model,
+)
+from gtacity.engine.frames import Frame
+from gtacity.engine.media.sources import open_source, read_image
 from gtacity.engine.stream.convert import to_batch
-from gtacity.errors import BackendError
+from gtacity.errors import BackendError, GtacityError
 from gtacity.files import written_whole
 from gtacity.quality import psnr
 
 CALIBRATION_FRAMES = 32
 CROP = 256
 CHECK_FRAMES = 8
+# A job that reuses the generator's int8 model checks it on this many of its own frames, taken from
+# its first REUSE_SPAN frames (a bounded decode, however long the input).
+REUSE_CHECK_FRAMES = 4
+REUSE_SPAN = 240
+# int8 models shipped with the bundled generators, named by the weights' checksum.
+SHIPPED = Path(gtacity.__file__).parent / "models" / "int8"
 MIN_PSNR_DB = 30.0
 # Bumped when the quantisation recipe changes, so cached models of an older recipe are not reused.
 RECIPE = "nncf-mixed-norms-fp32-v3"
@@ -96,6 +118,8 @@ class Int8Check:
         floor_db: the least ``worst_db`` accepted.
         quantize_s: seconds NNCF took (0 when the model came from the cache).
         from_cache: whether the quantised model was loaded from the disk cache.
+        reused: where the generator's int8 model came from when a job reused it rather than
+            calibrating (``"cached"`` or ``"shipped"``); empty after a calibration.
         rechecked: False when the PSNRs are those measured when the cached model was first
             checked on a CPU with these instruction sets (see :func:`check`).
     """
@@ -108,9 +132,13 @@ class Int8Check:
     quantize_s: float = 0.0
     from_cache: bool = False
     rechecked: bool = True
+    reused: str = ""
 
     def line(self) -> str:
         """One line for the user, e.g. ``"int8: PSNR vs fp32 on 8 calibration frames: ..."``."""
+        if self.reused:
+            return (f"int8: the generator's {self.reused} int8 model; PSNR vs fp32 on {self.checked} frames of "
+                    f"this input: mean {self.mean_db:.1f} dB, worst {self.worst_db:.1f} dB (floor {self.floor_db:g} dB)")
         how = "cached model" if self.from_cache else f"quantised on {self.frames} frames in {self.quantize_s:.0f} s"
         if not self.rechecked:
             how += ", checked when first used on this kind of CPU"
@@ -118,8 +146,10 @@ class Int8Check:
                 f"worst {self.worst_db:.1f} dB (floor {self.floor_db:g} dB); {how}")
 
 
-def calibration_frames(path: str | Path, count: int = CALIBRATION_FRAMES) -> list[torch.Tensor]:
+def calibration_frames(path: str | Path, count: int = CALIBRATION_FRAMES, span: int | None = None) -> list[torch.Tensor]:
     """Up to ``count`` frames spread evenly over a video, image folder or image, cropped to 256 px.
+
+    ``span``: spread them over the first ``span`` frames only (decoding no further).
 
     Returns:
         ``(1, 3, H, W)`` float32 tensors in [-1, 1], padded to multiples of 4 like the pipeline's,
@@ -131,7 +161,7 @@ def calibration_frames(path: str | Path, count: int = CALIBRATION_FRAMES) -> lis
 
     frames = []
     with open_source(path) as source:
-        stride = max(1, len(source) // count)
+        stride = max(1, min(len(source), span or len(source)) // count)
         for i, frame in enumerate(source):
             if i % stride == 0:
                 frames.append(_crop(to_batch([frame], torch.device("cpu")), len(frames)))
@@ -160,13 +190,53 @@ def _psnr_db(a: np.ndarray, b: np.ndarray) -> float:
     return float(psnr(torch.from_numpy(a).reshape(1, -1) / 2, torch.from_numpy(b).reshape(1, -1) / 2)[0])
 
 
-def cache_name(weights_key: str, frames: list[torch.Tensor]) -> str:
-    """Cache entry name of the int8 model: weights, calibration frames, NNCF version and recipe."""
+def frames_of_images(images: list[Path], count: int = CALIBRATION_FRAMES) -> list[torch.Tensor]:
+    """Up to ``count`` calibration frames from image files spread over ``images`` (a training set),
+    like :func:`calibration_frames`; files that cannot be read are passed over.
+
+    Raises:
+        BackendError: none of the picked files could be read.
+    """
+    frames = []
+    for path in images[:: max(1, len(images) // count)][:count]:
+        try:
+            image, _alpha = read_image(Path(path))
+        except GtacityError:
+            continue
+        frames.append(_crop(to_batch([Frame(image[..., :3], 0)], torch.device("cpu")), len(frames)))
+    if not frames:
+        raise BackendError("no readable training frames to calibrate int8 on")
+    return frames
+
+
+def check_frames(path: str | Path) -> list[torch.Tensor]:
+    """The few frames of a job's input that a reused int8 model is checked on (a bounded decode)."""
+    return calibration_frames(path, REUSE_CHECK_FRAMES, span=REUSE_SPAN)
+
+
+def cache_name(weights_key: str) -> str:
+    """Cache entry name of a generator's int8 model: its weights, NNCF's version and the recipe.
+
+    One entry per generator, not per input: quantisation ranges belong to the generator and its
+    domain, so every later input reuses what the first calibration made.
+    """
     digest = hashlib.sha256(f"{weights_key} nncf {_nncf_version()} {RECIPE}".encode())
+    return f"int8-gen-{digest.hexdigest()[:32]}"
+
+
+def frames_digest(frames: list[torch.Tensor]) -> str:
+    """SHA-256 of calibration frames (shapes and values): which frames a stored model was made from."""
+    digest = hashlib.sha256()
     for x in frames:
         digest.update(str(tuple(x.shape)).encode())
         digest.update(x.contiguous().numpy().tobytes())
-    return f"int8-{digest.hexdigest()[:32]}"
+    return digest.hexdigest()
+
+
+def shipped_model(weights_checksum: str) -> Path | None:
+    """The int8 model shipped for the bundled generator with these weights, if there is one."""
+    path = SHIPPED / f"{weights_checksum[:32]}.xml"
+    return path if path.is_file() and path.with_suffix(".bin").is_file() else None
 
 
 def quantize(model, frames: list[torch.Tensor]):
@@ -220,6 +290,43 @@ def check(compile_fn, fp32_model, int8_model, frames: list[torch.Tensor], floor_
             f"the {floor_db:g} dB floor; use --precision fp32, or calibrate on frames like the job's (--calibration DIR)"
         )
     return result
+
+
+def calibrated(fp32_model, frames: list[torch.Tensor], root: Path | None, name: str, compile_fn,
+               floor_db: float) -> tuple[object, Int8Check]:
+    """The generator's int8 model quantised on ``frames`` and checked against fp32, stored as the cache
+    entry ``root/name`` (it replaces one made from other frames; the same frames reuse it).
+
+    The comparison with fp32 (two compilations and 2 x 8 inferences: 3-11 s on 2 cores) is kept with
+    the stored model per instruction set: int8 kernels round differently on AVX2, VNNI and AMX, so a
+    cache shared by other CPUs checks again there.
+
+    Raises:
+        BackendError: NNCF missing, or the model below ``floor_db``.
+    """
+    digest = frames_digest(frames)
+    stored = read_stored(root, name)
+    from_cache = stored is not None and stored[1].get("frames_sha256") == digest
+    start = time.perf_counter()
+    quantized = stored[0] if from_cache else quantize(fp32_model, frames)
+    quantize_s = 0.0 if from_cache else time.perf_counter() - start
+    if not from_cache and root is not None:  # the generator's int8 model from now on
+        store_model(root, name, quantized, {"frames_sha256": digest, "frames": len(frames)})
+    check_file = None if root is None else root / name / f"check-{isa_key()}.json"
+    result = check(compile_fn, fp32_model, quantized, frames, floor_db, quantize_s=quantize_s,
+                   from_cache=from_cache, stored=check_file if from_cache else None)
+    if check_file is not None and result.rechecked:
+        store_check(result, check_file)
+    return quantized, result
+
+
+def for_generator(net, frames: list[torch.Tensor], root: Path | None,
+                  floor_db: float = MIN_PSNR_DB) -> tuple[object, Int8Check]:
+    """:func:`calibrated` for a generator ``net`` (a torch module): the same cache entry the openvino
+    backend uses for it, so ``--precision int8`` with these weights reuses the result."""
+    fp32 = load_or_convert(net, "" if root is None else str(root.parent))[0]
+    name = cache_name(model_key(net))
+    return calibrated(fp32, frames, root, name, lambda m: compile_fp32(m, root), floor_db)
 
 
 def store_check(result: Int8Check, path: Path) -> None:

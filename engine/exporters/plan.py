@@ -25,9 +25,10 @@ from pathlib import Path
 
 from gtacity.engine.exporters.shapes import ExportError, check_frame_shape, parse_shape
 from gtacity.errors import GtacityError
+from gtacity.filekinds import ENGINE_MAGIC
 from gtacity.files import written_whole
 
-MAGIC = b"GTACITY-TRT\0"
+MAGIC = ENGINE_MAGIC  # one definition: gtacity.filekinds recognises these files given as --weights
 HEADER_FORMAT, HEADER_VERSION = "gtacity-tensorrt-engine", 1
 _LENGTH = struct.Struct("<I")
 _MAX_HEADER = 1 << 20  # a real header is ~1 KB; more means the length field is damaged
