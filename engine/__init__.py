@@ -10,6 +10,9 @@ move without breaking anyone::
     from gtacity.engine import ExportConfig, export
     export(ExportConfig("gen.safetensors", "gen.onnx", format="onnx"))
 
+    from gtacity.engine import Translator
+    city = Translator("gta2city_demo")(frames)   # numpy or torch uint8 frames in, the same kind out
+
 Each name is imported on first use (PEP 562), so ``import gtacity.engine`` stays cheap and the
 command line starts fast.
 
@@ -30,6 +33,7 @@ _PUBLIC = {
     "TranslateReport": "gtacity.engine.translation",
     "TranslateError": "gtacity.engine.translation",
     "DamagedInputError": "gtacity.engine.translation",
+    "Translator": "gtacity.engine.translator",
     "Frame": "gtacity.engine.frames",
     "create_backend": "gtacity.engine.backends",
     "available_backends": "gtacity.engine.backends",
@@ -73,6 +77,7 @@ __all__ = [
     "TranslateConfig",
     "TranslateError",
     "TranslateReport",
+    "Translator",
     "artifact_score",
     "available_backends",
     "create_backend",
@@ -119,3 +124,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         TranslateReport,
         translate,
     )
+    from gtacity.engine.translator import Translator

@@ -17,6 +17,8 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
+from gtacity.errors import GtacityError
+
 
 @dataclass(frozen=True)
 class Planes:
@@ -138,6 +140,10 @@ class SourceContext:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class SinkError(GtacityError):
+    """An output that cannot or must not be written; the message names the file and what to do."""
 
 
 class SinkContext:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 from tqdm import tqdm
@@ -27,12 +28,15 @@ from gtacity.engine.media.planes import use_planes
 from gtacity.engine.media.sinks import open_sink
 from gtacity.engine.media.sources import PixelLimit, open_source
 from gtacity.engine.media.trees import LABEL_MODES
+from gtacity.engine.media.window import Window, parse_time
+from gtacity.engine.preview import write_preview
 from gtacity.engine.stream.imagepool import default_workers
 from gtacity.engine.stream.pipeline import run_with_progress
 from gtacity.engine.stream.stages import StageTimes
 from gtacity.engine.temporal.remedies import FlowBlend, backend_for, check_mode, smooth_norm_stats, tile_setting
 from gtacity.errors import GtacityError
 from gtacity.hardware import free_memory
+from gtacity.images import IMAGE_EXTENSIONS
 
 
 class TranslateError(GtacityError):
@@ -89,6 +93,13 @@ class TranslateConfig:
             when the job starts and what one frame costs
             (:func:`gtacity.engine.backends.tiling.max_frame_pixels`), so a small file declaring
             a huge picture cannot exhaust the memory.
+        start, duration: videos only: translate from ``start`` (seconds from the first frame, or
+            ``"HH:MM:SS.ms"``) for ``duration``; the slice's output starts at the video's own start,
+            its audio with it (see :mod:`gtacity.engine.media.window`).
+        max_frames: videos only: translate at most this many frames (from ``start``).
+        preview: translate this many frames spread over the input (or its slice) and write them
+            side by side with their inputs into ``output``, a PNG, instead of the job's output
+            (see :mod:`gtacity.engine.preview`).
     """
 
     input: str | Path
@@ -113,6 +124,10 @@ class TranslateConfig:
     calibration: str | Path | None = None
     temporal: str = "off"
     max_pixels: int | None = None
+    start: float | str | None = None
+    duration: float | str | None = None
+    max_frames: int | None = None
+    preview: int | None = None
 
 
 @dataclass(frozen=True)
@@ -171,16 +186,45 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
     shard = parse_shard(cfg.shard)
     folder = Path(cfg.input).is_dir()
     _check_folder_options(cfg, folder)
+    window = _window(cfg, folder)
+    if cfg.preview is not None:
+        return _preview(cfg, window)
     items = list_job(Path(cfg.input), Path(cfg.output), cfg.dataset, cfg.labels) if folder else None
     check_mode(cfg.temporal, folder)
     net, info = _generator(cfg)
-    tiling = Tiling(tile=tile_setting(cfg.temporal, cfg.tile), ngf=info.ngf)
-    backend = _backend(cfg, net, tiling)
-    limit = _pixel_limit(cfg, tiling)
+    backend = _backend(cfg, net, info)
+    limit = _pixel_limit(cfg, _tiling(cfg, info))
     batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
     if folder:
         return _translate_folder(cfg, items, shard, backend, info, batch_size, limit)
-    return _translate_one(cfg, backend, info, batch_size, limit)
+    return _translate_one(cfg, backend, info, batch_size, limit, window)
+
+
+def _window(cfg: TranslateConfig, folder: bool) -> Window | None:
+    """The slice ``--start/--duration/--max-frames`` ask for; refused for images, whose frames
+    have no time (a preview spreads over a folder instead)."""
+    given = [f"--{name.replace('_', '-')}" for name in ("start", "duration", "max_frames")
+             if getattr(cfg, name) is not None]
+    if not given:
+        return None
+    if folder or Path(cfg.input).suffix.lower() in IMAGE_EXTENSIONS:
+        what = "a folder of images" if folder else "an image"
+        raise TranslateError(f"{cfg.input}: {' and '.join(given)} take part of a video; {what} has no time "
+                             "to slice: translate it whole (or use --preview N to try a few images)")
+    return Window(start=Fraction(0) if cfg.start is None else parse_time(str(cfg.start), "--start"),
+                  duration=None if cfg.duration is None else parse_time(str(cfg.duration), "--duration"),
+                  max_frames=cfg.max_frames)
+
+
+def _preview(cfg: TranslateConfig, window: Window | None) -> TranslateReport:
+    """``--preview N``: N frames side by side with their inputs into the PNG ``cfg.output``."""
+    if cfg.temporal != "off":
+        raise TranslateError("--preview shows frames one at a time; drop --temporal (it needs consecutive frames)")
+    net, info = _generator(cfg)
+    backend = _backend(cfg, net, info)
+    frames, seconds = write_preview(Path(cfg.input), Path(cfg.output), cfg.preview, window, backend, cfg.overwrite)
+    return TranslateReport(Path(cfg.output), frames, StageTimes(wall=seconds, frames=frames), backend.name,
+                           backend.precision, info)
 
 
 def _check_numbers(cfg: TranslateConfig) -> None:
@@ -196,14 +240,18 @@ def _check_numbers(cfg: TranslateConfig) -> None:
         raise TranslateError(f"--max-pixels must be at least 1, got {cfg.max_pixels}")
 
 
-def _backend(cfg: TranslateConfig, net, tiling: Tiling) -> Backend:
+def _tiling(cfg: TranslateConfig, info: GeneratorInfo) -> Tiling:
+    return Tiling(tile=tile_setting(cfg.temporal, cfg.tile), ngf=info.ngf)
+
+
+def _backend(cfg: TranslateConfig, net, info: GeneratorInfo) -> Backend:
     """The backend ``cfg`` asks for, calibrated, smoothed for ``--temporal stats``, tiling huge
     frames, its first output checked."""
     backend = create_backend(backend_for(cfg.temporal, cfg.backend), net, precision=cfg.precision, device=cfg.device)
     _calibrate(backend, cfg)
     if cfg.temporal == "stats":
         backend = smooth_norm_stats(backend)
-    return FirstBatchCheck(TiledBackend(backend, tiling), str(_weights_path(cfg)))
+    return FirstBatchCheck(TiledBackend(backend, _tiling(cfg, info)), str(_weights_path(cfg)))
 
 
 def _pixel_limit(cfg: TranslateConfig, tiling: Tiling) -> PixelLimit:
@@ -229,10 +277,11 @@ def _translate_folder(cfg: TranslateConfig, items, shard, backend: Backend, info
 
 
 def _translate_one(cfg: TranslateConfig, backend: Backend, info: GeneratorInfo, batch_size: int,
-                   limit: PixelLimit) -> TranslateReport:
-    """One video or image into ``cfg.output``."""
+                   limit: PixelLimit, window: Window | None = None) -> TranslateReport:
+    """One video (or its ``window``) or image into ``cfg.output``."""
     # On CUDA a video's colour is converted on the GPU, fused with the generator's layout.
-    with open_source(cfg.input, planes=use_planes(backend.device, cfg.temporal), limit=limit) as source:
+    with open_source(cfg.input, planes=use_planes(backend.device, cfg.temporal), limit=limit,
+                     window=window) as source:
         sink = open_sink(cfg.output, source, overwrite=cfg.overwrite, crf=cfg.crf, preset=cfg.preset)
         frames = source
         if cfg.temporal == "flow":

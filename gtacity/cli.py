@@ -18,6 +18,7 @@ from gtacity import __version__
 from gtacity.cli_learn import data, distill, train
 from gtacity.cli_realism import eval_realism
 from gtacity.cli_segment import eval_miou, eval_segmentation
+from gtacity.cli_slice import max_frames_option, slice_options
 from gtacity.errors import GtacityError
 
 _DEBUG = {"on": False}
@@ -106,6 +107,8 @@ Examples:
   gtacity translate clips/ -o clips_city/                       # a folder of videos, each translated
   gtacity translate drive.mp4 -o out.mp4 --precision int8       # CPU: faster than fp32, PSNR vs fp32 printed
   gtacity translate drive.mp4 -o out.mp4 --temporal flow        # less flicker (gtacity eval flicker)
+  gtacity translate drive.mp4 -o part.mp4 --start 1:30 --duration 10   # try a piece first (audio kept)
+  gtacity translate drive.mp4 -o look.png --preview 6           # 6 frames, input | translation, one PNG
 """)
 @click.argument("input", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(),
@@ -149,6 +152,7 @@ Examples:
 @click.option("--temporal", default="off", show_default=True, type=click.Choice(["off", "stats", "flow"]),
               help="Flicker remedy for videos: stats (InstanceNorm statistics averaged over frames; torch "
                    "backend) or flow (previous output blended in along the optical flow; any backend).")
+@slice_options
 def translate(input, output, quiet, **opts) -> None:
     """Translate a video, a folder of images or an image between GTA5 and Cityscapes looks.
 
@@ -325,7 +329,7 @@ Examples:
 @click.option("--backend", default="auto", show_default=True, metavar="auto|torch|openvino", help="Backend for both.")
 @click.option("--precision", default="auto", show_default=True, metavar="auto|fp32|fp16|bf16")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--max-frames", type=int, default=None, help="Compare at most this many frames.")
+@max_frames_option("Compare at most this many frames.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the numbers here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def eval_fidelity(input, teacher, student, json_path, quiet, **opts) -> None:

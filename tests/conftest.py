@@ -61,3 +61,11 @@ def tiny_generator() -> ResnetGenerator:
     """ngf 8, 2 blocks, seeded: fast enough for every CPU test."""
     torch.manual_seed(0)
     return init_weights(ResnetGenerator(ngf=8, n_blocks=2)).eval()
+
+
+@pytest.fixture
+def weights(tmp_path, tiny_generator):
+    """The tiny generator as a gta2city generator file (modules may define their own)."""
+    from gtacity.checkpoint import save_generator
+
+    return save_generator(tiny_generator, tmp_path / "g.safetensors", direction="gta2city")

@@ -110,6 +110,7 @@ def make_clip(
     time_base: Fraction | None = None,
     crf: int = 12,
     rotation: int | None = None,
+    keyint: int | None = None,
 ) -> list[np.ndarray]:
     """Write an H.264 clip (container from the extension: .mp4/.mkv/.mov) and return its frames.
 
@@ -133,6 +134,7 @@ def make_clip(
         crf: x264 quality; the low default keeps codec loss well below colour-matrix errors.
         rotation: a display rotation in degrees (counter-clockwise), as a phone held upright
             writes it; None writes no display matrix.
+        keyint: a key frame every this many frames (x264's default, 250, when None).
 
     Returns:
         The RGB images (``(H, W, 3)`` uint8) the clip encodes, in order.
@@ -146,6 +148,8 @@ def make_clip(
             "libx264", rate=fps, options={"crf": str(crf), "preset": "ultrafast"}
         )
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        if keyint is not None:
+            video.codec_context.gop_size = keyint
         video.codec_context.time_base = video.time_base = time_base
         if tagged:
             _tag(video.codec_context, matrix, full_range)

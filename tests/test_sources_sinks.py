@@ -311,7 +311,7 @@ UNREADABLE_INPUTS = {
     "missing": ("drive.mp4", lambda p: None, "no such file or folder"),
     "random bytes": ("drive.mp4", write_garbage, "not a readable video"),
     "empty file": ("drive.mp4", lambda p: p.write_bytes(b""), "not a readable video"),
-    "truncated mp4": ("drive.mp4", _cut_mp4, "not a readable video"),
+    "truncated mp4": ("drive.mp4", _cut_mp4, "the file is cut off"),
     "mkv cut before a frame": ("drive.mkv", _cut_mkv, "no video frame could be decoded"),
     "audio only": ("song.m4a", make_audio_only, "has no video stream"),
     "folder without images": ("frames", _folder_without_images, "no images"),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -23,24 +22,12 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from gtacity.engine.frames import Frame, FrameSource, SinkContext
+from gtacity.engine.frames import Frame, FrameSource, SinkContext, SinkError
+from gtacity.engine.media.audio import AudioCopy
 from gtacity.engine.media.lock import OutputLock
 from gtacity.engine.media.sources import VideoSource, ffmpeg_reason
-from gtacity.errors import GtacityError
 from gtacity.files import partial_path, remove_stale_partials, remove_stale_partials_under, write_error, written_whole
 from gtacity.images import ALPHA_EXTENSIONS, DEEP_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, write_image_file
-
-# Audio codecs each container takes as a plain copy (Matroska takes anything). Checked up front:
-# a misfit stream (PCM in .mp4) is only refused when the trailer is written, after all the work.
-_PCM = {"pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_f32le"}
-_COPYABLE_AUDIO = {
-    ".mp4": {"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"},
-    ".mov": {"aac", "mp3", "ac3", "eac3", "alac"} | _PCM,
-}
-
-
-class SinkError(GtacityError):
-    """An output that cannot or must not be written; the message names the file and what to do."""
 
 
 def open_sink(
@@ -141,54 +128,6 @@ def _check_folder_free(out: Path, overwrite: bool) -> None:
         raise SinkError(f"{out}: already exists and is not empty; pass --overwrite to replace it")
 
 
-class _AudioCopy:
-    """Remuxes every audio stream of the input into the output, packet by packet, never decoding.
-
-    Packets are written as the video catches up with them (``write_until``), so memory stays flat
-    and the file is interleaved the way players expect.
-    """
-
-    def __init__(self, input_path: Path, output: av.container.OutputContainer, out_path: Path):
-        self._input = av.open(str(input_path))
-        self._output = output
-        self._pending: av.Packet | None = None
-        self._map = {}
-        copyable = _COPYABLE_AUDIO.get(out_path.suffix.lower())
-        streams = list(self._input.streams.audio)
-        for stream in streams:
-            name = stream.codec_context.codec.canonical_name  # "mp3", not the decoder "mp3float"
-            if copyable is not None and name not in copyable:
-                self._input.close()
-                raise SinkError(
-                    f"{out_path}: the input's {name} audio cannot be copied into "
-                    f"{out_path.suffix.lower()}; name the output .mkv"
-                )
-            self._map[stream.index] = output.add_stream_from_template(stream)
-        # demux() of no streams would mean every stream, the video included.
-        self._packets = self._input.demux(streams) if streams else iter(())
-
-    def write_until(self, seconds: Fraction | None) -> None:
-        """Mux input audio packets up to ``seconds`` (all remaining ones for None)."""
-        while True:
-            if self._pending is None:
-                self._pending = next(self._packets, None)
-                if self._pending is None:
-                    return
-            packet = self._pending
-            if packet.size == 0:  # the demuxer's end-of-stream marker, not data
-                self._pending = None
-                continue
-            stamp = packet.dts if packet.dts is not None else packet.pts
-            if seconds is not None and stamp is not None and stamp * packet.time_base > seconds:
-                return
-            packet.stream = self._map[packet.stream.index]
-            self._output.mux(packet)
-            self._pending = None
-
-    def close(self) -> None:
-        self._input.close()
-
-
 class VideoSink(SinkContext):
     """Encodes frames to H.264 (by default) with the input's timestamps, colour and audio.
 
@@ -222,7 +161,7 @@ class VideoSink(SinkContext):
             path.parent.mkdir(parents=True, exist_ok=True)
             self._out = av.open(str(self._partial), "w")
             self._video = self._add_video_stream(source, crf=crf, preset=preset, codec=codec)
-            self._audio = _AudioCopy(source.path, self._out, path)
+            self._audio = AudioCopy(source.path, self._out, path, source.window)
             # Writing the header now makes encoder/container refusals surface before any work.
             self._out.start_encoding()
         except av.FFmpegError as e:

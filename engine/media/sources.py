@@ -21,10 +21,15 @@ from av.video.reformatter import VideoReformatter
 
 from gtacity.engine.frames import Frame, SourceContext
 from gtacity.engine.media.colour import VideoColour
-from gtacity.engine.media.damage import Damage
+from gtacity.engine.media.damage import Damage, missing_index
+from gtacity.engine.media.decodelog import DecoderLog, watch
 from gtacity.engine.media.planes import PlaneReader
+from gtacity.engine.media.window import Window
 from gtacity.errors import GtacityError
 from gtacity.images import IMAGE_EXTENSIONS, ImageDecodeError, ImageTooLargeError, decode_full
+
+# How many frames a decoder's log line may come after the frame it is about (threads, reordering).
+_LOG_LAG_FRAMES = 8
 
 
 class SourceError(GtacityError):
@@ -64,7 +69,7 @@ class VideoFrameMeta:
 
 
 def open_source(
-    path: str | Path, *, planes: bool = False, limit: PixelLimit | None = None
+    path: str | Path, *, planes: bool = False, limit: PixelLimit | None = None, window: Window | None = None
 ) -> VideoSource | ImageFolderSource | ImageSource:
     """Open a video, an image folder (searched recursively) or a single image.
 
@@ -74,6 +79,8 @@ def open_source(
         planes: a video hands out the decoder's 4:2:0 planes where it can (see
             :class:`VideoSource`); images ignore it.
         limit: a single image with more pixels is refused before it is decoded.
+        window: the slice of a video to read (see :mod:`gtacity.engine.media.window`); None:
+            all of it. Images ignore it (``translate`` refuses a slice of them).
 
     Raises:
         SourceError: the path is missing or is not a readable video/image/image folder.
@@ -85,7 +92,7 @@ def open_source(
         return ImageFolderSource(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageSource(path, limit)
-    return VideoSource(path, planes=planes)
+    return VideoSource(path, planes=planes, window=window)
 
 
 def ffmpeg_reason(error: av.FFmpegError) -> str:
@@ -150,12 +157,18 @@ class VideoSource(SourceContext):
 
     kind = "video"
 
-    def __init__(self, path: Path, *, planes: bool = False):
+    def __init__(self, path: Path, *, planes: bool = False, window: Window | None = None):
         self.path = path
         self.planes = planes
+        self.window = window or Window()
+        self._log = None
+        watch()  # before opening: FFmpeg's own reason for a failure is then known too
         try:
             self._container = av.open(str(path))
         except av.FFmpegError as e:
+            index = missing_index(path)  # the one damage FFmpeg names only "Invalid data"
+            if index is not None:
+                raise SourceError(f"{path}: {index}") from None
             raise SourceError(
                 f"{path}: not a readable video ({ffmpeg_reason(e)}); "
                 "check the file plays in a media player"
@@ -163,7 +176,7 @@ class VideoSource(SourceContext):
         try:
             self._open_stream()
         except BaseException:
-            self._container.close()
+            self.close()
             raise
 
     def _open_stream(self) -> None:
@@ -185,9 +198,11 @@ class VideoSource(SourceContext):
         self.rate: Fraction = stream.average_rate or stream.guessed_rate or Fraction(25)
         self.time_base: Fraction = stream.time_base
         self.damage = Damage()
+        self._decoding: int | None = None  # pts of the packet last sent to the decoder
         # A packet whose frame never comes out was lost (rejected, or dropped with its reference).
         self._packet_pts: set[int] = set()
         self._frame_pts: set[int | None] = set()
+        self._log = DecoderLog(stream.codec_context.name)
         self._frames = self._decoded()
         self._reformatter = VideoReformatter()
         self._first = next(self._frames, None)
@@ -201,6 +216,26 @@ class VideoSource(SourceContext):
         self.colour = VideoColour.of_frame(self._first)
         self._plane_reader = PlaneReader(self.colour)
         self.display_matrix = _display_matrix(self._first)
+        self._origin = self._first.pts or 0  # the video's first timestamp: --start counts from it
+        if self.window.start:
+            length = Fraction(self._count()) / self.rate
+            if length and self.window.start >= length:
+                raise SourceError(f"{self.path}: --start {float(self.window.start):g} s is past the end of "
+                                  f"the video ({float(length):.2f} s long); choose an earlier start")
+            if self._first.pts is not None:  # a raw stream without timestamps is read from the start
+                self._seek(self._origin + self.window.start / self.time_base)
+
+    def _seek(self, pts: Fraction) -> None:
+        """Continue from the key frame at or before ``pts`` (frames before it are dropped in
+        :meth:`__iter__`); where the container cannot seek, decoding goes on from the start."""
+        try:
+            self._container.seek(int(pts), stream=self._stream, backward=True)
+        except av.FFmpegError:
+            return
+        self.damage = Damage()  # what the first frame showed is not part of the slice
+        self._packet_pts, self._frame_pts = set(), set()
+        self._frames = self._decoded()
+        self._first = next(self._frames, None)
 
     def _decoded(self) -> Iterator[av.VideoFrame]:
         """Every frame FFmpeg can give, noting in :attr:`damage` what it could not."""
@@ -215,11 +250,15 @@ class VideoSource(SourceContext):
                 return
             if packet.size and packet.pts is not None:
                 self._packet_pts.add(packet.pts)
+                self._decoding = packet.pts
             try:
                 frames = packet.decode()  # the final empty packet flushes the decoder
             except av.FFmpegError:
                 self.damage.errors += 1
                 continue
+            finally:
+                if self._log.new_lines() and self._decoding is not None:
+                    self.damage.reported.append(float(self._decoding * self.time_base))
             for frame in frames:
                 self._frame_pts.add(frame.pts)
                 if frame.is_corrupt:
@@ -227,6 +266,10 @@ class VideoSource(SourceContext):
                 yield frame
 
     def __len__(self) -> int:
+        """Frame count of the window, from the container's, else estimated from the duration."""
+        return self.window.frames(self._count(), self.rate) if not self.window.whole else self._count()
+
+    def _count(self) -> int:
         """Frame count from the container, else estimated from the duration and frame rate."""
         if self._stream.frames:
             return self._stream.frames
@@ -244,31 +287,55 @@ class VideoSource(SourceContext):
         return max(1, round(seconds * self.rate))
 
     def __iter__(self) -> Iterator[Frame]:
-        """Yield every frame once, in presentation order (a source is read once)."""
+        """Yield every frame of the window once, in presentation order (a source is read once)."""
         frame, self._first = self._first, None
-        index, pts = 0, None
+        index, pts, kept = 0, None, None
         step = max(1, round(1 / (self.rate * self.time_base)))  # one frame, in time_base units
+        window, shift = self.window, 0
         while frame is not None:
             # Raw elementary streams (.h264) carry no timestamps: count on at the nominal rate.
             if frame.pts is not None:
                 pts = frame.pts
             else:
                 pts = 0 if pts is None else pts + step
-            meta = VideoFrameMeta(pts, self.time_base)
-            planes = self._plane_reader(frame) if self.planes else None
-            if planes is not None:
-                yield Frame(None, index, meta=meta, planes=planes)
-            else:
-                yield Frame(self.colour.to_rgb(frame, self._reformatter), index, meta=meta)
-            index += 1
+            seconds = (pts - self._origin) * self.time_base
+            if window.past(seconds, index):
+                break
+            if not window.before(seconds):
+                if kept is None:  # the slice starts where the video starts; so does its audio
+                    shift = pts - self._origin
+                    window.shift, window.first = shift * self.time_base, pts * self.time_base
+                kept = pts
+                meta = VideoFrameMeta(pts - shift, self.time_base)
+                planes = self._plane_reader(frame) if self.planes else None
+                if planes is not None:
+                    yield Frame(None, index, meta=meta, planes=planes)
+                else:
+                    yield Frame(self.colour.to_rgb(frame, self._reformatter), index, meta=meta)
+                index += 1
             frame = next(self._frames, None)
+        self._finish(kept, step, cut=frame is not None)
+
+    def _finish(self, last: int | None, step: int, cut: bool) -> None:
+        """Settle :attr:`damage` once the window is read: ``last`` is the last kept pts, ``cut``
+        whether the window ended before the video did."""
+        if last is not None:
+            self.window.end = (last + step) * self.time_base
+        first = self.window.first
         lost = sorted(self._packet_pts - self._frame_pts)
-        self.damage.lost = [float(stamp * self.time_base) for stamp in lost]
-        if pts is not None and self._stream.frames != index:
-            self.damage.check_end((pts + step) * self.time_base, self._stream, self.rate)
+        self.damage.lost = [float(stamp * self.time_base) for stamp in lost
+                            if (first is None or stamp * self.time_base >= first)
+                            and (not cut or (last is not None and stamp <= last))]
+        # Decoder threads run up to a few packets ahead of the frames returned, B-frames reorder.
+        self.damage.settle(window=float(_LOG_LAG_FRAMES / self.rate))
+        if last is not None and not cut and self._stream.frames != len(self._frame_pts):
+            self.damage.check_end((last + step) * self.time_base, self._stream, self.rate)
 
     def close(self) -> None:
         """Release the file."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         self._container.close()
 
 
