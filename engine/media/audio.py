@@ -8,6 +8,7 @@ from pathlib import Path
 
 import av
 
+from gtacity.engine.frames import SinkError
 from gtacity.engine.media.window import Window
 
 # Audio codecs each container takes as a plain copy (Matroska takes anything). Checked up front:
