@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
@@ -22,6 +23,7 @@ from gtacity.engine.backends.base import FirstBatchCheck
 from gtacity.engine.backends.tiling import TiledBackend, Tiling, max_frame_pixels
 from gtacity.engine.exporters.int8 import calibration_frames, check_frames
 from gtacity.engine.jobs.folder import FolderJob, JobSummary, job_settings, list_job, run_folder_job
+from gtacity.engine.jobs.ray_runner import RayCluster
 from gtacity.engine.jobs.shards import parse_shard
 from gtacity.engine.media.damage import Damage
 from gtacity.engine.media.planes import use_planes
@@ -79,6 +81,12 @@ class TranslateConfig:
         labels: with ``dataset``: ``"copy"`` (unchanged) or ``"trainids"`` (copied, plus Cityscapes
             train-ID maps beside them).
         workers: threads decoding and encoding a folder's images; None uses every core.
+        ray: folder inputs: translate on a Ray cluster (``pip install "gtacity[ray]"``): ``"local"``
+            (a cluster of this machine for this job), ``"auto"`` (``RAY_ADDRESS``, or the cluster
+            ``ray start`` made here) or a cluster's address; None runs in this process. The same
+            job, outputs and resume either way (see :mod:`gtacity.engine.jobs.ray_runner`).
+        ray_workers: with ``ray``: translating actors; None: one per GPU of the cluster, or half
+            its CPUs.
         temporal: flicker remedy, ``off``, ``stats`` (InstanceNorm statistics averaged over frames;
             torch backend only, which ``backend="auto"`` then picks) or ``flow`` (the previous output
             blended in along the optical flow; any backend). See :mod:`gtacity.engine.temporal.remedies`.
@@ -128,6 +136,8 @@ class TranslateConfig:
     duration: float | str | None = None
     max_frames: int | None = None
     preview: int | None = None
+    ray: str | None = None
+    ray_workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,8 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
             output is kept (incomplete) and the error's ``report`` describes it.
     """
     _check_numbers(cfg)
+    if cfg.ray is not None:
+        cfg = _absolute(cfg)  # Ray workers run elsewhere: every path they get must name the same file
     shard = parse_shard(cfg.shard)
     folder = Path(cfg.input).is_dir()
     _check_folder_options(cfg, folder)
@@ -191,10 +203,10 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
         return _preview(cfg, window)
     items = list_job(Path(cfg.input), Path(cfg.output), cfg.dataset, cfg.labels) if folder else None
     check_mode(cfg.temporal, folder)
+    if cfg.ray is not None:
+        return _translate_on_ray(cfg, items, shard)
     net, info = _generator(cfg)
-    backend = _backend(cfg, net, info)
-    limit = _pixel_limit(cfg, _tiling(cfg, info))
-    batch_size = cfg.batch_size or (8 if backend.device.type == "cuda" else 1)
+    backend, batch_size, limit = _prepare(cfg, net, info)
     if folder:
         return _translate_folder(cfg, items, shard, backend, info, batch_size, limit)
     return _translate_one(cfg, backend, info, batch_size, limit, window)
@@ -244,6 +256,12 @@ def _tiling(cfg: TranslateConfig, info: GeneratorInfo) -> Tiling:
     return Tiling(tile=tile_setting(cfg.temporal, cfg.tile), ngf=info.ngf)
 
 
+def _prepare(cfg: TranslateConfig, net, info: GeneratorInfo) -> tuple[Backend, int, PixelLimit]:
+    """The backend, batch size and pixel limit ``cfg`` asks for (on this machine)."""
+    backend = _backend(cfg, net, info)
+    return backend, cfg.batch_size or (8 if backend.device.type == "cuda" else 1), _pixel_limit(cfg, _tiling(cfg, info))
+
+
 def _backend(cfg: TranslateConfig, net, info: GeneratorInfo) -> Backend:
     """The backend ``cfg`` asks for, calibrated, smoothed for ``--temporal stats``, tiling huge
     frames, its first output checked."""
@@ -265,15 +283,48 @@ def _pixel_limit(cfg: TranslateConfig, tiling: Tiling) -> PixelLimit:
 
 def _translate_folder(cfg: TranslateConfig, items, shard, backend: Backend, info: GeneratorInfo,
                       batch_size: int, limit: PixelLimit) -> TranslateReport:
-    settings = job_settings(_weights_path(cfg), info.direction, backend, cfg.dataset, cfg.labels,
-                            any(i.kind == "video" for i in items), cfg.crf, cfg.preset)
-    job = FolderJob(Path(cfg.input), Path(cfg.output), settings, cfg.overwrite, shard, cfg.dataset,
-                    cfg.labels, cfg.workers or default_workers(), cfg.crf, cfg.preset, cfg.progress,
-                    log=lambda line: tqdm.write(line, file=sys.stderr), streams=cfg.streams,
-                    allow_damaged=cfg.allow_damaged, limit=limit)
+    job = _folder_job(cfg, items, shard, info, backend, limit)
     done = run_folder_job(job, items, backend, batch_size)
     return TranslateReport(job.output, done.frames, done.times, backend.name, backend.precision,
                            info, job=done)
+
+
+def _folder_job(cfg: TranslateConfig, items, shard, info: GeneratorInfo, backend, limit: PixelLimit) -> FolderJob:
+    """The folder job ``cfg`` asks for; ``backend`` gives the manifest its name and precision."""
+    settings = job_settings(_weights_path(cfg), info.direction, backend, cfg.dataset, cfg.labels,
+                            any(i.kind == "video" for i in items), cfg.crf, cfg.preset)
+    return FolderJob(Path(cfg.input), Path(cfg.output), settings, cfg.overwrite, shard, cfg.dataset,
+                     cfg.labels, cfg.workers or default_workers(), cfg.crf, cfg.preset, cfg.progress,
+                     log=lambda line: tqdm.write(line, file=sys.stderr), streams=cfg.streams,
+                     allow_damaged=cfg.allow_damaged, limit=limit)
+
+
+def _translate_on_ray(cfg: TranslateConfig, items, shard) -> TranslateReport:
+    """A folder job on a Ray cluster: every actor builds the backend this process would."""
+    cluster = RayCluster(cfg.ray, cfg.ray_workers, cfg.device)  # without Ray: one line saying how to get it
+    _, info = _generator(cfg)  # the direction, for the manifest; the driver never translates
+    # An actor sees only its own GPU, as cuda:0.
+    recipe = partial(_actor_backend, replace(cfg, device="cuda") if cfg.device.startswith("cuda") else cfg)
+    with cluster:
+        backend = cluster.probe(recipe)  # the pixel limit too: what a worker node's memory can translate
+        job = _folder_job(cfg, items, shard, info, backend, backend.limit)
+        done = cluster.run(job, items, recipe)
+    return TranslateReport(job.output, done.frames, done.times, backend.name, backend.precision, info, job=done)
+
+
+def _absolute(cfg: TranslateConfig) -> TranslateConfig:
+    """``cfg`` with its input, output, weights and calibration files as absolute paths (a bundled
+    generator's name stays a name: each node has its own installation)."""
+    def resolved(path):
+        return None if path is None else str(Path(path).absolute()) if Path(path).exists() else path
+    return replace(cfg, input=Path(cfg.input).absolute(), output=Path(cfg.output).absolute(),
+                   weights=resolved(cfg.weights), calibration=resolved(cfg.calibration))
+
+
+def _actor_backend(cfg: TranslateConfig) -> tuple[Backend, int, PixelLimit]:
+    """In a Ray actor: the backend, batch size and pixel limit :func:`translate` would use there."""
+    net, info = _generator(cfg)
+    return _prepare(cfg, net, info)
 
 
 def _translate_one(cfg: TranslateConfig, backend: Backend, info: GeneratorInfo, batch_size: int,
@@ -320,7 +371,7 @@ def _out_of_memory(error: BaseException) -> bool:
 
 
 def _check_folder_options(cfg: TranslateConfig, folder: bool) -> None:
-    given = [f"--{name}" for name in ("shard", "dataset") if getattr(cfg, name) is not None]
+    given = [f"--{name}" for name in ("shard", "dataset", "ray") if getattr(cfg, name) is not None]
     if given and not folder:
         raise TranslateError(f"{cfg.input}: {' and '.join(given)} work on a folder input; pass a folder")
     if cfg.labels not in LABEL_MODES:

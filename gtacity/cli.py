@@ -105,6 +105,8 @@ Examples:
   gtacity translate gta5/images -o out --shard auto             # in a Slurm array / Kubernetes indexed Job
   gtacity translate gta5/ -o gta5_city/ --dataset gta5 --labels trainids   # labels carried along
   gtacity translate clips/ -o clips_city/                       # a folder of videos, each translated
+  gtacity translate gta5/images -o out --ray local              # on a Ray cluster of this machine
+  gtacity translate clips/ -o clips_city/ --ray auto --device cuda   # on the cluster in RAY_ADDRESS, one GPU actor per video
   gtacity translate drive.mp4 -o out.mp4 --precision int8       # CPU: faster than fp32, PSNR vs fp32 printed
   gtacity translate drive.mp4 -o out.mp4 --temporal flow        # less flicker (gtacity eval flicker)
   gtacity translate drive.mp4 -o part.mp4 --start 1:30 --duration 10   # try a piece first (audio kept)
@@ -140,6 +142,11 @@ Examples:
 @click.option("--labels", default="copy", show_default=True, metavar="copy|trainids",
               help="With --dataset: copy label maps unchanged, or also write Cityscapes train-ID maps (19 classes, 255 = ignore).")
 @click.option("--workers", type=int, default=None, help="Threads decoding/encoding a folder's images.  [default: every core]")
+@click.option("--ray", default=None, metavar="local|auto|ADDRESS",
+              help="Folder input: run the job on a Ray cluster (pip install \"gtacity[ray]\"): local (this machine), "
+                   "auto (RAY_ADDRESS / ray start) or a cluster's address. Output on a filesystem every node sees.")
+@click.option("--ray-workers", type=int, default=None,
+              help="With --ray: translating actors, each loading the generator once.  [default: one per GPU, else half the CPUs]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--tile", type=int, default=None, metavar="N",
               help="Translate frames larger than N pixels in overlapping NxN tiles; 0 never tiles.  "

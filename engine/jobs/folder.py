@@ -16,7 +16,7 @@ import functools
 import re
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ from gtacity.engine.backends import Backend
 from gtacity.engine.frames import Frame
 from gtacity.engine.jobs.journal import MANIFEST, RunJournal, clean_leftovers, done_keys, open_job
 from gtacity.engine.jobs.shards import Shard
+from gtacity.engine.media.damage import Damage
 from gtacity.engine.media.planes import use_planes
 from gtacity.engine.media.sinks import check_folder_target, open_sink, write_image
 from gtacity.engine.media.sources import PixelLimit, SourceError, open_source, read_image
@@ -150,6 +151,25 @@ def run_folder_job(job: FolderJob, items: list[Item], backend: Backend, batch_si
         JobStateError: the output folder holds another job (other settings, or no manifest).
         GtacityError: from the backend; failures of single items are recorded, not raised.
     """
+    with open_run(job, items) as (journal, summary, pending):
+        run = _Run(job, backend, batch_size, journal, summary)
+        run.images([i for i in pending if i.kind == "image"])
+        for item in (i for i in pending if i.kind == "video"):
+            run.video(item)
+    return summary
+
+
+@contextlib.contextmanager
+def open_run(job: FolderJob, items: list[Item]) -> Iterator[tuple[RunJournal, JobSummary, list[Item]]]:
+    """One run of ``job``: its locked journal, its summary and this shard's items still to do.
+
+    Items found done are counted, items with a problem found while listing are failed; the block
+    translates the rest (any runner: this process's pipeline, or a Ray cluster). When the block
+    returns, the failures file is written; the journal is closed however it ends.
+
+    Raises:
+        JobStateError: the output folder holds another job (other settings, or no manifest).
+    """
     mine = job.shard.select(items) if job.shard else items
     if not (job.output / MANIFEST).exists():
         # Debris of a killed plain translation (dead writers' partial files) is not a user's file;
@@ -165,22 +185,78 @@ def run_folder_job(job: FolderJob, items: list[Item], backend: Backend, batch_si
             if item.key in done and all(p.exists() for p in item.outputs):
                 summary.already_done += 1
             elif item.problem:
-                _fail(job, summary, item, item.problem)
+                report_failure(job, summary, item, item.problem)
             else:
                 pending.append(item)
-        run = _Run(job, backend, batch_size, journal, summary)
-        run.images([i for i in pending if i.kind == "image"])
-        for item in (i for i in pending if i.kind == "video"):
-            run.video(item)
+        yield journal, summary, pending
         summary.failures_file = _write_failures(job, summary, journal.run_id)
     finally:
         journal.close()
-    return summary
 
 
-def _fail(job: FolderJob, summary: JobSummary, item: Item, reason: str) -> None:
+def report_failure(job: FolderJob, summary: JobSummary, item: Item, reason: str) -> None:
+    """Count ``item`` as failed for ``reason`` (listed in the failures file) and log it."""
     summary.failures.append((item.key, reason))
     job.log(f"failed: {escape_name(item.key)}: {escape_name(reason)}")
+
+
+def write_item(item: Item, frame: Frame, owner: str) -> None:
+    """Labels, then the translated image, each renamed into place; nothing appears unless all do.
+
+    Raises:
+        GtacityError, OSError: a file could not be read or written (no output of the item moved).
+    """
+    with contextlib.ExitStack() as files:
+        # Entered first, so renamed into place last: an item whose image exists has all
+        # its labels. Nothing is renamed unless every file was written.
+        image = files.enter_context(written_whole(item.output, owner))
+        for label in item.labels:
+            shutil.copyfile(label.source, files.enter_context(written_whole(label.output, owner)))
+            if label.train_ids is not None:
+                write_train_ids(label.source, files.enter_context(written_whole(label.train_ids, owner)))
+        write_image(image, frame)  # alpha and depth kept
+
+
+def failure_text(error: GtacityError | OSError, item: Item) -> str:
+    """The failures file's reason for an item whose files raised ``error`` in :func:`write_item`.
+
+    Raises:
+        WriteError: a full disk or a read-only mount: every later file would fail too, so the job stops.
+    """
+    if isinstance(error, OSError):
+        if error.errno in STOPPING_ERRNOS:
+            raise write_error(error, item.output) from None
+        return f"{error.strerror}: {error.filename}"
+    if isinstance(error, WriteError) and error.stopping:
+        raise error
+    return str(error)
+
+
+def translate_video(job: FolderJob, item: Item, backend: Backend, batch_size: int, owner: str,
+                    progress: bool) -> tuple[StageTimes, Damage | None]:
+    """Translate the video ``item`` into its output (renamed into place when whole).
+
+    Returns:
+        The stage times and the input's damage (None when it decoded cleanly).
+
+    Raises:
+        GtacityError: the video could not be read, translated or written.
+    """
+    # Videos in a folder job never blend along the flow (check_mode refuses it there).
+    planes = use_planes(backend.device, "off")
+    with written_whole(item.output, owner) as temp, open_source(item.source, planes=planes) as source:
+        sink = open_sink(temp, source, crf=job.crf, preset=job.preset)
+        times = run_with_progress(source, sink, backend, total=len(source), progress=progress,
+                                  desc=item.key, batch_size=batch_size, streams=job.streams)
+    return times, getattr(source, "damage", None)
+
+
+def damage_failure(job: FolderJob, damage: Damage | None) -> str | None:
+    """Why a translated video still counts as failed (a damaged input without --allow-damaged)."""
+    if damage and not job.allow_damaged:
+        return (f"damaged input: {damage.describe()}; the output is kept but incomplete; "
+                "pass --allow-damaged to accept it")
+    return None
 
 
 class _Run:
@@ -202,7 +278,7 @@ class _Run:
                   desc=f"{self.backend.name} {self.backend.precision}") as bar:
 
             def unreadable(task: ImageTask, reason: str) -> None:
-                _fail(self.job, self.summary, task.meta, reason)
+                report_failure(self.job, self.summary, task.meta, reason)
                 bar.update(1)
 
             with ThreadPoolExecutor(workers, thread_name_prefix="gtacity-io") as pool, \
@@ -211,64 +287,44 @@ class _Run:
                 times = run_pipeline(source, writer, self.backend, batch_size=self.batch_size,
                                      streams=self.job.streams, queue_frames=2 * workers,
                                      on_frames=bar.update)
-        self._add(pool_stage_times(times, source, writer, workers))
+        add_times(self.summary, pool_stage_times(times, source, writer, workers))
 
     def _write_image(self, frame: Frame) -> None:
-        """On a pool thread: labels, then the image, each renamed into place, then the journal."""
+        """On a pool thread: the item's files, then the journal."""
         item: Item = frame.meta
-        owner = self.journal.owner
         try:
-            with contextlib.ExitStack() as files:
-                # Entered first, so renamed into place last: an item whose image exists has all
-                # its labels. Nothing is renamed unless every file was written.
-                image = files.enter_context(written_whole(item.output, owner))
-                for label in item.labels:
-                    shutil.copyfile(label.source, files.enter_context(written_whole(label.output, owner)))
-                    if label.train_ids is not None:
-                        write_train_ids(label.source, files.enter_context(written_whole(label.train_ids, owner)))
-                write_image(image, frame)  # alpha and depth kept
+            write_item(item, frame, self.journal.owner)
             self.journal.done(item.key)
             with self._count:
                 self.summary.translated += 1
-        except OSError as e:
-            if e.errno in STOPPING_ERRNOS:  # a full disk or a read-only mount: every later file would fail too
-                raise write_error(e, item.output) from None
-            _fail(self.job, self.summary, item, f"{e.strerror}: {e.filename}")
-        except GtacityError as e:
-            if isinstance(e, WriteError) and e.stopping:
-                raise
-            _fail(self.job, self.summary, item, str(e))
+        except (GtacityError, OSError) as e:
+            report_failure(self.job, self.summary, item, failure_text(e, item))
 
     def video(self, item: Item) -> None:
         try:
-            # Videos in a folder job never blend along the flow (check_mode refuses it there).
-            planes = use_planes(self.backend.device, "off")
-            with written_whole(item.output, self.journal.owner) as temp, \
-                    open_source(item.source, planes=planes) as source:
-                sink = open_sink(temp, source, crf=self.job.crf, preset=self.job.preset)
-                times = run_with_progress(source, sink, self.backend, total=len(source),
-                                          progress=self.job.progress, desc=item.key,
-                                          batch_size=self.batch_size, streams=self.job.streams)
+            times, damage = translate_video(self.job, item, self.backend, self.batch_size, self.journal.owner,
+                                            self.job.progress)
         except GtacityError as e:
-            _fail(self.job, self.summary, item, str(e))
+            report_failure(self.job, self.summary, item, str(e))
             return
-        self._add(times)
-        damage = getattr(source, "damage", None)
-        if damage and not self.job.allow_damaged:
-            _fail(self.job, self.summary, item, f"damaged input: {damage.describe()}; the output is "
-                  "kept but incomplete; pass --allow-damaged to accept it")
+        add_times(self.summary, times)
+        if (why := damage_failure(self.job, damage)) is not None:
+            report_failure(self.job, self.summary, item, why)
             return
         self.journal.done(item.key)
         self.summary.translated += 1
 
-    def _add(self, times: StageTimes) -> None:
-        total = self.summary.times
-        for stage in STAGES:
-            total.busy[stage] += times.busy[stage]
-        total.wall += times.wall
-        total.frames += times.frames
-        total.streams = times.streams
-        self.summary.frames += times.frames
+
+
+def add_times(summary: JobSummary, times: StageTimes) -> None:
+    """Add one pipeline run's stage times and frames to the job's."""
+    total = summary.times
+    for stage in STAGES:
+        total.busy[stage] += times.busy[stage]
+    total.wall += times.wall
+    total.frames += times.frames
+    total.streams = times.streams
+    summary.frames += times.frames
 
 
 def _write_failures(job: FolderJob, summary: JobSummary, run_id: str) -> Path | None:
