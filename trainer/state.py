@@ -208,6 +208,6 @@ def _load_net(model: CycleGAN, name: str, state: dict[str, torch.Tensor], source
     if bad:
         raise CheckpointError(
             f"{source}: weights for {name} do not fit this run's architecture at {bad[0]} "
-            "(check --ngf / --n-blocks / --ndf)"
+            "(check --ngf / --n-blocks / --ndf / --upsample)"
         )
     net.load_state_dict({k: v.float() for k, v in state.items()})
