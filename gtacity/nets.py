@@ -210,6 +210,27 @@ class ResizeConv2d(nn.Module):
         return self.conv(self.pad(F.interpolate(x, size=size, mode="nearest")))
 
 
+def resize_warm_start(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` of a ``transpose`` generator, made to fit ``net``, the same generator with ``resize``.
+
+    Each transposed conv's weight ``[in, out, 3, 3]`` becomes the resize conv weight ``[out, in, 3, 3]``
+    with the kernel flipped: a stride-2 transposed conv is zero insertion then that convolution, and
+    nearest x2 is zero insertion then a 2x2 box, so the two differ by that box (a blur and a half-pixel
+    shift; the InstanceNorm after each removes the scale). A starting point for fine-tuning, not an
+    equivalent: the demo gta2city generator warm-started this way is 13 dB from the original on a
+    real frame. Every other tensor is passed through.
+    """
+    resize_layers = {f"model.{i}" for i, layer in enumerate(net.model) if isinstance(layer, ResizeConv2d)}
+    out = {}
+    for key, value in state.items():
+        prefix, _, kind = key.rpartition(".")
+        if prefix in resize_layers and kind == "weight":
+            out[f"{prefix}.conv.weight"] = value.transpose(0, 1).flip(2, 3).contiguous()
+        else:
+            out[f"{prefix}.conv.bias" if prefix in resize_layers else key] = value
+    return out
+
+
 def _upsampler(c_in: int, c_out: int, upsample: str) -> nn.Module:
     """One x2 decoder step's convolution: the paper's transposed conv or :class:`ResizeConv2d`."""
     if upsample == "resize":

@@ -24,10 +24,11 @@ from gtacity.cli import cli
 from gtacity.engine.backends import create_backend
 from gtacity.engine.export import INPUT_NAME, OUTPUT_NAME, to_fp16, to_onnx
 from gtacity.engine.tiles import TiledBackend, Tiling
-from gtacity.nets import ARCHS, UPSAMPLES, ResizeConv2d, build_generator, count_macs, init_weights
+from gtacity.nets import ARCHS, UPSAMPLES, ResizeConv2d, build_generator, count_macs, init_weights, resize_warm_start
 from gtacity.trainer.data import DataError, Preprocess
 from gtacity.trainer.distill import DistillConfig, distill
 from gtacity.trainer.distill_step import DistillLosses
+from gtacity.trainer.loop import TrainConfig, train
 from media import make_image
 from test_trainer import make_domains
 
@@ -37,8 +38,8 @@ def generator(upsample: str = "resize", arch: str = "resnet_generator", seed: in
     return init_weights(build_generator(arch, 8, 2, upsample)).eval()
 
 
-def frames(n: int, height: int, width: int, seed: int = 1) -> torch.Tensor:
-    return torch.rand(n, 3, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+def frames(n: int, height: int, width: int, seed: int = 1, channels: int = 3) -> torch.Tensor:
+    return torch.rand(n, channels, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
 def eager(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -250,3 +251,38 @@ def test_student_with_resize_distils(tmp_path):
     other = distill(DistillConfig(**{**cfg.__dict__, "out": str(tmp_path / "t"), "steps": 1, "upsample": "transpose"}),
                     progress_bar=False)
     assert load_generator(other)[1].upsample == "transpose"
+
+
+def test_resize_warm_start_is_the_transposed_conv_as_zero_insertion_then_convolution():
+    """The converted kernel, run on the zero-inserted input, gives the transposed conv's output
+    exactly; (the resize conv runs it on the nearest-upsampled input instead)."""
+    old = generator("transpose")
+    new = build_generator("resnet_generator", 8, 2, "resize")
+    state = resize_warm_start(old.state_dict(), new)
+    new.load_state_dict(state)  # every key fits
+    i = next(i for i, layer in enumerate(new.model) if isinstance(layer, ResizeConv2d))
+    x = frames(1, 6, 5, channels=32)
+    inserted = torch.zeros(1, 32, 12, 10)
+    inserted[..., ::2, ::2] = x
+    via_conv = torch.nn.functional.conv2d(torch.nn.functional.pad(inserted, (1, 1, 1, 1)),
+                                          state[f"model.{i}.conv.weight"], state[f"model.{i}.conv.bias"])
+    assert torch.allclose(via_conv, eager(old.model[i], x), atol=1e-6)
+    resize_layers = [f"model.{j}." for j, layer in enumerate(new.model) if isinstance(layer, ResizeConv2d)]
+    untouched = [k for k in old.state_dict() if not k.startswith(tuple(resize_layers))]
+    assert untouched and all(torch.equal(state[k], old.state_dict()[k]) for k in untouched)
+
+
+def test_a_resize_run_starts_from_a_folder_of_transpose_generators(tmp_path):
+    folder = tmp_path / "pair"
+    pair = {d: generator("transpose", seed=s) for s, d in enumerate(("gta2city", "city2gta"))}
+    for direction, net in pair.items():
+        save_generator(net, folder / f"{direction}.safetensors", direction=direction)
+    gta, city = make_domains(tmp_path / "data")
+    cfg = TrainConfig(out=str(tmp_path / "run"), gta=(str(gta),), city=(str(city),), ngf=8, n_blocks=2, ndf=8,
+                      upsample="resize", preprocess=Preprocess("crop", 48, 32), epochs=1, epochs_decay=0,
+                      workers=0, amp="off", init_from=str(folder))
+    model = train(cfg, progress_bar=False, stop_after=0).model
+    for direction, net in pair.items():
+        expected = resize_warm_start(net.state_dict(), getattr(model, f"G_{direction}"))
+        got = getattr(model, f"G_{direction}").state_dict()
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
