@@ -54,7 +54,7 @@ Examples:
               help="Which letter of --data (and of an official --init-from run) is GTA5.  [default: read from the file names]")
 @click.option("--out", type=click.Path(), help="Run folder for checkpoints, generators, logs and samples.")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder with its saved settings.")
-@click.option("--init-from", type=click.Path(), help="Start from weights: a gtacity run/checkpoint or an official CycleGAN run folder.")
+@click.option("--init-from", type=click.Path(), help="Start from weights: a gtacity run/checkpoint, a folder holding gta2city.safetensors and city2gta.safetensors, or an official CycleGAN run folder. Transpose generators warm-start a --upsample resize run.")
 @click.option("--ngf", default=64, show_default=True, help="Generator width.")
 @click.option("--n-blocks", default=9, show_default=True, help="Residual blocks in each generator.")
 @click.option("--ndf", default=64, show_default=True, help="Discriminator width.")

@@ -41,7 +41,8 @@ class TrainConfig(RunSettings):
         epochs, epochs_decay: epochs at the initial lr, then epochs of linear decay to zero.
         workers: DataLoader worker processes (two here; batch size, precision, device, seed and
             cadence: see :class:`~gtacity.trainer.state.RunSettings`).
-        init_from: weights to start from (a gtacity run or checkpoint, or an official run folder).
+        init_from: weights to start from (a gtacity run or checkpoint, a folder of generator files
+            named by direction, or an official run folder).
     """
 
     out: str
