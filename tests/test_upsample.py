@@ -286,3 +286,22 @@ def test_a_resize_run_starts_from_a_folder_of_transpose_generators(tmp_path):
         expected = resize_warm_start(net.state_dict(), getattr(model, f"G_{direction}"))
         got = getattr(model, f"G_{direction}").state_dict()
         assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_resize_generator_quantises_to_int8_on_openvino():
+    """int8 (NNCF post-training quantisation) handles the resize layer: calibrated, checked, close."""
+    from gtacity import hardware
+
+    if hardware.emulation_reason(hardware.cpu_capabilities(), "int8"):
+        pytest.skip("OpenVINO runs no int8 on this CPU")
+    net = generator("resize")
+    smooth = [torch.nn.functional.interpolate(frames(1, 6, 6, seed=s), size=(48, 48), mode="bilinear")
+              for s in range(6)]
+    backend = create_backend("openvino", net, precision="int8", device="cpu")
+    backend.calibrate(smooth)
+    assert 30 <= backend.int8_check.worst_db
+    backend.prepare(1, 48, 48)
+    x = torch.nn.functional.interpolate(frames(1, 6, 6, seed=9), size=(48, 48), mode="bilinear")
+    y, expected = backend.infer(x), eager(net, x)
+    assert backend.precision == "int8" and y.shape == x.shape
+    assert 28 < 10 * torch.log10(4 / (y - expected).pow(2).mean()).item() < 80
