@@ -9,6 +9,8 @@ is all it takes to rebuild the network::
 
 ``arch`` names a class of :data:`gtacity.nets.ARCHS` (``resnet_generator``, or the distilled
 students' ``mobile_resnet_generator``); ``ngf`` and ``n_blocks`` are its hyper-parameters.
+``upsample`` (one of :data:`gtacity.nets.UPSAMPLES`) says how its decoder upsamples; files written
+before it existed have no such key and mean ``transpose``, the paper's.
 
 Official files (``latest_net_G_A.pth``) are plain state dicts; they are read with
 ``torch.load(weights_only=True)`` so loading never runs pickled code. Their ngf and block count are
@@ -30,13 +32,15 @@ from torch import nn
 from gtacity.errors import GtacityError, first_line
 from gtacity.filekinds import foreign_kind, torch_load_problem, training_checkpoint_kind
 from gtacity.files import written_whole
-from gtacity.nets import ARCHS, build_generator
+from gtacity.nets import ARCHS, UPSAMPLES, build_generator
 
 FORMAT = "gtacity-generator"
 FORMAT_VERSION = 1
 DIRECTIONS = ("gta2city", "city2gta")
 _STRAY_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
 _BLOCK_KEY = re.compile(r"^model\.(\d+)\.conv_block\.")
+# Only a resize decoder has a conv inside a top-level layer (ResizeConv2d.conv).
+_RESIZE_KEY = re.compile(r"^model\.\d+\.conv\.weight$")
 
 
 class CheckpointError(GtacityError):
@@ -49,6 +53,7 @@ class GeneratorInfo:
 
     ``direction`` is ``None`` for official files, which do not record it; the caller states it.
     ``trained_resolution`` is the training crop size in pixels, ``None`` where unknown.
+    ``upsample`` is how the decoder upsamples (``transpose`` or ``resize``).
     """
 
     ngf: int
@@ -58,6 +63,7 @@ class GeneratorInfo:
     arch: str = "resnet_generator"
     norm: str = "instance"
     value_range: str = "-1,1"
+    upsample: str = "transpose"
     source_format: str = FORMAT
 
     def metadata(self) -> dict[str, str]:
@@ -82,7 +88,7 @@ def save_generator(
 
     Args:
         net: the generator to save: any class of :data:`gtacity.nets.ARCHS` (its ``arch``,
-            ``ngf`` and ``n_blocks`` go into the metadata).
+            ``ngf``, ``n_blocks`` and ``upsample`` go into the metadata).
         path: destination; written to a temporary name first and renamed, so a crash never leaves
             a half-written file under the final name.
         direction: ``gta2city`` or ``city2gta``.
@@ -93,7 +99,8 @@ def save_generator(
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     path = Path(path)
-    info = GeneratorInfo(net.ngf, net.n_blocks, direction, trained_resolution, arch=net.arch)
+    info = GeneratorInfo(net.ngf, net.n_blocks, direction, trained_resolution, arch=net.arch,
+                         upsample=net.upsample)
     meta = {**(extra or {}), **info.metadata()}
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
     with written_whole(path) as partial:
@@ -148,7 +155,7 @@ def load_generator(
                 f"pass --direction {info.direction} or the other generator of the run"
             )
         info = replace(info, direction=direction)
-    net = build_generator(info.arch, info.ngf, info.n_blocks)
+    net = build_generator(info.arch, info.ngf, info.n_blocks, info.upsample)
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.to(map_location).eval(), info
 
@@ -207,13 +214,14 @@ def _read_ours(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
             arch=meta.get("arch", "resnet_generator"),
             norm=meta.get("norm", "instance"),
             value_range=meta.get("value_range", "-1,1"),
+            upsample=meta.get("upsample", "transpose"),
         )
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: generator metadata is incomplete ({e})") from e
-    if info.arch not in ARCHS or info.norm != "instance":
+    if info.arch not in ARCHS or info.norm != "instance" or info.upsample not in UPSAMPLES:
         raise CheckpointError(
-            f"{path}: unsupported generator arch={info.arch} norm={info.norm} "
-            f"(this gtacity reads {', '.join(ARCHS)}); upgrade gtacity"
+            f"{path}: unsupported generator arch={info.arch} norm={info.norm} upsample={info.upsample} "
+            f"(this gtacity reads {', '.join(ARCHS)} with {' or '.join(UPSAMPLES)} upsampling); upgrade gtacity"
         )
     if info.ngf < 1 or info.n_blocks < 1:
         raise CheckpointError(f"{path}: generator metadata gives ngf={info.ngf}, n_blocks={info.n_blocks}")
@@ -260,7 +268,8 @@ def _infer_info(path: Path, state: dict[str, torch.Tensor], source_format: str) 
     blocks = {int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))}
     if not blocks:
         raise CheckpointError(f"{path}: not a CycleGAN ResNet generator: no residual blocks")
-    return GeneratorInfo(ngf=first.shape[0], n_blocks=len(blocks), source_format=source_format)
+    upsample = "resize" if any(_RESIZE_KEY.match(k) for k in state) else "transpose"
+    return GeneratorInfo(ngf=first.shape[0], n_blocks=len(blocks), upsample=upsample, source_format=source_format)
 
 
 def _check_shapes(path: Path, state: dict[str, torch.Tensor], info: GeneratorInfo) -> None:
@@ -271,7 +280,7 @@ def _check_shapes(path: Path, state: dict[str, torch.Tensor], info: GeneratorInf
         raise CheckpointError(f"{path}: generator metadata gives n_blocks={info.n_blocks}, but the file "
                               f"holds only {len(state)} tensors; the file is damaged or was edited")
     with torch.device("meta"):
-        expected = build_generator(info.arch, info.ngf, info.n_blocks).state_dict()
+        expected = build_generator(info.arch, info.ngf, info.n_blocks, info.upsample).state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -281,7 +290,8 @@ def _check_shapes(path: Path, state: dict[str, torch.Tensor], info: GeneratorInf
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})")
         raise CheckpointError(
-            f"{path}: does not fit a ngf={info.ngf}, {info.n_blocks}-block {info.arch}: {'; '.join(parts)}"
+            f"{path}: does not fit a ngf={info.ngf}, {info.n_blocks}-block {info.arch} "
+            f"({info.upsample} upsampling): {'; '.join(parts)}"
         )
     for key, ref in expected.items():
         if tuple(state[key].shape) != tuple(ref.shape):
@@ -326,8 +336,11 @@ def check_finite_output(output: torch.Tensor, weights: str | Path, precision: st
 
 
 def describe(info: GeneratorInfo) -> str:
-    """One line for logs: ``ngf 64, 9 blocks, gta2city, trained at 256 px`` (arch named if not ResNet)."""
+    """One line for logs: ``ngf 64, 9 blocks, gta2city, trained at 256 px`` (arch named if not ResNet,
+    upsampling if not the paper's)."""
     parts = [f"ngf {info.ngf}", f"{info.n_blocks} blocks"]
+    if info.upsample != "transpose":
+        parts.append(f"{info.upsample} upsampling")
     if info.arch != "resnet_generator":
         parts.insert(0, info.arch)
     if info.direction:

@@ -54,13 +54,18 @@ Examples:
               help="Which letter of --data (and of an official --init-from run) is GTA5.  [default: read from the file names]")
 @click.option("--out", type=click.Path(), help="Run folder for checkpoints, generators, logs and samples.")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder with its saved settings.")
-@click.option("--init-from", type=click.Path(), help="Start from weights: a gtacity run/checkpoint or an official CycleGAN run folder.")
+@click.option("--init-from", type=click.Path(), help="Start from weights: a gtacity run/checkpoint, a folder holding gta2city.safetensors and city2gta.safetensors, or an official CycleGAN run folder. Transpose generators warm-start a --upsample resize run.")
 @click.option("--ngf", default=64, show_default=True, help="Generator width.")
 @click.option("--n-blocks", default=9, show_default=True, help="Residual blocks in each generator.")
 @click.option("--ndf", default=64, show_default=True, help="Discriminator width.")
+@click.option("--upsample", type=click.Choice(["transpose", "resize"]), default="transpose", show_default=True,
+              help="Generator decoder: stride-2 transposed convs (the paper's; official runs) or x2 nearest "
+                   "resize then a 3x3 conv (no checkerboard artifacts).")
 @click.option("--preprocess", default="resize_and_crop", show_default=True,
               type=click.Choice(["resize_and_crop", "scale_width_and_crop", "scale_width", "crop", "none"]))
 @click.option("--load-size", default=286, show_default=True, help="Resize target (side, or width for scale_width*).")
+@click.option("--load-size-max", type=int, default=None,
+              help="Multi-scale crops: draw each image's resize target from --load-size..this.  [default: fixed]")
 @click.option("--crop-size", default=256, show_default=True, help="Square training crop.")
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
 @click.option("--batch-size", default=1, show_default=True, help="Images per domain per step (per process).")
@@ -96,8 +101,9 @@ def train(resume, no_progress, stop_after, **opts) -> None:
     cfg = TrainConfig(
         out=opts["out"], gta=opts["gta"], city=opts["city"], data=opts["data"],
         gta_side=opts["gta_side"],
-        ngf=opts["ngf"], n_blocks=opts["n_blocks"], ndf=opts["ndf"],
-        preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"]),
+        ngf=opts["ngf"], n_blocks=opts["n_blocks"], ndf=opts["ndf"], upsample=opts["upsample"],
+        preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"],
+                              opts["load_size_max"]),
         step=StepConfig(opts["lambda_cycle"], opts["lambda_identity"], opts["lr"], opts["beta1"], opts["pool_size"]),
         batch_size=opts["batch_size"], epochs=opts["epochs"], epochs_decay=opts["epochs_decay"],
         amp=opts["amp"], device=opts["device"], workers=opts["workers"], seed=opts["seed"],
@@ -185,11 +191,15 @@ Examples:
                    "convs (lite: faster on CPUs), or the ResNet generator, smaller.")
 @click.option("--ngf", type=int, default=None, help="Student width.  [default: half the teacher's]")
 @click.option("--n-blocks", type=int, default=None, help="Student residual blocks.  [default: the teacher's]")
+@click.option("--upsample", type=click.Choice(["transpose", "resize"]), default=None,
+              help="Student decoder: transposed convs or x2 nearest resize then a 3x3 conv.  [default: the teacher's]")
 @click.option("--steps", default=20000, show_default=True,
               help="Optimiser steps (lr constant for half, then linear to 0). With --resume: a new total for the run.")
 @click.option("--preprocess", default="resize_and_crop", show_default=True,
               type=click.Choice(["resize_and_crop", "scale_width_and_crop", "scale_width", "crop", "none"]))
 @click.option("--load-size", default=286, show_default=True, help="Resize target (side, or width for scale_width*).")
+@click.option("--load-size-max", type=int, default=None,
+              help="Multi-scale crops: draw each image's resize target from --load-size..this.  [default: fixed]")
 @click.option("--crop-size", default=256, show_default=True, help="Square training crop.")
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
 @click.option("--batch-size", default=1, show_default=True)
@@ -225,8 +235,9 @@ def distill(resume, no_progress, stop_after, **opts) -> None:
         out=opts["out"], teacher=opts["teacher"], images=opts["images"],
         arch={"mobile": "mobile_resnet_generator", "lite": "lite_mobile_resnet_generator",
               "resnet": "resnet_generator"}[opts["arch"]],
-        ngf=opts["ngf"], n_blocks=opts["n_blocks"], steps=opts["steps"],
-        preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"]),
+        ngf=opts["ngf"], n_blocks=opts["n_blocks"], upsample=opts["upsample"], steps=opts["steps"],
+        preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"],
+                              opts["load_size_max"]),
         losses=DistillLosses(opts["lambda_l1"], opts["lambda_feat"], opts["lambda_gan"], lr=opts["lr"]),
         batch_size=opts["batch_size"], amp=opts["amp"], device=opts["device"], workers=opts["workers"],
         seed=opts["seed"], checkpoint_every=opts["checkpoint_every"], log_every=opts["log_every"],

@@ -13,6 +13,12 @@ renaming::
 
 With 9 blocks the last conv is ``model.26``; with 6 it is ``model.23``.
 
+``upsample="resize"`` swaps each transposed conv for a :class:`ResizeConv2d` (x2 nearest-neighbour,
+then a reflect-padded 3x3 conv; keys ``model.N.conv.weight``, ``[out, in, 3, 3]``) at the same
+position, so every other key is unchanged. Stride-2 transposed convolutions with a kernel that the
+stride does not divide overlap unevenly and draw a checkerboard at periods 2 and 4 (Odena, Dumoulin
+and Olah, "Deconvolution and Checkerboard Artifacts", Distill 2016); resizing first cannot.
+
 Students for distillation (``gtacity distill``) are the same ResNet generator at a smaller width or
 depth, or :class:`MobileResnetGenerator`, whose residual blocks use depthwise-separable convolutions
 (GAN Compression, Li et al. 2020). :data:`ARCHS` maps the ``arch`` name a generator file records to
@@ -26,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 N_DOWNSAMPLING = 2
+# How the decoder doubles the resolution: the paper's transposed conv, or resize-then-convolve.
+UPSAMPLES = ("transpose", "resize")
 # Spatial sizes must be multiples of this to come out of the generator at the size they went in.
 SIZE_MULTIPLE = 2**N_DOWNSAMPLING
 # The generator's size limits, the one home every backend and export reads. The smallest side: the
@@ -82,13 +90,14 @@ class ResnetGenerator(nn.Module):
     Args:
         ngf: channels after the first conv (64 in the paper; 11.38 M parameters with 9 blocks).
         n_blocks: residual blocks at the bottleneck (9 for 256-px training in the paper, 6 for 128).
+        upsample: ``transpose`` (the paper's; official files) or ``resize`` (:class:`ResizeConv2d`).
     """
 
     arch = "resnet_generator"
 
-    def __init__(self, ngf: int = 64, n_blocks: int = 9):
+    def __init__(self, ngf: int = 64, n_blocks: int = 9, upsample: str = "transpose"):
         super().__init__()
-        self.model = nn.Sequential(*_encoder_decoder(self, ngf, n_blocks, ResnetBlock))
+        self.model = nn.Sequential(*_encoder_decoder(self, ngf, n_blocks, ResnetBlock, upsample=upsample))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -147,13 +156,14 @@ class MobileResnetGenerator(nn.Module):
     Args:
         ngf: channels after the first conv.
         n_blocks: separable residual blocks at the bottleneck.
+        upsample: ``transpose`` or ``resize``, as for :class:`ResnetGenerator`.
     """
 
     arch = "mobile_resnet_generator"
 
-    def __init__(self, ngf: int = 32, n_blocks: int = 9):
+    def __init__(self, ngf: int = 32, n_blocks: int = 9, upsample: str = "transpose"):
         super().__init__()
-        self.model = nn.Sequential(*_encoder_decoder(self, ngf, n_blocks, MobileResnetBlock))
+        self.model = nn.Sequential(*_encoder_decoder(self, ngf, n_blocks, MobileResnetBlock, upsample=upsample))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -171,16 +181,67 @@ class LiteMobileResnetGenerator(nn.Module):
     Args:
         ngf: channels after the stem.
         n_blocks: separable residual blocks at the bottleneck.
+        upsample: ``transpose`` or ``resize``, as for :class:`ResnetGenerator`.
     """
 
     arch = "lite_mobile_resnet_generator"
 
-    def __init__(self, ngf: int = 16, n_blocks: int = 6):
+    def __init__(self, ngf: int = 16, n_blocks: int = 6, upsample: str = "transpose"):
         super().__init__()
-        self.model = nn.Sequential(*_encoder_decoder(self, ngf, n_blocks, MobileResnetBlock, separable_ends=True))
+        self.model = nn.Sequential(*_encoder_decoder(self, ngf, n_blocks, MobileResnetBlock,
+                                                     separable_ends=True, upsample=upsample))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+class ResizeConv2d(nn.Module):
+    """x2 nearest-neighbour upsampling, then a 3x3 conv on the reflect-padded result.
+
+    Nearest, not bilinear: Odena et al. found it the one that worked, every runtime we export to
+    (ONNX Resize, OpenVINO Interpolate, TensorRT) computes it exactly alike (bilinear's coordinate
+    conventions differ between them), and each output pixel depends on one input pixel, so tiles
+    need no extra overlap. Costs 4x a transposed conv's MACs (it convolves at the output size).
+    """
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(1)
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=0, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # An output size, not scale_factor=2: exported, scales become a float initializer of ONNX
+        # Resize that the FP16 conversion turns to fp16, which Resize refuses; sizes are int64.
+        size = (x.shape[-2] * 2, x.shape[-1] * 2)
+        return self.conv(self.pad(F.interpolate(x, size=size, mode="nearest")))
+
+
+def resize_warm_start(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` of a ``transpose`` generator, made to fit ``net``, the same generator with ``resize``.
+
+    Each transposed conv's weight ``[in, out, 3, 3]`` becomes the resize conv weight ``[out, in, 3, 3]``
+    with the kernel flipped: a stride-2 transposed conv is zero insertion then that convolution, and
+    nearest x2 is zero insertion then a 2x2 box, so the two differ by that box (a blur and a half-pixel
+    shift; the InstanceNorm after each removes the scale). A starting point for fine-tuning, not an
+    equivalent: the demo gta2city generator warm-started this way is 13 dB from the original on a
+    real frame. Every other tensor is passed through.
+    """
+    resize_layers = {f"model.{i}" for i, layer in enumerate(net.model) if isinstance(layer, ResizeConv2d)}
+    out = {}
+    for key, value in state.items():
+        prefix, _, kind = key.rpartition(".")
+        if prefix in resize_layers and kind == "weight":
+            out[f"{prefix}.conv.weight"] = value.transpose(0, 1).flip(2, 3).contiguous()
+        else:
+            out[f"{prefix}.conv.bias" if prefix in resize_layers else key] = value
+    return out
+
+
+def _upsampler(c_in: int, c_out: int, upsample: str) -> nn.Module:
+    """One x2 decoder step's convolution: the paper's transposed conv or :class:`ResizeConv2d`."""
+    if upsample == "resize":
+        return ResizeConv2d(c_in, c_out)
+    return nn.ConvTranspose2d(c_in, c_out, kernel_size=3, stride=2, padding=1, output_padding=1, bias=True)
 
 
 def _end_conv(c_in: int, c_out: int, separable: bool) -> list[nn.Module]:
@@ -192,11 +253,14 @@ def _end_conv(c_in: int, c_out: int, separable: bool) -> list[nn.Module]:
 
 
 def _encoder_decoder(net: nn.Module, ngf: int, n_blocks: int, block: type[nn.Module],
-                     separable_ends: bool = False) -> list[nn.Module]:
-    """The official generator's layer sequence with ``block`` at the bottleneck; sets net.ngf/n_blocks."""
+                     separable_ends: bool = False, upsample: str = "transpose") -> list[nn.Module]:
+    """The official generator's layer sequence with ``block`` at the bottleneck; sets net.ngf,
+    net.n_blocks and net.upsample."""
     if ngf < 1 or n_blocks < 1:
         raise ValueError(f"ngf and n_blocks must be positive, got ngf={ngf}, n_blocks={n_blocks}")
-    net.ngf, net.n_blocks = ngf, n_blocks
+    if upsample not in UPSAMPLES:
+        raise ValueError(f"unknown upsample {upsample!r}; choose from {', '.join(UPSAMPLES)}")
+    net.ngf, net.n_blocks, net.upsample = ngf, n_blocks, upsample
     layers: list[nn.Module] = [
         *_end_conv(3, ngf, separable_ends),
         InstanceNorm2dFP32(ngf),
@@ -213,9 +277,7 @@ def _encoder_decoder(net: nn.Module, ngf: int, n_blocks: int, block: type[nn.Mod
     for i in range(N_DOWNSAMPLING):
         ch = ngf * 2 ** (N_DOWNSAMPLING - i)
         layers += [
-            nn.ConvTranspose2d(
-                ch, ch // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=True
-            ),
+            _upsampler(ch, ch // 2, upsample),
             InstanceNorm2dFP32(ch // 2),
             nn.ReLU(True),
         ]
@@ -228,15 +290,16 @@ ARCHS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_generator(arch: str, ngf: int, n_blocks: int) -> nn.Module:
-    """A freshly initialised-by-torch generator of ``arch`` (a key of :data:`ARCHS`).
+def build_generator(arch: str, ngf: int, n_blocks: int, upsample: str = "transpose") -> nn.Module:
+    """A freshly initialised-by-torch generator of ``arch`` (a key of :data:`ARCHS`) whose decoder
+    upsamples the ``upsample`` way (one of :data:`UPSAMPLES`).
 
     Raises:
-        ValueError: an unknown arch, or non-positive sizes.
+        ValueError: an unknown arch or upsample, or non-positive sizes.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown generator arch {arch!r}; known: {', '.join(ARCHS)}")
-    return ARCHS[arch](ngf, n_blocks)
+    return ARCHS[arch](ngf, n_blocks, upsample=upsample)
 
 
 class PatchDiscriminator(nn.Module):
@@ -278,11 +341,12 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     return net
 
 
-def count_macs(ngf: int, n_blocks: int, height: int, width: int, arch: str = "resnet_generator") -> int:
+def count_macs(ngf: int, n_blocks: int, height: int, width: int, arch: str = "resnet_generator",
+               upsample: str = "transpose") -> int:
     """Multiply-accumulates of one generator forward at ``height x width`` (convs only).
 
     Equal to ``torch.utils.flop_counter.FlopCounterMode``'s count / 2 for every arch of :data:`ARCHS`
-    (tested): ngf 64, 9 blocks, 256x256 -> 49.55 G.
+    and both :data:`UPSAMPLES` (tested): ngf 64, 9 blocks, 256x256 -> 49.55 G.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown generator arch {arch!r}; known: {', '.join(ARCHS)}")
@@ -302,8 +366,8 @@ def count_macs(ngf: int, n_blocks: int, height: int, width: int, arch: str = "re
     per_conv = ch * ch * 9 if arch == "resnet_generator" else ch * 9 + ch * ch
     macs += n_blocks * 2 * h * w * per_conv
     for _ in range(N_DOWNSAMPLING):
-        # A transposed conv does in*out*9 MACs per *input* pixel.
-        macs += h * w * ch * (ch // 2) * 9
+        # A transposed conv does in*out*9 MACs per *input* pixel; a resize conv per output pixel.
+        macs += h * w * ch * (ch // 2) * 9 * (4 if upsample == "resize" else 1)
         h, w, ch = h * 2, w * 2, ch // 2
     macs += h * w * end_conv(ch, 3)
     return macs

@@ -136,27 +136,37 @@ class Preprocess:
         load_size: the resize target in pixels (side or width).
         crop_size: the square training crop.
         flip: random horizontal flips.
+        load_size_max: multi-scale crops: each image's resize target is drawn uniformly from
+            ``load_size .. load_size_max`` (inclusive), so the same crop size sees the scene at several
+            scales (footage is translated at many widths). None: always ``load_size``.
     """
 
     mode: str = "resize_and_crop"
     load_size: int = 286
     crop_size: int = 256
     flip: bool = True
+    load_size_max: int | None = None
 
     def __post_init__(self):
         if self.mode not in PREPROCESS_MODES:
             raise DataError(f"unknown preprocess mode {self.mode!r}; choose from {', '.join(PREPROCESS_MODES)}")
         if "crop" in self.mode and self.crop_size > self.load_size and self.mode != "crop":
             raise DataError(f"crop size {self.crop_size} is larger than load size {self.load_size}")
+        if self.load_size_max is not None and self.load_size_max < self.load_size:
+            raise DataError(f"load size range {self.load_size}-{self.load_size_max} is empty; "
+                            "--load-size-max must be at least --load-size")
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``(H, W, 3)`` uint8 RGB -> augmented ``(h, w, 3)`` uint8 RGB."""
         h, w = image.shape[:2]
+        load = self.load_size
+        if self.load_size_max is not None and self.mode in ("resize_and_crop", "scale_width_and_crop", "scale_width"):
+            load = int(rng.integers(self.load_size, self.load_size_max + 1))
         if self.mode == "resize_and_crop":
-            image = cv2.resize(image, (self.load_size, self.load_size), interpolation=cv2.INTER_CUBIC)
+            image = cv2.resize(image, (load, load), interpolation=cv2.INTER_CUBIC)
         elif self.mode.startswith("scale_width"):
-            new_h = max(round(self.load_size * h / w), self.crop_size if "crop" in self.mode else 0)
-            image = cv2.resize(image, (self.load_size, new_h), interpolation=cv2.INTER_CUBIC)
+            new_h = max(round(load * h / w), self.crop_size if "crop" in self.mode else 0)
+            image = cv2.resize(image, (load, new_h), interpolation=cv2.INTER_CUBIC)
         if self.mode.endswith("crop"):
             h, w = image.shape[:2]
             if h < self.crop_size or w < self.crop_size:

@@ -43,6 +43,7 @@ class DistillConfig(RunSettings):
         images: folders of the teacher's source domain (GTA5 for gta2city, Cityscapes for city2gta).
         arch: the student's architecture, a key of :data:`gtacity.nets.ARCHS`.
         ngf, n_blocks: student size; None = half the teacher's width and its depth.
+        upsample: the student's decoder (``transpose`` or ``resize``); None = the teacher's.
         steps: optimiser steps; the learning rate is constant for the first half, then decays
             linearly to zero.
 
@@ -56,6 +57,7 @@ class DistillConfig(RunSettings):
     arch: str = "mobile_resnet_generator"
     ngf: int | None = None
     n_blocks: int | None = None
+    upsample: str | None = None
     preprocess: Preprocess = field(default_factory=Preprocess)
     losses: DistillLosses = field(default_factory=DistillLosses)
     steps: int = 20000
@@ -136,7 +138,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     ngf, n_blocks = cfg.ngf or max(1, info.ngf // 2), cfg.n_blocks or info.n_blocks
     if cfg.arch not in ARCHS:
         raise DataError(f"unknown student --arch {cfg.arch!r}; choose from {', '.join(ARCHS)}")
-    distiller = Distiller(teacher, cfg.arch, ngf, n_blocks, cfg.losses).to(device)
+    distiller = Distiller(teacher, cfg.arch, ngf, n_blocks, cfg.losses, upsample=cfg.upsample or info.upsample).to(device)
     prec = choose_precision(cfg.amp, device, hardware.cpu_capabilities())
     progress = _restore(distiller, prec, state) if state is not None else Progress()
     if progress.step > cfg.steps:
@@ -144,7 +146,8 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     logger = RunLogger(run_dir)
     logger.start(cfg.to_dict(), resumed_at=progress.step if state else None, device=str(device),
                  precision=prec, command="distill")
-    tqdm.write(f"teacher: {describe(info)}; student: {cfg.arch}, ngf {ngf}, {n_blocks} blocks; "
+    tqdm.write(f"teacher: {describe(info)}; student: {cfg.arch}, ngf {ngf}, {n_blocks} blocks, "
+               f"{distiller.student.upsample} upsampling; "
                f"{len(dataset)} {_DOMAIN[direction]} images")
     run = _Run(cfg, distiller, prec, progress, dataset, logger, direction, sha, device)
     stop = cfg.steps if stop_after is None else min(cfg.steps, progress.step + stop_after)

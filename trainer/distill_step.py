@@ -77,11 +77,12 @@ def tap_indices(n_blocks: int, taps: int) -> list[int]:
 class Distiller(nn.Module):
     """Teacher (frozen), student, feature projections, discriminator and the two optimisers."""
 
-    def __init__(self, teacher: nn.Module, arch: str, ngf: int, n_blocks: int, losses: DistillLosses):
+    def __init__(self, teacher: nn.Module, arch: str, ngf: int, n_blocks: int, losses: DistillLosses,
+                 upsample: str = "transpose"):
         super().__init__()
         self.losses = losses
         self.teacher = teacher.eval().requires_grad_(False)
-        self.student = init_weights(build_generator(arch, ngf, n_blocks))
+        self.student = init_weights(build_generator(arch, ngf, n_blocks, upsample))
         n_taps = min(3, n_blocks, teacher.n_blocks)
         t_blocks, s_blocks = residual_blocks(teacher), residual_blocks(self.student)
         t_ch, s_ch = teacher.ngf * 2**N_DOWNSAMPLING, ngf * 2**N_DOWNSAMPLING  # bottleneck channels

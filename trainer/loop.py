@@ -41,10 +41,13 @@ class TrainConfig(RunSettings):
         gta_side: which letter of ``data`` (and of an official ``init_from`` run) is GTA5; None reads
             it from the file names and refuses to guess when they don't tell.
         ngf, n_blocks, ndf: network sizes (paper: 64, 9, 64).
+        upsample: the generators' decoder, ``transpose`` (the paper's) or ``resize`` (x2 nearest,
+            then a 3x3 conv: no checkerboard; :class:`gtacity.nets.ResizeConv2d`).
         epochs, epochs_decay: epochs at the initial lr, then epochs of linear decay to zero.
         workers: DataLoader worker processes (two here; batch size, precision, device, seed and
             cadence: see :class:`~gtacity.trainer.state.RunSettings`).
-        init_from: weights to start from (a gtacity run or checkpoint, or an official run folder).
+        init_from: weights to start from (a gtacity run or checkpoint, a folder of generator files
+            named by direction, or an official run folder).
     """
 
     out: str
@@ -55,6 +58,7 @@ class TrainConfig(RunSettings):
     ngf: int = 64
     n_blocks: int = 9
     ndf: int = 64
+    upsample: str = "transpose"
     preprocess: Preprocess = field(default_factory=Preprocess)
     step: StepConfig = field(default_factory=StepConfig)
     epochs: int = 100
@@ -115,7 +119,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress_bar: bool = True,
         raise DataError(f"{len(dataset)} images per domain are too few for batch size {cfg.batch_size} x {world} processes")
 
     torch.manual_seed(cfg.seed)
-    model = CycleGAN(cfg.ngf, cfg.n_blocks, cfg.ndf, cfg.step, seed=cfg.seed * 1000 + rank).to(device)
+    model = CycleGAN(cfg.ngf, cfg.n_blocks, cfg.ndf, cfg.step, seed=cfg.seed * 1000 + rank,
+                     upsample=cfg.upsample).to(device)
     prec = _precision(cfg.amp, device)
     progress = restore(model, prec, state, device) if state is not None else Progress()
     if state is None and cfg.init_from:

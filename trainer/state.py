@@ -26,10 +26,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from gtacity.checkpoint import CheckpointError, read_generator_file, read_state_dict, save_generator
+from gtacity.checkpoint import DIRECTIONS, CheckpointError, read_generator_file, read_state_dict, save_generator
 from gtacity.errors import first_line
 from gtacity.filekinds import torch_load_problem
 from gtacity.files import written_whole
+from gtacity.nets import resize_warm_start
 from gtacity.trainer.data import DataError
 from gtacity.trainer.step import CycleGAN, Precision
 
@@ -240,7 +241,11 @@ def restore(model: CycleGAN, prec: Precision, state: dict, device: torch.device)
 
 
 def init_from(model: CycleGAN, source: Path, gta_side: str | None) -> list[str]:
-    """Load weights (not optimiser state) from a gtacity run/checkpoint or an official run folder.
+    """Load weights (not optimiser state) from a gtacity run/checkpoint, a folder of generator files
+    named by direction (``gta2city.safetensors``, ``city2gta.safetensors``: a run's exports, or links
+    to any two generators), one such file, or an official run folder.
+
+    Transpose-decoder generators load into a ``resize`` run through :func:`gtacity.nets.resize_warm_start`.
 
     An official CycleGAN run folder holds ``latest_net_{G_A,G_B,D_A,D_B}.pth``. G_A maps A -> B and
     D_A judges domain B (the official code scores ``netD_A(fake_B)``), so with GTA on side A:
@@ -269,6 +274,9 @@ def init_from(model: CycleGAN, source: Path, gta_side: str | None) -> list[str]:
             raise CheckpointError(f"{source}: the file does not say its direction; use a run folder instead")
         _load_net(model, f"G_{info.direction}", state, source)
         return [f"G_{info.direction}"]
+    exported = [source / f"{d}.safetensors" for d in DIRECTIONS]
+    if source.is_dir() and not (source / "checkpoints" / "latest.pt").exists() and all(p.is_file() for p in exported):
+        return [name for path in exported for name in init_from(model, path, gta_side)]
     nets = read_checkpoint(source)["nets"]
     for name in NET_NAMES:
         _load_net(model, name, nets[name], source)
@@ -277,6 +285,8 @@ def init_from(model: CycleGAN, source: Path, gta_side: str | None) -> list[str]:
 
 def _load_net(model: CycleGAN, name: str, state: dict[str, torch.Tensor], source: Path) -> None:
     net = getattr(model, name)
+    if getattr(net, "upsample", "transpose") == "resize" and not any(".conv.weight" in k for k in state):
+        state = resize_warm_start(state, net)
     expected = net.state_dict()
     bad = sorted(set(expected) ^ set(state)) or [
         k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)
@@ -284,6 +294,6 @@ def _load_net(model: CycleGAN, name: str, state: dict[str, torch.Tensor], source
     if bad:
         raise CheckpointError(
             f"{source}: weights for {name} do not fit this run's architecture at {bad[0]} "
-            "(check --ngf / --n-blocks / --ndf)"
+            "(check --ngf / --n-blocks / --ndf / --upsample)"
         )
     net.load_state_dict({k: v.float() for k, v in state.items()})

@@ -59,11 +59,12 @@ class StepConfig:
 class CycleGAN(nn.Module):
     """The four networks, two optimisers and two image pools of one training run."""
 
-    def __init__(self, ngf: int, n_blocks: int, ndf: int, cfg: StepConfig, seed: int = 0):
+    def __init__(self, ngf: int, n_blocks: int, ndf: int, cfg: StepConfig, seed: int = 0,
+                 upsample: str = "transpose"):
         super().__init__()
         self.cfg = cfg
-        self.G_gta2city = init_weights(ResnetGenerator(ngf, n_blocks))
-        self.G_city2gta = init_weights(ResnetGenerator(ngf, n_blocks))
+        self.G_gta2city = init_weights(ResnetGenerator(ngf, n_blocks, upsample=upsample))
+        self.G_city2gta = init_weights(ResnetGenerator(ngf, n_blocks, upsample=upsample))
         self.D_city = init_weights(PatchDiscriminator(ndf))
         self.D_gta = init_weights(PatchDiscriminator(ndf))
         gens = itertools.chain(self.G_gta2city.parameters(), self.G_city2gta.parameters())

@@ -53,7 +53,8 @@ def _import_onnx():
 
 def info_of(net: nn.Module, info: GeneratorInfo | None = None) -> GeneratorInfo:
     """``info`` if given, else what ``net`` itself tells (width and depth; no direction)."""
-    return info if info is not None else GeneratorInfo(ngf=net.ngf, n_blocks=net.n_blocks, arch=net.arch)
+    return info if info is not None else GeneratorInfo(ngf=net.ngf, n_blocks=net.n_blocks, arch=net.arch,
+                                                            upsample=getattr(net, "upsample", "transpose"))
 
 
 def metadata(net: nn.Module, info: GeneratorInfo | None, precision: str) -> dict[str, str]:
@@ -67,6 +68,8 @@ def metadata(net: nn.Module, info: GeneratorInfo | None, precision: str) -> dict
     }
     if info.direction:
         meta["direction"] = info.direction
+    if info.upsample != "transpose":  # absent means the paper's, as in generator files (keeps old cache keys)
+        meta["upsample"] = info.upsample
     return meta
 
 

@@ -245,7 +245,8 @@ class _Bench:
         warmup_s = self._warm_up(backend, x)
         ms = [1000 * s / batch for s in time_calls(backend, x, self.cfg.repeats, self.cfg.budget_s)]
         p50 = percentile(ms, 50)
-        gmacs = count_macs(self.net.ngf, self.net.n_blocks, size[1], size[0], arch=self.net.arch) / 1e9
+        gmacs = count_macs(self.net.ngf, self.net.n_blocks, size[1], size[0], arch=self.net.arch,
+                           upsample=self.net.upsample) / 1e9
         result = ModelResult(
             backend.name, str(backend.device), backend.precision, backend.describe(),
             f"{size[0]}x{size[1]}", batch, fps=1000 / p50, ms_per_frame_p50=p50,

@@ -126,7 +126,7 @@ def evaluate_fidelity(cfg: FidelityConfig) -> FidelityReport:
                     outs.append(image)
                     seconds[i] += took
                     h, w = -(-frame.image.shape[0] // 4) * 4, -(-frame.image.shape[1] // 4) * 4
-                    macs[i] += count_macs(info.ngf, info.n_blocks, h, w, arch=info.arch)
+                    macs[i] += count_macs(info.ngf, info.n_blocks, h, w, arch=info.arch, upsample=info.upsample)
                 a, b = (torch.from_numpy(o).permute(2, 0, 1)[None].double() / 255 for o in outs)
                 psnrs.append(float(psnr(b, a)[0]))
                 ssims.append(float(ssim(b, a)[0]) if min(a.shape[-2:]) >= 11 else float("nan"))
