@@ -14,6 +14,7 @@ from types import MappingProxyType
 import torch
 
 from gtacity import hardware
+from gtacity.checkpoint import DIRECTIONS
 from gtacity.engine.backends import BACKENDS, PRECISIONS, Backend, BackendError, backend_class
 from gtacity.engine.measure.bench_report import Target
 from gtacity.errors import GtacityError
@@ -71,11 +72,19 @@ class BenchConfig:
             ``cuda`` or ``cuda:N``.
         sizes: ``(width, height)`` pairs, multiples of 4; empty = :data:`DEFAULT_SIZES` per device.
         batch_sizes: frames per call; empty = :data:`DEFAULT_BATCHES` per device.
-        weights: a generator file; None = seeded random weights of ``ngf`` / ``n_blocks``.
+        weights: a generator file (or a bundled generator's name); None = seeded random weights of
+            ``ngf`` / ``n_blocks`` (64 / 9, the paper's size, when not given), except with ``e2e``
+            and neither given: then the bundled demo generator for ``direction``, the one
+            ``translate`` would use.
+        direction: ``gta2city`` or ``city2gta``: which bundled generator ``e2e`` defaults to.
         warmup, repeats: untimed calls after the agreement check, then timed calls.
         budget_s: timed calls of one configuration stop after this many seconds (at least 3
             calls): the default CPU run stays under two minutes even on a slow or busy CPU.
         e2e: a video (or image folder / image): time the whole pipeline over it instead.
+        e2e_frames: ``e2e`` reads at most this many frames per configuration; None = no count limit.
+        e2e_seconds: ``e2e`` stops reading once the pass would end after this many seconds
+            (frames in flight projected at the rate so far); None = the whole input.
+        progress: a progress bar per ``e2e`` pass on stderr.
         streams: batches in flight in the e2e pipeline (see :func:`~gtacity.engine.stream.pipeline.run_pipeline`).
         json_path: also write the report there.
         tolerances: precision (or ``tf32``) -> :class:`Tolerance` for the agreement check.
@@ -88,12 +97,16 @@ class BenchConfig:
     sizes: tuple[Size, ...] = ()
     batch_sizes: tuple[int, ...] = ()
     weights: str | Path | None = None
-    ngf: int = 64
-    n_blocks: int = 9
+    ngf: int | None = None
+    n_blocks: int | None = None
+    direction: str = "gta2city"
     warmup: int = 1
     repeats: int = 10
     budget_s: float = 5.0
     e2e: str | Path | None = None
+    e2e_frames: int | None = None
+    e2e_seconds: float | None = 30.0
+    progress: bool = False
     streams: int | None = None
     json_path: str | Path | None = None
     tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: TOLERANCES)
@@ -190,6 +203,10 @@ def validate(cfg: BenchConfig) -> None:
     if any(b < 1 for b in cfg.batch_sizes) or cfg.repeats < 1 or cfg.warmup < 0 or cfg.budget_s <= 0:
         raise BenchError("batch sizes and repeats must be at least 1, warm-up calls at least 0, "
                          "the time budget above 0")
+    if (cfg.e2e_frames is not None and cfg.e2e_frames < 1) or (cfg.e2e_seconds is not None and cfg.e2e_seconds <= 0):
+        raise BenchError("--frames must be at least 1 and --seconds above 0")
+    if cfg.direction not in DIRECTIONS:
+        raise BenchError(f"unknown direction {cfg.direction!r}; choose {' or '.join(DIRECTIONS)}")
     if cfg.device not in ("auto", "all"):
         try:
             torch.device(cfg.device)
