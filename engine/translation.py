@@ -279,7 +279,7 @@ def _calibrate(backend, cfg: TranslateConfig) -> None:
         if cfg.calibration is not None:
             raise TranslateError(f"--calibration is for --precision int8; this job runs {backend.precision}")
         return
-    backend.calibrate(calibration_frames(cfg.calibration or cfg.input))
+    backend.calibrate(calibration_frames(cfg.calibration or cfg.input), progress=cfg.progress)
     print(backend.int8_check.line(), file=sys.stderr)
 
 

@@ -347,14 +347,15 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, per-pair curves included.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Draw the per-frame error curves into this PNG.")
 @click.option("--preset", default="medium", show_default=True, type=click.Choice(["ultrafast", "fast", "medium"]),
-              help="DIS optical-flow preset (faster presets: rougher flow, higher floor).")
+              help="DIS optical-flow preset (faster presets: rougher flow, higher errors for both videos).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress counter.")
 def eval_flicker(input, output, as_json, plot, preset, quiet) -> None:
     """How much OUTPUT (a translation of INPUT) flickers: the warping error of Lai et al. (2018).
 
     Optical flow and occlusion masks come from INPUT; each OUTPUT frame is warped onto the one
     before it and compared where the flow is reliable (mean squared RGB difference, 0..1 scale).
-    The same measure of INPUT itself is printed as the floor the scene allows.
+    The same measure of INPUT itself is printed beside it as a reference (what the scene itself
+    scores; not a floor: --temporal flow blends frames and can score below it).
     """
     from gtacity.engine import FlickerConfig, evaluate_flicker
 

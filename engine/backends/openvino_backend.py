@@ -272,8 +272,9 @@ class OpenVINOBackend(Backend):
         """True for int8 until :meth:`calibrate` has run."""
         return self.precision == "int8" and self.int8_check is None
 
-    def calibrate(self, frames: list[torch.Tensor]) -> None:
-        """int8: quantise on ``frames`` (or load the cached model), then check it against fp32.
+    def calibrate(self, frames: list[torch.Tensor], progress: bool = True) -> None:
+        """int8: quantise on ``frames`` (or load the cached model), then check it against fp32;
+        ``progress``: NNCF's progress bars on stderr (False: none).
 
         Sets :attr:`int8_check`; see :mod:`gtacity.engine.exporters.int8` for the method and its cost.
 
@@ -286,7 +287,7 @@ class OpenVINOBackend(Backend):
 
         def quantize() -> "ov.Model":
             start = time.perf_counter()
-            model = int8.quantize(self._model, frames)
+            model = int8.quantize(self._model, frames, progress)
             seconds.append(time.perf_counter() - start)
             return model
 

@@ -61,6 +61,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,8 +170,9 @@ def cache_name(weights_key: str, frames: list[torch.Tensor]) -> str:
     return f"int8-{digest.hexdigest()[:32]}"
 
 
-def quantize(model, frames: list[torch.Tensor]):
-    """The OpenVINO ``model`` quantised to int8 by NNCF on ``frames`` (norms and element-wise ops kept fp32).
+def quantize(model, frames: list[torch.Tensor], progress: bool = True):
+    """The OpenVINO ``model`` quantised to int8 by NNCF on ``frames`` (norms and element-wise ops kept fp32);
+    NNCF's progress bars go to stderr, or nowhere without ``progress``.
 
     Raises:
         BackendError: NNCF is not installed.
@@ -184,7 +186,9 @@ def quantize(model, frames: list[torch.Tensor]):
     nncf.set_log_level(logging.ERROR)  # its INFO lines would mix into the command's own output
     keep_fp32 = nncf.IgnoredScope(types=list(_NORM_AND_ELEMENTWISE),
                                   validate=False)  # a graph need not have every one of those types
-    with contextlib.redirect_stdout(sys.stderr):  # its progress bars are progress, not output
+    # Its progress bars (rich, on stdout) are progress, not output; NNCF has no switch to turn them off.
+    with open(os.devnull, "w") if not progress else contextlib.nullcontext(sys.stderr) as bars, \
+            contextlib.redirect_stdout(bars):
         return nncf.quantize(model, nncf.Dataset([x.numpy() for x in frames]),
                              preset=nncf.QuantizationPreset.MIXED, subset_size=len(frames),
                              ignored_scope=keep_fp32)

@@ -195,7 +195,8 @@ class _Bench:
         try:
             backend = create_backend(target.backend, self.net, target.precision, target.device)
             if backend.needs_calibration():  # int8: on the bench's own inputs, every size
-                backend.calibrate([x[i : i + 1] for x, _ in self._inputs.values() for i in range(len(x))])
+                frames = [x[i : i + 1] for x, _ in self._inputs.values() for i in range(len(x))]
+                backend.calibrate(frames, progress=self.cfg.progress)
                 self.log(backend.int8_check.line())
         except BackendError as e:
             self.report.unavailable.append(replace(target, reason=str(e)))

@@ -36,16 +36,22 @@ class Tolerance:
     mean_abs: float
 
 
-# Measured against torch fp32 on the CPU with the bench's own input (uniform random in [-1, 1]),
-# 256x256 to 1024x512, batch 1 and 4. ngf 64 / 9 blocks, seeded random weights (the worst case
-# seen): openvino fp32 max 1.3e-5, mean 1.2e-6; bf16 (openvino, torch) max 0.062-0.088, mean
-# 0.0070-0.0087. The trained demo generator (ngf 32 / 6): bf16 max 0.014-0.026, mean 0.0008-0.0011.
-# Bounds: ~8x fp32's error, ~3x bf16's (the max grows slowly with pixel count). fp16 keeps 3 more
-# mantissa bits than bf16 (1/8 the rounding error); no GPU was at hand to measure it, so its bound
-# is bf16's / 4. "tf32" is fp32 on CUDA, where cuDNN (and TensorRT) run fp32 convolutions in TF32
-# (fp16's mantissa) by default.
+# fp32: what two correct fp32 implementations differ by (each sums convolutions and instance-norm
+# statistics in its own order), measured on the bundled TRAINED generators and their students
+# (benchmarks/fp32_agreement.py; benchmarks/RESULTS.md, "fp32 agreement"): openvino fp32 vs torch
+# fp32 on the CPU, at the bench's sizes up to 512x288, max 1.3e-4 / mean 4.5e-6 on the bench's own
+# input and max 3.1e-4 / mean 2.3e-5 on real frames; on real 2048x1024 Cityscapes frames max
+# 8.7e-3 / mean 6.6e-4 (the difference grows with the frame: a norm's statistics sum more pixels).
+# Seeded random ngf 64 weights differ far less (1.3e-5), which is why the old bound (1e-4) failed
+# the shipped demo. Bound: the worst seen (2048x1024) x ~2.3 for the max, x ~3 for the mean; a real
+# error (bf16 slipping in: mean 0.007 or more; a wrong pad or norm: 0.1 and up) stays far outside.
+# bf16 (openvino, torch; bench input 256x256 to 1024x512): ngf 64 random weights max 0.062-0.088,
+# mean 0.0070-0.0087; the demo generator max 0.014-0.026, mean 0.0008-0.0011; bound ~3x. fp16 keeps
+# 3 more mantissa bits than bf16 (1/8 the rounding error); no GPU was at hand to measure it, so its
+# bound is bf16's / 4. "tf32" is fp32 on CUDA, where cuDNN (and TensorRT) run fp32 convolutions in
+# TF32 (fp16's mantissa) by default.
 TOLERANCES: Mapping[str, Tolerance] = MappingProxyType({
-    "fp32": Tolerance(max_abs=1e-4, mean_abs=1e-5),
+    "fp32": Tolerance(max_abs=0.02, mean_abs=0.002),
     "tf32": Tolerance(max_abs=0.06, mean_abs=0.006),
     "fp16": Tolerance(max_abs=0.06, mean_abs=0.006),
     "bf16": Tolerance(max_abs=0.25, mean_abs=0.025),
