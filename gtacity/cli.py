@@ -114,8 +114,9 @@ Examples:
               help="Generator file: ours (.safetensors) or an official latest_net_G_*.pth, or a bundled one by name "
                    "(gta2city_demo, city2gta_demo, and their distilled students gta2city_demo_fast, city2gta_demo_fast: "
                    "~5x faster).  [default: bundled demo]")
-@click.option("--backend", default="auto", show_default=True, metavar="auto|torch|openvino",
-              help="Inference backend (auto: tensorrt or torch on CUDA, else openvino, else torch).")
+@click.option("--backend", default="auto", show_default=True, metavar="auto|torch|openvino|tensorrt",
+              help="Inference backend (auto: tensorrt or torch on CUDA, else openvino, else torch; tensorrt needs "
+                   "an NVIDIA GPU and pip install 'gtacity[tensorrt]').")
 @click.option("--precision", default="auto", show_default=True, metavar="auto|fp32|fp16|bf16|int8",
               help="Inference precision (auto: bf16 on CPUs that have it natively via openvino, else fp32; "
                    "fp16 on CUDA). int8: openvino, calibrated on the input, PSNR vs fp32 printed.")

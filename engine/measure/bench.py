@@ -28,8 +28,8 @@ bounds it and that stage's busy share of the run (``bound_share``: 1.0 = the pip
 other stage behind it). The share is measured inside the one run; a rate timed separately is not
 put against it: inference timed by itself ran 2-3x slower than the same calls inside the pipeline
 on a shared 2-core CPU (OpenMP's worker threads spin-wait between layers and take CPU time from
-each other when the cores are busy; inside the pipeline, with more threads than cores, OpenMP
-shortens that spinning), so "the run's rate / its slowest stage's rate alone" came out above 100%.
+the working thread when the cores are busy; inside the pipeline they did not: benchmarks/RESULTS.md,
+"bench --e2e efficiency"), so "the run's rate / its slowest stage's rate alone" came out above 100%.
 
 The report and its JSON fields: :mod:`gtacity.engine.measure.bench_report`.
 """
@@ -45,6 +45,7 @@ import torch
 
 from gtacity.checkpoint import bundled_generator, load_generator
 from gtacity.engine.backends import Backend, BackendError, create_backend
+from gtacity.engine.measure.bench_e2e import Limit, timed_pass
 from gtacity.engine.measure.bench_plan import (
     DEFAULT_BATCHES,
     DEFAULT_SIZES,
@@ -71,7 +72,6 @@ from gtacity.engine.measure.bench_report import (
     time_calls,
     versions,
 )
-from gtacity.engine.measure.bench_e2e import Limit, timed_pass
 from gtacity.engine.media.sources import open_source
 from gtacity.nets import SIZE_MULTIPLE, ResnetGenerator, count_macs, init_weights
 
