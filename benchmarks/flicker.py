@@ -121,7 +121,7 @@ def overhead(label: str, weights: Path, clip: Path, frames: int = 12) -> str:
 
 def table(label: str, results: dict) -> list[str]:
     off = results["off"]
-    rows = [f"| {label} | input (floor) | {off['flicker'].input_error:.6f} | | | | |"]
+    rows = [f"| {label} | input itself | {off['flicker'].input_error:.6f} | | | | |"]
     for mode, r in results.items():
         err, fps = r["flicker"].output_error, r["fps"]
         d_err = "" if mode == "off" else f"{100 * (err / off['flicker'].output_error - 1):+.1f}%"

@@ -404,7 +404,7 @@ def _calibrate(backend, cfg: TranslateConfig) -> None:
     # The generator's own int8 model, made once (by its first calibration, or shipped with it), is
     # only checked on a few of this input's frames; without one, the input calibrates it.
     if cfg.calibration is not None or not backend.reuse_calibration(check_frames(cfg.input)):
-        backend.calibrate(calibration_frames(cfg.calibration or cfg.input))
+        backend.calibrate(calibration_frames(cfg.calibration or cfg.input), progress=cfg.progress)
     print(backend.int8_check.line(), file=sys.stderr)
 
 

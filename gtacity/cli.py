@@ -121,8 +121,9 @@ Examples:
               help="Generator file: ours (.safetensors) or an official latest_net_G_*.pth, or a bundled one by name "
                    "(gta2city_demo, city2gta_demo, and their distilled students gta2city_demo_fast, city2gta_demo_fast: "
                    "~5x faster).  [default: bundled demo]")
-@click.option("--backend", default="auto", show_default=True, metavar="auto|torch|openvino",
-              help="Inference backend (auto: tensorrt or torch on CUDA, else openvino, else torch).")
+@click.option("--backend", default="auto", show_default=True, metavar="auto|torch|openvino|tensorrt",
+              help="Inference backend (auto: tensorrt or torch on CUDA, else openvino, else torch; tensorrt needs "
+                   "an NVIDIA GPU and pip install 'gtacity[tensorrt]').")
 @click.option("--precision", default="auto", show_default=True, metavar="auto|fp32|fp16|bf16|int8",
               help="Inference precision (auto: bf16 on CPUs that have it natively via openvino, else fp32; "
                    "fp16 on CUDA). int8: openvino, calibrated on the input, PSNR vs fp32 printed.")
@@ -227,7 +228,8 @@ Examples:
   gtacity bench                                  # best backends for this machine, sensible sizes
   gtacity bench --fp16                           # also the native fp16/bf16 paths; emulated ones listed
   gtacity bench --backend torch,openvino --size 512x256,1024x512 --batch-size 1,4 --json out.json
-  gtacity bench --e2e drive.mp4                  # the whole decode -> translate -> encode path
+  gtacity bench --e2e drive.mp4                  # decode -> translate -> encode, as translate runs it
+  gtacity bench --e2e drive.mp4 --frames 50 --weights gta2city_demo_fast
   gtacity bench --weights runs/exp1/gta2city.safetensors --device all
 """)
 @click.option("--backend", "backends", default="", metavar="NAME[,NAME...]",
@@ -241,22 +243,35 @@ Examples:
 @click.option("--batch-size", "batch_sizes", default="", metavar="N[,N...]",
               help="Frames per call.  [default: 1 on CPU; 1,8 on CUDA]")
 @click.option("--weights", type=click.Path(), default=None,
-              help="Generator file.  [default: seeded random weights; speed does not depend on them]")
-@click.option("--ngf", default=64, show_default=True, help="Generator width (random weights).")
-@click.option("--n-blocks", default=9, show_default=True, help="Residual blocks (random weights).")
+              help="Generator file or bundled name.  [default: seeded random ngf 64 / 9 blocks (speed does not "
+                   "depend on the weights); with --e2e, the bundled demo for --direction, as translate]")
+@click.option("--direction", default="gta2city", show_default=True, metavar="gta2city|city2gta",
+              help="--e2e without --weights: which bundled demo generator.")
+@click.option("--ngf", type=int, default=None, help="Random weights of this width.  [default: 64]")
+@click.option("--n-blocks", type=int, default=None, help="Random weights with this many residual blocks.  [default: 9]")
 @click.option("--warmup", default=1, show_default=True, help="Untimed calls after the agreement check.")
 @click.option("--repeats", default=10, show_default=True, help="Timed calls per configuration (medians reported); fewer (at least 3) once they take 5 s.")
-@click.option("--e2e", type=click.Path(), default=None, help="Time decode -> translate -> encode over this video instead.")
+@click.option("--e2e", type=click.Path(), default=None,
+              help="Time decode -> translate -> encode over this video (or image folder) instead.")
+@click.option("--frames", "e2e_frames", type=int, default=None, help="--e2e: at most this many frames per configuration.")
+@click.option("--seconds", "e2e_seconds", type=float, default=30.0, show_default=True,
+              help="--e2e: stop reading once a configuration's pass would end after this long; 0 = the whole input.")
 @click.option("--streams", type=int, default=None, help="Batches in flight with --e2e (CUDA streams on a GPU).  [default: 3]")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
-def bench(backends, precision, fp16, sizes, batch_sizes, quiet, **opts) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines or bars on stderr.")
+def bench(backends, precision, fp16, sizes, batch_sizes, quiet, e2e_seconds, **opts) -> None:
     """Measure how fast each backend translates here, after checking they all agree.
 
     Every configuration (backend x precision x size x batch) is first compared with torch fp32 on
     the CPU; one outside its precision's tolerance is reported and not timed, and the command
     fails. Prints machine, versions and settings with frames/s, ms per frame (p50, p95), peak
-    memory and GMAC/s; with --e2e, the seconds each stage worked and the stage that bounds the run.
+    memory and GMAC/s.
+
+    With --e2e: one pass of the whole pipeline per configuration (a progress bar each), the seconds
+    each stage worked (busy, not waiting), the stage that bounds the run and "bound busy %", the
+    share of the run's wall time that stage was working: 100 means the pipeline hides every other
+    stage behind it; less is time lost to start-up, hand-overs between stages, or stages competing
+    for the same cores. It is measured inside the one run, so a busy machine does not skew it.
     """
     from gtacity.engine.measure.bench import run_bench
     from gtacity.engine.measure.bench_plan import BenchConfig, BenchError, parse_ints, parse_sizes
@@ -268,7 +283,7 @@ def bench(backends, precision, fp16, sizes, batch_sizes, quiet, **opts) -> None:
     cfg = BenchConfig(
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()), precisions=precisions,
         sizes=parse_sizes(sizes) if sizes else (), batch_sizes=parse_ints(batch_sizes) if batch_sizes else (),
-        **opts,
+        e2e_seconds=e2e_seconds or None, progress=not quiet, **opts,
     )
     report = run_bench(cfg, log=lambda line: None if quiet else click.echo(line, err=True))
     click.echo(report.format())
@@ -364,14 +379,15 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, per-pair curves included.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Draw the per-frame error curves into this PNG.")
 @click.option("--preset", default="medium", show_default=True, type=click.Choice(["ultrafast", "fast", "medium"]),
-              help="DIS optical-flow preset (faster presets: rougher flow, higher floor).")
+              help="DIS optical-flow preset (faster presets: rougher flow, higher errors for both videos).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress counter.")
 def eval_flicker(input, output, as_json, plot, preset, quiet) -> None:
     """How much OUTPUT (a translation of INPUT) flickers: the warping error of Lai et al. (2018).
 
     Optical flow and occlusion masks come from INPUT; each OUTPUT frame is warped onto the one
     before it and compared where the flow is reliable (mean squared RGB difference, 0..1 scale).
-    The same measure of INPUT itself is printed as the floor the scene allows.
+    The same measure of INPUT itself is printed beside it as a reference (what the scene itself
+    scores; not a floor: --temporal flow blends frames and can score below it).
     """
     from gtacity.engine import FlickerConfig, evaluate_flicker
 

@@ -273,3 +273,20 @@ def test_cli_error_is_one_line(server, tmp_path):
     assert result.exit_code == 1
     expected = f"error: {server.url}: HTTP 404 Not Found; check the URL or pass --url to a mirror"
     assert result.stderr.strip().splitlines() == [expected]
+
+
+def test_offline_leaves_no_empty_folder(tmp_path, server):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    (tmp_path / "kept").mkdir()
+    target = tmp_path / "kept" / "new" / "data"
+    result = CliRunner().invoke(cli, ["data", "download", "cityscapes2gta", "--to", str(target),
+                                      "--url", f"http://127.0.0.1:{port}/cityscapes2gta.zip"])
+    assert result.exit_code == 1 and "cannot reach" in result.stderr
+    assert list((tmp_path / "kept").iterdir()) == []  # the folders it made are gone; the one it found stays
+    # a download that got some bytes before failing keeps them (with its folder) to resume
+    server.mode = "truncate"
+    with pytest.raises(DownloadError, match="run the same command again to resume"):
+        download_dataset("cityscapes2gta", tmp_path / "resumable", url=server.url, progress=False)
+    assert [p.name for p in (tmp_path / "resumable").iterdir()] == ["cityscapes2gta.zip.partial"]

@@ -43,7 +43,7 @@ def test_error_grows_with_brightness_flicker(tmp_path):
 
 def test_motion_the_flow_explains_costs_nothing(tmp_path):
     """A panning clip translated identically frame by frame: its consecutive frames differ a lot,
-    the warping error stays near the input's floor; random flicker of that size does not."""
+    the warping error stays near the input's own; random flicker of that size does not."""
     frames = pan(128, 96, frames=8, step=(3, 1))
     translated = [f[..., ::-1].copy() for f in frames]  # a fixed per-pixel mapping (RGB -> BGR)
     write_frames(tmp_path / "in", frames)
@@ -86,3 +86,15 @@ def test_mismatched_videos_are_refused_in_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["eval", "flicker", str(tmp_path / "short"), str(tmp_path / "in"), "-q"])
     assert result.exit_code != 0
     assert result.stderr.count("\n") == 1 and "has more frames than" in result.stderr
+
+
+def test_an_output_steadier_than_its_input_is_not_called_below_a_floor(tmp_path):
+    steady = pan(96, 64, frames=8, step=(1, 0))
+    write_frames(tmp_path / "in", brightness_flicker(steady, amplitude=10))  # a flickering input
+    write_frames(tmp_path / "out", [255 - f for f in steady])  # a "translation" without its flicker
+    result = CliRunner().invoke(cli, ["eval", "flicker", str(tmp_path / "in"), str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 0, result.output
+    line = result.output.splitlines()[1]
+    ratio = float(line.rsplit("(output / input: ", 1)[1].rstrip(")"))
+    assert line.startswith("input itself ") and ratio < 0.5
+    assert "floor" not in result.output

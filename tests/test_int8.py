@@ -199,3 +199,19 @@ def test_a_finished_training_run_calibrates_its_generators_on_its_own_frames(tmp
                                "--weights", str(tmp_path / "run" / "gta2city.safetensors"), "--precision", "int8"])
     assert used.exit_code == 0, used.output
     assert "the generator's cached int8 model" in used.stderr  # the run's calibration, not this clip's
+
+
+def test_quiet_silences_nncf_progress_bars(tmp_path, tiny_generator, monkeypatch):
+    monkeypatch.setenv("GTACITY_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached: NNCF quantises
+    weights = save_generator(tiny_generator, tmp_path / "g.safetensors", direction="gta2city")
+    clip = tmp_path / "drive.mp4"
+    make_clip(clip, frames=4, size=(64, 48), audio=None)
+    args = ["translate", str(clip), "--weights", str(weights), "--precision", "int8"]
+    loud = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "loud.mp4")])
+    assert loud.exit_code == 0, loud.output
+    assert "Statistics collection" in loud.stderr  # NNCF's bar, on stderr: progress, not output
+    monkeypatch.setenv("GTACITY_CACHE_DIR", str(tmp_path / "cache2"))
+    quiet = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "quiet.mp4"), "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    [line] = quiet.stderr.strip().splitlines()  # only the PSNR line the README promises
+    assert line.startswith("int8: PSNR vs fp32 on") and "quantised on" in line

@@ -156,15 +156,33 @@ def download_dataset(
     elif root.exists():
         folders = _check_layout(root, f"{root} exists but", "pass --force to fetch it again")
         return DatasetLayout(spec.name, root, folders, False, zip_path if zip_path.exists() else None)
+    created = next((p for p in reversed((to, *to.parents)) if not p.exists()), None)
     to.mkdir(parents=True, exist_ok=True)
     if not zip_path.exists():
-        fetch_file(url or spec.url, zip_path, size=spec.size_bytes, progress=progress, timeout_s=timeout_s,
-                   advice=_ADVICE)
+        try:
+            fetch_file(url or spec.url, zip_path, size=spec.size_bytes, progress=progress, timeout_s=timeout_s,
+                       advice=_ADVICE)
+        except DownloadError:
+            _remove_empty(to, created)  # offline: leave no empty folder behind (a partial file stays)
+            raise
     _unpack(zip_path, root, spec.folder)
     folders = _check_layout(root, f"{zip_path} unpacked but", "check that the URL serves this dataset")
     if not keep_zip:
         zip_path.unlink()
     return DatasetLayout(spec.name, root, folders, True, zip_path if keep_zip else None)
+
+
+def _remove_empty(folder: Path, created: Path | None) -> None:
+    """Remove ``folder`` and its parents up to ``created`` (the first one this call made) while empty."""
+    if created is None:
+        return
+    for path in (folder, *folder.parents):
+        try:
+            path.rmdir()  # only an empty folder goes
+        except OSError:
+            return
+        if path == created:
+            return
 
 
 def _ensure_space(folder: Path, need: int, what: str) -> None:

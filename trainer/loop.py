@@ -18,6 +18,7 @@ from tqdm import tqdm
 from gtacity import hardware
 from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files, unaligned_files
 from gtacity.trainer.logs import RunLogger
+from gtacity.trainer.recipes import Pace, cpu_advice
 from gtacity.trainer.state import (
     Progress,
     RunSettings,
@@ -130,6 +131,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress_bar: bool = True,
 
     logger = RunLogger(run_dir, enabled=rank == 0)
     logger.start(cfg.to_dict(), resumed_at=progress.step if state else None, device=str(device), precision=prec)
+    if device.type == "cpu" and (advice := cpu_advice(cfg.ngf, cfg.n_blocks, cfg.preprocess.crop_size)):
+        _print(rank, advice)
     total = (cfg.epochs + cfg.epochs_decay) * spe
     stop = total if stop_after is None else min(total, progress.step + stop_after)
     run = _Run(cfg, model, prec, progress, dataset, logger, spe, rank, world, device)
@@ -138,12 +141,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress_bar: bool = True,
     if progress.step == total:
         _print(rank, f"done: {total} steps; generators: {run_dir}/gta2city.safetensors, {run_dir}/city2gta.safetensors")
     else:
-        _print(rank, f"stopped at step {progress.step} of {total}; continue with: gtacity train --resume {run_dir}")
+        _print(rank, f"stopped at step {progress.step} of {total}; continue with: {_resume_command(world, run_dir)}")
     if dist.is_initialized():
         dist.destroy_process_group()
     finished = progress.step == total and rank == 0  # what the trained generators' int8 models are calibrated on
     return TrainResult(run_dir, progress.step, model,
                        {"gta": list(dataset.gta), "city": list(dataset.city)} if finished else {})
+
+
+def _resume_command(world: int, run_dir: Path) -> str:
+    """The command that continues this run the way it was launched (torchrun's process counts)."""
+    if world == 1:
+        return f"gtacity train --resume {run_dir}"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    nodes = f"--nnodes {world // per_node} " if per_node != world else ""
+    return f"torchrun {nodes}--nproc-per-node {per_node} -m gtacity train --resume {run_dir}"
 
 
 @dataclass
@@ -171,6 +183,7 @@ def _run_steps(run: _Run, total: int, stop: int, show_bar: bool) -> None:
                dynamic_ncols=True)
     sampler = ResumableSampler(len(dataset), cfg.seed, progress.epoch, progress.position, rank, world)
     loader = _loader(dataset, sampler, cfg, device)
+    pace = Pace(progress.step, total)  # the whole run's duration, even when this part stops early
     while progress.step < stop:
         sampler.set_position(progress.epoch, progress.position)
         for batch in loader:
@@ -183,6 +196,8 @@ def _run_steps(run: _Run, total: int, stop: int, show_bar: bool) -> None:
             progress.step += 1
             progress.position += cfg.batch_size
             bar.update(1)
+            if (eta := pace.step_done()) and rank == 0:
+                bar.write(eta)
             last = progress.step == stop
             if progress.step % cfg.log_every == 0 or last:
                 values = logger.scalars(progress.step, progress.epoch, lr, losses)

@@ -157,11 +157,11 @@ class Backend(ABC):
         """Whether :meth:`calibrate` must run before :meth:`prepare` (quantised precisions)."""
         return False
 
-    def calibrate(self, frames: list[torch.Tensor]) -> None:
+    def calibrate(self, frames: list[torch.Tensor], progress: bool = True) -> None:
         """Derive a quantised model from sample frames ``(1, 3, H, W)`` in [-1, 1] on the CPU.
 
         Only backends whose :meth:`needs_calibration` is true override this; for the others
-        there is nothing to derive.
+        there is nothing to derive. ``progress``: the quantiser's progress bars on stderr.
         """
 
     def reuse_calibration(self, frames: list[torch.Tensor]) -> bool:

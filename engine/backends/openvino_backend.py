@@ -155,8 +155,9 @@ class OpenVINOBackend(Backend):
         """True for int8 until :meth:`calibrate` has run."""
         return self.precision == "int8" and self.int8_check is None
 
-    def calibrate(self, frames: list[torch.Tensor]) -> None:
-        """int8: quantise on ``frames`` (or load the cached model), then check it against fp32.
+    def calibrate(self, frames: list[torch.Tensor], progress: bool = True) -> None:
+        """int8: quantise on ``frames`` (or load the cached model), then check it against fp32;
+        ``progress``: NNCF's progress bars on stderr (False: none).
 
         Sets :attr:`int8_check`; see :mod:`gtacity.engine.exporters.int8` for the method and its cost.
 
@@ -168,7 +169,7 @@ class OpenVINOBackend(Backend):
         root = cache_root(self.config.cache_dir, "openvino")
         name = int8.cache_name(self._weights_key)
         self._model, self.int8_check = int8.calibrated(self._model, frames, root, name, self._compile_fp32,
-                                                       self.config.min_psnr_db)
+                                                       self.config.min_psnr_db, progress)
 
     def reuse_calibration(self, frames: list[torch.Tensor]) -> bool:
         """int8: the generator's int8 model made by an earlier calibration (cached) or shipped with a

@@ -34,7 +34,7 @@ def feed_weights(digest: "hashlib._Hash", net: nn.Module) -> None:
 def weights_checksum(net: nn.Module) -> str:
     """SHA-256 of every weight's name, shape and fp32 value: equal for equal generators, whatever
     file (fp16 safetensors, official ``.pth``) they came from. Not the file's SHA-256 (that is
-    :func:`gtacity.checkpoint.file_sha`, which a folder job's manifest records)."""
+    :func:`gtacity.checkpoint.file_sha256`, which a folder job's manifest records)."""
     digest = hashlib.sha256()
     feed_weights(digest, net)
     return digest.hexdigest()

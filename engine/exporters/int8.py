@@ -66,6 +66,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -239,8 +240,9 @@ def shipped_model(weights_checksum: str) -> Path | None:
     return path if path.is_file() and path.with_suffix(".bin").is_file() else None
 
 
-def quantize(model, frames: list[torch.Tensor]):
-    """The OpenVINO ``model`` quantised to int8 by NNCF on ``frames`` (norms and element-wise ops kept fp32).
+def quantize(model, frames: list[torch.Tensor], progress: bool = True):
+    """The OpenVINO ``model`` quantised to int8 by NNCF on ``frames`` (norms and element-wise ops kept fp32);
+    NNCF's progress bars go to stderr, or nowhere without ``progress``.
 
     Raises:
         BackendError: NNCF is not installed.
@@ -254,7 +256,9 @@ def quantize(model, frames: list[torch.Tensor]):
     nncf.set_log_level(logging.ERROR)  # its INFO lines would mix into the command's own output
     keep_fp32 = nncf.IgnoredScope(types=list(_NORM_AND_ELEMENTWISE),
                                   validate=False)  # a graph need not have every one of those types
-    with contextlib.redirect_stdout(sys.stderr):  # its progress bars are progress, not output
+    # Its progress bars (rich, on stdout) are progress, not output; NNCF has no switch to turn them off.
+    with open(os.devnull, "w") if not progress else contextlib.nullcontext(sys.stderr) as bars, \
+            contextlib.redirect_stdout(bars):
         return nncf.quantize(model, nncf.Dataset([x.numpy() for x in frames]),
                              preset=nncf.QuantizationPreset.MIXED, subset_size=len(frames),
                              ignored_scope=keep_fp32)
@@ -293,7 +297,7 @@ def check(compile_fn, fp32_model, int8_model, frames: list[torch.Tensor], floor_
 
 
 def calibrated(fp32_model, frames: list[torch.Tensor], root: Path | None, name: str, compile_fn,
-               floor_db: float) -> tuple[object, Int8Check]:
+               floor_db: float, progress: bool = True) -> tuple[object, Int8Check]:
     """The generator's int8 model quantised on ``frames`` and checked against fp32, stored as the cache
     entry ``root/name`` (it replaces one made from other frames; the same frames reuse it).
 
@@ -308,7 +312,7 @@ def calibrated(fp32_model, frames: list[torch.Tensor], root: Path | None, name: 
     stored = read_stored(root, name)
     from_cache = stored is not None and stored[1].get("frames_sha256") == digest
     start = time.perf_counter()
-    quantized = stored[0] if from_cache else quantize(fp32_model, frames)
+    quantized = stored[0] if from_cache else quantize(fp32_model, frames, progress)
     quantize_s = 0.0 if from_cache else time.perf_counter() - start
     if not from_cache and root is not None:  # the generator's int8 model from now on
         store_model(root, name, quantized, {"frames_sha256": digest, "frames": len(frames)})

@@ -21,16 +21,21 @@ reported and not timed), ``warmup`` more calls (``warmup_s``), then ``repeats`` 
 ``perf_counter`` around each call on the CPU, CUDA events after a synchronisation on a GPU.
 Frames/s is ``batch / median call time``. Host memory is the process's peak resident size during
 the configuration (Linux ``VmHWM``, reset per configuration through ``/proc/self/clear_refs``).
-With ``e2e``, the same checks and warm-up, then inference timed alone on that batch, then one pass
-of the whole pipeline (``streams`` batches in flight): its frames/s, each stage's busy seconds, the
-stage that bounds it and the run's rate as a share of the slowest stage's rate alone.
+With ``e2e``, the same checks and warm-up, then one pass of the whole pipeline (``streams`` batches
+in flight) over the input, bounded by ``e2e_frames`` / ``e2e_seconds``
+(:mod:`gtacity.engine.measure.bench_e2e`): its frames/s, each stage's busy seconds, the stage that
+bounds it and that stage's busy share of the run (``bound_share``: 1.0 = the pipeline hides every
+other stage behind it). The share is measured inside the one run; a rate timed separately is not
+put against it: inference timed by itself ran 2-3x slower than the same calls inside the pipeline
+on a shared 2-core CPU (OpenMP's worker threads spin-wait between layers and take CPU time from
+the working thread when the cores are busy; inside the pipeline they did not: benchmarks/RESULTS.md,
+"bench --e2e efficiency"), so "the run's rate / its slowest stage's rate alone" came out above 100%.
 
 The report and its JSON fields: :mod:`gtacity.engine.measure.bench_report`.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, fields, replace
@@ -38,8 +43,9 @@ from pathlib import Path
 
 import torch
 
-from gtacity.checkpoint import load_generator
+from gtacity.checkpoint import bundled_generator, load_generator
 from gtacity.engine.backends import Backend, BackendError, create_backend
+from gtacity.engine.measure.bench_e2e import Limit, timed_pass
 from gtacity.engine.measure.bench_plan import (
     DEFAULT_BATCHES,
     DEFAULT_SIZES,
@@ -66,12 +72,7 @@ from gtacity.engine.measure.bench_report import (
     time_calls,
     versions,
 )
-from gtacity.engine.media.planes import use_planes
-from gtacity.engine.media.sinks import open_sink
 from gtacity.engine.media.sources import open_source
-from gtacity.engine.stream.imagepool import default_workers, pool_stage_times, pooled_folder_io
-from gtacity.engine.stream.pipeline import run_pipeline
-from gtacity.images import VIDEO_EXTENSIONS
 from gtacity.nets import SIZE_MULTIPLE, ResnetGenerator, count_macs, init_weights
 
 
@@ -116,15 +117,21 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda line: None) 
 
 
 def _generator(cfg: BenchConfig) -> ResnetGenerator:
-    if cfg.weights is not None:
-        return load_generator(cfg.weights)[0]
+    """The weights asked for; with ``e2e`` and no size, what ``translate`` would run; else random."""
+    weights = cfg.weights
+    if weights is None and cfg.e2e is not None and cfg.ngf is None and cfg.n_blocks is None:
+        weights = bundled_generator(cfg.direction)
+        if weights is None:
+            raise BenchError(f"no bundled {cfg.direction} generator in this installation; pass --weights FILE")
+    if weights is not None:
+        return load_generator(weights)[0]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return init_weights(ResnetGenerator(cfg.ngf, cfg.n_blocks)).eval()
+        return init_weights(ResnetGenerator(cfg.ngf or 64, cfg.n_blocks or 9)).eval()
 
 
 def _settings(cfg: BenchConfig) -> dict:
-    skip = ("tolerances", "ngf", "n_blocks")  # in the report's own fields, or read from the weights
+    skip = ("tolerances", "ngf", "n_blocks", "progress")  # in the report's own fields, or read from the weights
     values = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in skip}
     values["sizes"] = [f"{w}x{h}" for w, h in cfg.sizes]
     return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
@@ -188,7 +195,8 @@ class _Bench:
         try:
             backend = create_backend(target.backend, self.net, target.precision, target.device)
             if backend.needs_calibration():  # int8: on the bench's own inputs, every size
-                backend.calibrate([x[i : i + 1] for x, _ in self._inputs.values() for i in range(len(x))])
+                frames = [x[i : i + 1] for x, _ in self._inputs.values() for i in range(len(x))]
+                backend.calibrate(frames, progress=self.cfg.progress)
                 self.log(backend.int8_check.line())
         except BackendError as e:
             self.report.unavailable.append(replace(target, reason=str(e)))
@@ -261,36 +269,21 @@ class _Bench:
 
     def _e2e_config(self, backend: Backend, path: Path, size: str, batch: int, build_s: float,
                     x: torch.Tensor) -> None:
-        """One pipeline pass, and its rate against the slowest stage's alone: inference timed by
-        itself on the same batch, every other stage from its busy seconds (each has its own thread)."""
+        """One pipeline pass within the frame and time limits, after the warm-up calls."""
         self._warm_up(backend, x)
-        alone_s = percentile(time_calls(backend, x, self.cfg.repeats, self.cfg.budget_s), 50)
-        with tempfile.TemporaryDirectory(prefix="gtacity-bench-") as tmp:
-            if path.is_dir():  # as a folder job runs: images decoded and encoded on a thread pool
-                workers = default_workers()
-                with pooled_folder_io(path, Path(tmp) / "out", workers) as (src, sink):
-                    times = run_pipeline(src, sink, backend, batch_size=batch, streams=self.cfg.streams,
-                                         queue_frames=2 * workers)
-                    pool_stage_times(times, src, sink, workers)
-            else:
-                with open_source(path, planes=use_planes(backend.device, "off")) as src:  # as translate
-                    sink = open_sink(_output_path(src, Path(tmp)), src)
-                    times = run_pipeline(src, sink, backend, batch_size=batch, streams=self.cfg.streams)
-        alone = {stage: times.frames / s for stage, s in times.busy.items() if s > 0}
-        alone["infer"] = batch / alone_s
-        slowest = min(alone.values())
+        limit = Limit(self.cfg.e2e_frames, self.cfg.e2e_seconds)
+        times, input_frames = timed_pass(backend, path, batch, self.cfg.streams, limit, self.cfg.progress)
         result = E2EResult(
             backend.name, str(backend.device), backend.precision, backend.describe(), size, batch,
-            frames=times.frames, wall_s=times.wall, fps=times.fps, stage_s=dict(times.busy),
-            bound_by=times.bound_by, build_s=build_s, peak_host_mib=self.host.peak_mib(),
-            peak_device_mib=device_peak_mib(backend.device),
-            streams=times.streams, infer_alone_fps=alone["infer"],
-            slowest_alone=min(alone, key=alone.get), share_of_slowest=times.fps / slowest,
+            frames=times.frames, input_frames=input_frames, stopped_by=limit.stopped_by,
+            wall_s=times.wall, fps=times.fps, stage_s=dict(times.busy), bound_by=times.bound_by,
+            bound_share=times.bound_share, build_s=build_s, peak_host_mib=self.host.peak_mib(),
+            peak_device_mib=device_peak_mib(backend.device), streams=times.streams,
         )
         self.report.e2e.append(result)
-        self.log(f"e2e {backend.describe()} batch {batch}: {result.fps:.2f} frames/s, "
-                 f"bound by {result.bound_by}, {100 * result.share_of_slowest:.0f}% of the slowest "
-                 f"stage alone ({result.slowest_alone}), model busy {times.busy['infer'] / times.wall:.0%} "
+        stopped = f" (stopped by {limit.stopped_by})" if limit.stopped_by else ""
+        self.log(f"e2e {backend.describe()} batch {batch}: {result.frames} of {input_frames} frames{stopped}, "
+                 f"{result.fps:.2f} frames/s, bound by {result.bound_by}, busy {result.bound_share:.0%} "
                  "of the run")
 
 
@@ -301,13 +294,3 @@ def _first_frame_size(path: Path) -> Size:
         raise BenchError(f"{path}: no frame to translate")
     height, width = frame.image.shape[:2]
     return width, height
-
-
-def _output_path(source, folder: Path) -> Path:
-    """A throw-away output of the kind ``source`` makes: a video, an image folder or an image."""
-    if source.kind == "images":
-        return folder / "out"
-    suffix = source.path.suffix.lower()
-    if source.kind == "video" and suffix not in VIDEO_EXTENSIONS:
-        suffix = ".mp4"
-    return folder / f"out{suffix}"

@@ -7,7 +7,7 @@ The method (what is timed, when, against what) is in :mod:`gtacity.engine.measur
 
 JSON (``--json``; :meth:`~gtacity.engine.measure.bench_report.BenchReport.to_json`), top-level fields:
 
-- ``format`` ("gtacity-bench"), ``format_version`` (1), ``date`` (ISO 8601 with time zone),
+- ``format`` ("gtacity-bench"), ``format_version`` (2: ``e2e`` rows carry ``bound_share``), ``date`` (ISO 8601 with time zone),
   ``ok`` (every checked configuration agreed).
 - ``machine``: ``cpu``, ``cpu_cores_usable``, ``torch_threads``, ``memory_gib``, ``gpus`` (names),
   ``os``, ``host_peak_per_config`` (False: host peaks are the whole process's so far),
@@ -26,12 +26,12 @@ JSON (``--json``; :meth:`~gtacity.engine.measure.bench_report.BenchReport.to_jso
   ms_per_frame_p50, ms_per_frame_p95, repeats, build_s, warmup_s, peak_host_mib, peak_device_mib
   (null on CPU), gmacs_per_frame, gmac_per_s, matmul_share (achieved / measured matmul rate; null
   on CPU)}``.
-- ``e2e`` (``--e2e`` only): ``{backend, device, precision, describe, size, batch, frames, wall_s,
-  fps, stage_s (decode, preprocess, infer, postprocess, encode busy seconds), bound_by, build_s,
-  peak_host_mib, peak_device_mib, streams (batches in flight), infer_alone_fps (``infer`` timed by
-  itself, same batch and size), slowest_alone (the stage with the lowest rate alone: inference from
-  infer_alone_fps, the others from frames / busy seconds), share_of_slowest (fps / that rate; 1.0 =
-  the pipeline hides every other stage)}``.
+- ``e2e`` (``--e2e`` only): ``{backend, device, precision, describe, size, batch, frames (translated
+  in this pass), input_frames (in the input), stopped_by (null, or the ``--frames``/``--seconds``
+  limit that ended the pass early), wall_s, fps, stage_s (each stage's busy seconds), bound_by (the
+  stage that worked longest), bound_share (its busy seconds / wall_s; 1.0 = every other stage hidden
+  behind it), build_s, peak_host_mib, peak_device_mib, streams (batches in flight)}``. On a GPU with
+  several streams, inference's busy seconds add up overlapping GPU work: there it can pass 1.0.
 """
 
 from __future__ import annotations
@@ -325,17 +325,17 @@ class E2EResult(_Configuration):
     """One pass of the whole decode -> translate -> encode pipeline (fields: module docs)."""
 
     frames: int
+    input_frames: int
+    stopped_by: str | None
     wall_s: float
     fps: float
     stage_s: dict[str, float]
     bound_by: str
+    bound_share: float
     build_s: float
     peak_host_mib: float
     peak_device_mib: float | None
     streams: int
-    infer_alone_fps: float
-    slowest_alone: str
-    share_of_slowest: float
 
 
 def _now() -> str:
@@ -368,7 +368,7 @@ class BenchReport:
 
     def to_json(self) -> dict[str, Any]:
         """The report as plain JSON types (the fields are in this module's docstring)."""
-        return {"format": "gtacity-bench", "format_version": 1, **asdict(self), "ok": self.ok}
+        return {"format": "gtacity-bench", "format_version": 2, **asdict(self), "ok": self.ok}
 
     def write_json(self, path: str | Path) -> None:
         """Write :meth:`to_json` to ``path`` (indented UTF-8)."""
@@ -388,7 +388,7 @@ class BenchReport:
         if self.results:
             lines += ["", *_table(_MODEL_COLUMNS, [_model_row(r) for r in self.results])]
         if self.e2e:
-            lines += ["", *_table(_E2E_COLUMNS, [_e2e_row(r) for r in self.e2e])]
+            lines += ["", *_table(_E2E_COLUMNS, [_e2e_row(r) for r in self.e2e]), E2E_NOTE]
         return "\n".join(lines)
 
     def _agreement_line(self) -> str:
@@ -409,9 +409,11 @@ def describe_disagreement(a: Agreement) -> str:
 
 _MODEL_COLUMNS = ("backend", "device", "precision", "size", "batch", "frames/s", "ms p50", "ms p95",
                   "host MiB", "dev MiB", "GMAC/s", "matmul%", "build s")
+E2E_NOTE = ("frames: translated / in the input (a pass stops at --frames or --seconds); stage seconds: "
+            "busy, not waiting; bound busy %: the share of the run the bounding stage was working "
+            "(100 = every other stage hidden behind it)")
 _E2E_COLUMNS = ("backend", "device", "precision", "size", "batch", "frames", "frames/s", "decode s",
-                "preproc s", "infer s", "postproc s", "encode s", "bound by",
-                "streams", "infer alone f/s", "% of slowest alone")
+                "preproc s", "infer s", "postproc s", "encode s", "bound by", "bound busy %", "streams")
 
 
 def _setting(value: Any) -> str:
@@ -434,9 +436,9 @@ def _model_row(r: ModelResult) -> tuple[str, ...]:
 
 def _e2e_row(r: E2EResult) -> tuple[str, ...]:
     stages = tuple(f"{r.stage_s[s]:.2f}" for s in STAGES)
-    return (r.backend, r.device, r.precision, r.size, str(r.batch), str(r.frames), f"{r.fps:.2f}",
-            *stages, r.bound_by, str(r.streams), f"{r.infer_alone_fps:.2f}",
-            f"{100 * r.share_of_slowest:.0f} ({r.slowest_alone})")
+    frames = f"{r.frames}/{r.input_frames}"
+    return (r.backend, r.device, r.precision, r.size, str(r.batch), frames, f"{r.fps:.2f}",
+            *stages, r.bound_by, f"{100 * r.bound_share:.0f}", str(r.streams))
 
 
 def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:

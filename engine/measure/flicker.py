@@ -9,8 +9,9 @@ compared with output frame ``t`` where the mask says the flow is reliable::
     E_warp    = mean over the pairs of E_pair(t)
 
 Motion the flow explains costs nothing; what changes without moving (colours, textures popping from
-frame to frame) does. The same measure of the input itself is the floor the scene allows (flow
-errors, lighting changes, codec noise), reported next to it.
+frame to frame) does. The same measure of the input itself is reported next to it, as a reference:
+what the scene itself scores (flow errors, lighting changes, codec noise). It is not a floor: a
+remedy that blends frames (``--temporal flow``) smooths those too and can score below it.
 
 ::
 
@@ -51,7 +52,7 @@ class FlickerReport:
         input, output: the two videos (or image folders) compared.
         frames: frames in each.
         output_error: E_warp of the output (mean over pairs).
-        input_error: E_warp of the input with the same flow and masks: the floor.
+        input_error: E_warp of the input with the same flow and masks: the reference (not a floor).
         output_curve, input_curve: E_pair(t) for each pair ``t, t+1``.
         reliable: mean fraction of pixels the occlusion masks kept.
     """
@@ -67,21 +68,21 @@ class FlickerReport:
 
     @property
     def excess(self) -> float:
-        """Output error over the input's floor (1.0: no more flicker than the scene itself has)."""
+        """Output error over the input's own (1.0: as much as the scene itself; below 1 is possible)."""
         return self.output_error / self.input_error if self.input_error > 0 else float("inf")
 
     def summary(self) -> str:
         """Three lines for a terminal."""
         return (
             f"warping error  {self.output_error:.6f}  {self.output}\n"
-            f"input floor    {self.input_error:.6f}  {self.input}  (output / floor: {self.excess:.2f})\n"
+            f"input itself   {self.input_error:.6f}  {self.input}  (output / input: {self.excess:.2f})\n"
             f"{self.frames} frames, {len(self.output_curve)} pairs, "
             f"{100 * self.reliable:.1f}% of pixels with reliable flow"
         )
 
     def to_json(self) -> str:
-        """Everything above, as one JSON object (curves included; ``excess`` null when the floor is 0)."""
-        excess = self.excess if np.isfinite(self.excess) else None  # a still input has no floor
+        """Everything above, as one JSON object (curves included; ``excess`` null when the input's is 0)."""
+        excess = self.excess if np.isfinite(self.excess) else None  # a still input scores 0
         return json.dumps({**asdict(self), "excess": excess}, indent=2)
 
 
@@ -202,13 +203,13 @@ def _check_sizes(index: int, a: np.ndarray, b: np.ndarray, report: FlickerReport
 
 
 # Line colours (BGR, what OpenCV draws with), in the order curves are given; the last is grey for
-# the input's floor.
+# the input itself.
 _PALETTE = ((40, 90, 230), (200, 120, 30), (60, 160, 60), (150, 60, 160))
 _FLOOR_BGR, _INK = (150, 150, 150), (40, 40, 40)
 
 
 def plot_curves(report: FlickerReport, path: str | Path) -> Path:
-    """Draw E_pair(t) of the output and of the input (the floor) as a PNG; see :func:`draw_curves`."""
+    """Draw E_pair(t) of the output and of the input itself as a PNG; see :func:`draw_curves`."""
     return draw_curves({"output": report.output_curve}, report.input_curve, path)
 
 
@@ -245,7 +246,7 @@ def draw_curves(
     for i in range(0, pairs, max(1, pairs // 10)):
         _text(canvas, str(i), (point(i, 0)[0] - 4, height - bottom + 18))
     _text(canvas, "frame pair t, t+1", (width // 2 - 60, height - 6))
-    lines = [("input (floor)", floor, _FLOOR_BGR)] + [
+    lines = [("input itself", floor, _FLOOR_BGR)] + [
         (label, curve, colour) for (label, curve), colour in zip(curves.items(), _PALETTE)
     ]
     for row, (label, curve, colour) in enumerate(lines):
