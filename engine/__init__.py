@@ -52,10 +52,13 @@ _PUBLIC = {
     "evaluate_run": "gtacity.engine.measure.realism_run",
     "RunRealismConfig": "gtacity.engine.measure.realism_run",
     "artifact_score": "gtacity.engine.measure.artifacts",
+    "build_report": "gtacity.engine.measure.report",
+    "ReportConfig": "gtacity.engine.measure.report",
 }
 
 __all__ = [
     "BACKENDS",
+    "FORMATS",
     "Backend",
     "BackendError",
     "BenchConfig",
@@ -63,17 +66,18 @@ __all__ = [
     "DamagedInputError",
     "ExportConfig",
     "ExportError",
-    "FORMATS",
     "FidelityConfig",
     "FlickerConfig",
     "Frame",
     "RealismConfig",
+    "ReportConfig",
     "RunRealismConfig",
     "TranslateConfig",
     "TranslateError",
     "TranslateReport",
     "artifact_score",
     "available_backends",
+    "build_report",
     "create_backend",
     "evaluate_fidelity",
     "evaluate_flicker",
@@ -109,6 +113,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from gtacity.engine.measure.flicker import FlickerConfig, evaluate_flicker
     from gtacity.engine.measure.realism import RealismConfig, evaluate_realism
     from gtacity.engine.measure.realism_run import RunRealismConfig, evaluate_run
+    from gtacity.engine.measure.report import ReportConfig, build_report
     from gtacity.engine.translation import (
         DamagedInputError,
         TranslateConfig,
