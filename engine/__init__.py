@@ -57,6 +57,8 @@ _PUBLIC = {
     "RunRealismConfig": "gtacity.engine.measure.realism_run",
     "artifact_score": "gtacity.engine.measure.artifacts",
     "read_failures": "gtacity.engine.jobs.folder",
+    "build_report": "gtacity.engine.measure.report",
+    "ReportConfig": "gtacity.engine.measure.report",
 }
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "FlickerConfig",
     "Frame",
     "RealismConfig",
+    "ReportConfig",
     "RunRealismConfig",
     "TranslateConfig",
     "TranslateError",
@@ -80,6 +83,7 @@ __all__ = [
     "Translator",
     "artifact_score",
     "available_backends",
+    "build_report",
     "create_backend",
     "evaluate_fidelity",
     "evaluate_flicker",
@@ -117,6 +121,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from gtacity.engine.measure.flicker import FlickerConfig, evaluate_flicker
     from gtacity.engine.measure.realism import RealismConfig, evaluate_realism
     from gtacity.engine.measure.realism_run import RunRealismConfig, evaluate_run
+    from gtacity.engine.measure.report import ReportConfig, build_report
     from gtacity.engine.translation import (
         DamagedInputError,
         TranslateConfig,

@@ -17,6 +17,7 @@ import click
 from gtacity import __version__
 from gtacity.cli_learn import data, distill, train
 from gtacity.cli_realism import eval_realism
+from gtacity.cli_report import eval_report
 from gtacity.cli_segment import eval_miou, eval_segmentation
 from gtacity.cli_slice import max_frames_option, slice_options
 from gtacity.errors import GtacityError
@@ -398,6 +399,7 @@ def eval_flicker(input, output, as_json, plot, preset, quiet) -> None:
 evaluate.add_command(eval_realism)
 evaluate.add_command(eval_miou)
 evaluate.add_command(eval_segmentation)
+evaluate.add_command(eval_report)
 
 for _command in (train, data, distill):
     cli.add_command(_command)

@@ -22,6 +22,7 @@ import numpy as np
 
 from gtacity.checkpoint import load_generator
 from gtacity.engine.backends import Backend, create_backend
+from gtacity.engine.frames import Frame
 from gtacity.engine.measure.artifacts import ArtifactScore, ArtifactSummary, peak_prominence, score_from
 from gtacity.engine.measure.features import RESIZE_MODE, SIZE, FeatureNet
 from gtacity.engine.measure.realism import Distances, Measurer, RealismError, RealismSettings, frames, prepare
@@ -148,9 +149,9 @@ def evaluate_run(cfg: RunRealismConfig, net: FeatureNet | None = None) -> RunRep
     found = run_generators(cfg.run, cfg.direction)
     measurer = prepare(s, net)
     input_peaks = [peak_prominence(im) for im in frames(cfg.images, s.max_frames)]
-    rows = []
-    for step, path in found:
-        rows.append(_score_generator(step, path, cfg, measurer, input_peaks))
+    rows = [RunRow(step, str(path), *score_generator(path, cfg.images, measurer, input_peaks, cfg.backend,
+                                                     cfg.precision))
+            for step, path in found]
     key = (lambda r: r.distances.kid) if cfg.best_by == "kid" else (lambda r: r.distances.fid)
     best = min(range(len(rows)), key=lambda i: key(rows[i]))
     if cfg.best_to is not None:
@@ -164,30 +165,41 @@ def evaluate_run(cfg: RunRealismConfig, net: FeatureNet | None = None) -> RunRep
                      str(cfg.plot) if cfg.plot else None)
 
 
-def _score_generator(step: int, path: Path, cfg: RunRealismConfig, measurer: Measurer,
-                     input_peaks: list[float]) -> RunRow:
+def score_generator(path: str | Path, images: str | Path, measurer: Measurer, input_peaks: list[float],
+                    backend: str = "auto", precision: str = "auto") -> tuple[Distances, ArtifactSummary | None]:
+    """FID/KID and the checkerboard check of one generator file's translations of ``images``.
+
+    Args:
+        input_peaks: :func:`peak_prominence` of each frame of ``images`` (measured once for many
+            generators), at most ``measurer.settings.max_frames`` of them.
+    """
     net, _info = load_generator(path)
-    backend = create_backend(cfg.backend, net, precision=cfg.precision, device=cfg.settings.device)
+    runner = create_backend(backend, net, precision=precision, device=measurer.settings.device)
     scores: list[ArtifactScore] = []
 
     def outputs() -> Iterator[np.ndarray]:
-        for n, image in enumerate(_translated(backend, cfg.images, cfg.settings.max_frames)):
+        for n, image in enumerate(_translated(runner, images, measurer.settings.max_frames)):
             scores.append(score_from(input_peaks[n], peak_prominence(image)))
             yield image
 
     feats = measurer.features(outputs())
-    return RunRow(step, str(path), measurer.score(feats), ArtifactSummary.of(scores))
+    return measurer.score(feats), ArtifactSummary.of(scores)
 
 
 def _translated(backend: Backend, images: str | Path, max_frames: int | None) -> Iterator[np.ndarray]:
-    """Each frame of ``images`` through ``backend``, one at a time (any size: padded and cropped back)."""
+    """Each frame of ``images`` through ``backend``, one at a time."""
     with open_source(images) as source:
         for n, frame in enumerate(source):
             if max_frames is not None and n >= max_frames:
                 return
-            x = to_batch([frame], backend.device)
-            backend.prepare(1, x.shape[-2], x.shape[-1])
-            yield to_frames(backend.infer(x), [frame])[0].image
+            yield translate_frame(backend, frame)
+
+
+def translate_frame(backend: Backend, frame: Frame) -> np.ndarray:
+    """One frame through ``backend`` (any size: padded and cropped back) -> ``(H, W, 3)`` uint8."""
+    x = to_batch([frame], backend.device)
+    backend.prepare(1, x.shape[-2], x.shape[-1])
+    return to_frames(backend.infer(x), [frame])[0].image
 
 
 def draw_curves(rows: list[RunRow], best: int, path: str | Path, standard: bool = True) -> Path:
@@ -196,7 +208,7 @@ def draw_curves(rows: list[RunRow], best: int, path: str | Path, standard: bool 
     img = np.full((h, w, 3), 255, np.uint8)
     steps = [r.step for r in rows]
     lo, hi = min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1
-    to_x = lambda s: int(m + (s - lo) / (hi - lo) * (w - 2 * m))  # noqa: E731
+    to_x = lambda s: int(m + (s - lo) / (hi - lo) * (w - 2 * m))
     star = "" if standard else "*"
     series = [(f"KID{star}", [r.distances.kid for r in rows], (200, 60, 0)),
               (f"FID{star}", [r.distances.fid for r in rows], (0, 140, 0)),
