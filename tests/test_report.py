@@ -84,7 +84,7 @@ def test_the_report_opens_in_chromium_with_every_image_and_no_error(inputs, tmp_
     shot = cv2.imdecode(np.frombuffer(seen.screenshot, np.uint8), cv2.IMREAD_COLOR)
     assert shot.shape[1] == 1000 and shot.shape[0] > 800 and shot.std() > 20
     for image in seen.images:  # where each image is, the screenshot is not blank
-        x, y, w, h = (int(round(image[k])) for k in ("x", "y", "w", "h"))
+        x, y, w, h = (round(image[k]) for k in ("x", "y", "w", "h"))
         region = shot[y + 2:y + h - 2, x + 2:x + w - 2]
         assert region.size and region.std() > 3 and region.mean() < 245, image["alt"]
     cv2.imwrite(str(tmp_path / "report.png"), shot)
@@ -124,8 +124,8 @@ def test_the_bundled_generator_goes_back_with_the_bundled_one_of_the_other_direc
     (["-o", "{tmp}/r.html", "--segmentation", "{tmp}/none.json"],
      "{tmp}/none.json: no such file; pass the JSON of gtacity eval miou --json or gtacity eval segmentation"),
     (["-o", "{tmp}/r.html", "--segmentation", "{tmp}/list.json"],
-     "{tmp}/list.json: no per-class IoUs ('classes'); pass the JSON of gtacity eval miou --json or gtacity eval "
-     "segmentation"),
+     ("{tmp}/list.json: no per-class IoUs ('classes'); pass the JSON of gtacity eval miou --json or gtacity eval "
+      "segmentation")),
 ])
 def test_bad_input_is_one_line_and_no_page(inputs, tmp_path, args, line):
     root, images, real, _, _ = inputs

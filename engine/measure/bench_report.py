@@ -15,8 +15,8 @@ JSON (``--json``; :meth:`~gtacity.engine.measure.bench_report.BenchReport.to_jso
 - ``versions``: ``python``, ``gtacity`` and each installed one of torch, torchvision, openvino,
   onnx, onnxruntime, tensorrt, av, numpy (plus cuda, cudnn with a GPU).
 - ``settings``: the :class:`~gtacity.engine.measure.bench.BenchConfig` fields (``backends``, ``precisions``,
-  ``device``, ``sizes``, ``batch_sizes``, ``weights``, ``warmup``, ``repeats``, ``e2e``,
-  ``json_path``, ``seed``) and the generator's ``ngf`` and ``n_blocks``.
+  ``device``, ``sizes``, ``batch_sizes``, ``weights``, ``direction``, ``warmup``, ``repeats``, ``e2e``,
+  ``e2e_frames``, ``e2e_seconds``, ``json_path``, ``seed``) and the generator's ``arch``, ``ngf``, ``n_blocks``.
 - ``tolerances``: precision -> ``{"max_abs", "mean_abs"}`` in [-1, 1] units (1/127.5 per 8-bit
   level).
 - ``unavailable`` (cannot run here), ``skipped`` (not asked for, or a precision the backend lacks):

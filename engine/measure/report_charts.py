@@ -65,9 +65,11 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
                  f'{escape(x_label)}</text>'
                  f'<text x="12" y="{(top + height - bottom) / 2:.0f}" text-anchor="middle" '
                  f'transform="rotate(-90 12 {(top + height - bottom) / 2:.0f})">{escape(y_label)}</text>')
-    if mark_x is not None:
-        parts.append(f'<line x1="{px(mark_x):.1f}" x2="{px(mark_x):.1f}" y1="{top}" y2="{height - bottom}" '
-                     f'class="m"/><text x="{px(mark_x) + 4:.1f}" y="{top + 12}">{escape(mark_label)}</text>')
+    if mark_x is not None:  # the label on the side of the line with room for it
+        mx = px(mark_x)
+        side = f'x="{mx - 4:.1f}" text-anchor="end"' if mx > width / 2 else f'x="{mx + 4:.1f}"'
+        parts.append(f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{top}" y2="{height - bottom}" class="m"/>'
+                     f'<text {side} y="{top + 12}">{escape(mark_label)}</text>')
     for row, s in enumerate(series):
         pts = [(px(x), py(y)) for x, y in zip(s.xs, s.ys) if math.isfinite(y)]
         coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
