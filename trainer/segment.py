@@ -142,7 +142,7 @@ def train_segmenter(cfg: SegmentConfig, resume: bool = False, progress_bar: bool
     net, origin = build_segmenter(rec, None if state else cfg.backbone_weights)
     net = net.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
     opt = _optimizer(rec, net)
-    prec = choose_precision(cfg.amp, device, hardware.cpu_capabilities().native_bf16)
+    prec = choose_precision(cfg.amp, device, hardware.cpu_capabilities())
     progress = Progress()
     if state is not None:
         origin, progress = state["origin"], _restore(net, opt, prec, state)
