@@ -28,7 +28,7 @@ import torch
 
 from gtacity import kernels
 from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
-from gtacity.kernels import layout, yuv
+from gtacity.kernels import common, layout, yuv
 
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 MATRIX, FULL_RANGE = "bt709", False  # HD video's usual colour; every matrix costs the same
@@ -101,7 +101,7 @@ def colour_cases(n: int, h: int, w: int, dtype: torch.dtype) -> list[Case]:
     y, u, v = kernels.split_yuv420p(frames)
     uv = torch.stack([u, v], dim=-1)  # (N, H/2, W/2, 2), NV12's chroma
     colour = {"matrix": MATRIX, "full_range": FULL_RANGE}
-    k = yuv.YuvCoefficients.of(MATRIX, FULL_RANGE)
+    k = common.YuvCoefficients.of(MATRIX, FULL_RANGE)
     out = kernels.yuv420p_to_model_input(y, u, v, dtype=dtype, **colour)
     out_bytes = out.numel() * out.element_size()
     name = DTYPE_NAMES[dtype]

@@ -23,7 +23,7 @@ import pytest
 import torch
 from kernel_cases import cpu_decode, cpu_encode, level_errors, real_frames, synthetic_frames, to_nv12
 
-from gtacity.kernels import layout, yuv
+from gtacity.kernels import common, layout, yuv
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (Linux only)")
 
@@ -63,7 +63,7 @@ def test_to_model_input_equals_reference(kernels, shape):
     for dtype in DTYPES:
         got = triton_layout.to_model_input(*_on_device(pixels), dtype=dtype, multiple=4)
         want = layout.to_model_input_reference(pixels, dtype=dtype, multiple=4)
-        padded = (shape[0], 3, layout.padded(shape[1], 4), layout.padded(shape[2], 4))
+        padded = (shape[0], 3, common.padded(shape[1], 4), common.padded(shape[2], 4))
         assert got.shape == want.shape == padded
         assert got.dtype == dtype and got.is_contiguous()
         assert torch.equal(got.cpu(), want), dtype
@@ -118,7 +118,7 @@ def test_yuv420p_to_model_input_equals_reference(kernels, case, chroma_left):
     n, h, w, matrix, full_range, dtype = case
     chroma = (n, (h + 1) // 2, (w + 1) // 2)
     y, u, v = _bytes((n, h, w), 1), _bytes(chroma, 2), _bytes(chroma, 3)
-    k = yuv.YuvCoefficients.of(matrix, full_range)
+    k = common.YuvCoefficients.of(matrix, full_range)
     got = triton_yuv.yuv420_to_model_input(*_on_device(y, u, v), k, dtype, 4, chroma_left)
     want = yuv.yuv420p_to_model_input(
         y, u, v, matrix=matrix, full_range=full_range, dtype=dtype, chroma_left=chroma_left
@@ -130,7 +130,7 @@ def test_nv12_reads_interleaved_chroma(kernels):
     """NV12's UV plane goes in as two strided views: the same result as separate planes."""
     _, triton_yuv = kernels
     y, uv = _bytes((2, 10, 12), 4), _bytes((2, 5, 6, 2), 5)
-    k = yuv.YuvCoefficients.of("bt709", False)
+    k = common.YuvCoefficients.of("bt709", False)
     y_d, uv_d = _on_device(y, uv)
     got = triton_yuv.yuv420_to_model_input(y_d, uv_d[..., 0], uv_d[..., 1], k, torch.float32, 4)
     want = yuv.nv12_to_model_input(y, uv, matrix="bt709", full_range=False)
@@ -150,7 +150,7 @@ def test_model_output_to_yuv420p_equals_reference(kernels, case):
     _, triton_yuv = kernels
     n, h, w, matrix, full_range = case
     out = _model_values((n, h + 2, w + 3), torch.float16, seed=w)
-    k = yuv.YuvCoefficients.of(matrix, full_range)
+    k = common.YuvCoefficients.of(matrix, full_range)
     got = triton_yuv.model_output_to_yuv420(*_on_device(out), h, w, k)
     want = yuv.model_output_to_yuv420p(out, h, w, matrix=matrix, full_range=full_range)
     assert got.shape == (n, h * 3 // 2, w) and torch.equal(got.cpu(), want)
@@ -163,7 +163,7 @@ def _check_against_cpu_path(triton_yuv, frames: dict) -> None:
     for name, rgb in frames.items():
         h, w = rgb.shape[:2]
         for matrix, full_range in (("bt709", False), ("bt601", True)):
-            k = yuv.YuvCoefficients.of(matrix, full_range)
+            k = common.YuvCoefficients.of(matrix, full_range)
             planes = cpu_encode(rgb, matrix, full_range)
             y, u, v = yuv.split_yuv420p(torch.from_numpy(planes)[None])
             x = triton_yuv.yuv420_to_model_input(*_on_device(y, u, v), k, torch.float32, 4)
@@ -195,7 +195,7 @@ def test_nv12_from_a_real_decoder_layout(kernels):
     nv12 = to_nv12(cpu_encode(rgb, "bt601", False))
     packed = torch.from_numpy(nv12)[None]
     y, uv = packed[:, :8], packed[:, 8:].reshape(1, 4, 12, 2)
-    k = yuv.YuvCoefficients.of("bt601", False)
+    k = common.YuvCoefficients.of("bt601", False)
     y_d, uv_d = _on_device(y, uv)
     x = triton_yuv.yuv420_to_model_input(y_d, uv_d[..., 0], uv_d[..., 1], k, torch.float32, 4)
     decoded = layout.from_model_output_reference(x.cpu(), 8, 24)[0].numpy()
