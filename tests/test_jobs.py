@@ -238,7 +238,7 @@ def test_bench_e2e_on_a_folder_runs_the_pooled_folder_path(tmp_path):
     report = run_bench(cfg, log=lines.append)
     (result,) = report.e2e
     assert (result.size, result.frames) == ("64x48", 6) and result.stage_s["infer"] > 0
-    assert any("model busy" in line and "% of the run" in line for line in lines)
+    assert any(re.search(r"bound by \w+, busy \d+% of the run", line) for line in lines)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]
 
 
