@@ -205,7 +205,7 @@ def translate(cfg: TranslateConfig) -> TranslateReport:
     check_mode(cfg.temporal, folder)
     if cfg.ray is not None:
         return _translate_on_ray(cfg, items, shard)
-    net, info = _generator(cfg)
+    net, info = configured_generator(cfg)
     backend, batch_size, limit = _prepare(cfg, net, info)
     if folder:
         return _translate_folder(cfg, items, shard, backend, info, batch_size, limit)
@@ -232,8 +232,8 @@ def _preview(cfg: TranslateConfig, window: Window | None) -> TranslateReport:
     """``--preview N``: N frames side by side with their inputs into the PNG ``cfg.output``."""
     if cfg.temporal != "off":
         raise TranslateError("--preview shows frames one at a time; drop --temporal (it needs consecutive frames)")
-    net, info = _generator(cfg)
-    backend = _backend(cfg, net, info)
+    net, info = configured_generator(cfg)
+    backend = configured_backend(cfg, net, info)
     frames, seconds = write_preview(Path(cfg.input), Path(cfg.output), cfg.preview, window, backend, cfg.overwrite)
     return TranslateReport(Path(cfg.output), frames, StageTimes(wall=seconds, frames=frames), backend.name,
                            backend.precision, info)
@@ -258,11 +258,11 @@ def _tiling(cfg: TranslateConfig, info: GeneratorInfo) -> Tiling:
 
 def _prepare(cfg: TranslateConfig, net, info: GeneratorInfo) -> tuple[Backend, int, PixelLimit]:
     """The backend, batch size and pixel limit ``cfg`` asks for (on this machine)."""
-    backend = _backend(cfg, net, info)
+    backend = configured_backend(cfg, net, info)
     return backend, cfg.batch_size or (8 if backend.device.type == "cuda" else 1), _pixel_limit(cfg, _tiling(cfg, info))
 
 
-def _backend(cfg: TranslateConfig, net, info: GeneratorInfo) -> Backend:
+def configured_backend(cfg: TranslateConfig, net, info: GeneratorInfo) -> Backend:
     """The backend ``cfg`` asks for, calibrated, smoothed for ``--temporal stats``, tiling huge
     frames, its first output checked."""
     backend = create_backend(backend_for(cfg.temporal, cfg.backend), net, precision=cfg.precision, device=cfg.device)
@@ -302,7 +302,7 @@ def _folder_job(cfg: TranslateConfig, items, shard, info: GeneratorInfo, backend
 def _translate_on_ray(cfg: TranslateConfig, items, shard) -> TranslateReport:
     """A folder job on a Ray cluster: every actor builds the backend this process would."""
     cluster = RayCluster(cfg.ray, cfg.ray_workers, cfg.device)  # without Ray: one line saying how to get it
-    _, info = _generator(cfg)  # the direction, for the manifest; the driver never translates
+    _, info = configured_generator(cfg)  # the direction, for the manifest; the driver never translates
     # An actor sees only its own GPU, as cuda:0.
     recipe = partial(_actor_backend, replace(cfg, device="cuda") if cfg.device.startswith("cuda") else cfg)
     with cluster:
@@ -323,7 +323,7 @@ def _absolute(cfg: TranslateConfig) -> TranslateConfig:
 
 def _actor_backend(cfg: TranslateConfig) -> tuple[Backend, int, PixelLimit]:
     """In a Ray actor: the backend, batch size and pixel limit :func:`translate` would use there."""
-    net, info = _generator(cfg)
+    net, info = configured_generator(cfg)
     return _prepare(cfg, net, info)
 
 
@@ -408,7 +408,9 @@ def _calibrate(backend, cfg: TranslateConfig) -> None:
     print(backend.int8_check.line(), file=sys.stderr)
 
 
-def _generator(cfg: TranslateConfig):
+def configured_generator(cfg: TranslateConfig):
+    """The generator and its file's metadata that ``cfg`` names (direction filled in); with
+    :func:`configured_backend`, how :class:`~gtacity.engine.translator.Translator` sets itself up."""
     net, info = load_generator(_weights_path(cfg), direction=cfg.direction)
     if info.direction is None:  # an official file and no --direction: the project's default
         info = replace(info, direction="gta2city")

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from gtacity import kernels
 from gtacity.engine.frames import Frame
 from gtacity.engine.stream.convert import to_batch, to_frames
-from gtacity.engine.translation import TranslateConfig, TranslateError, _backend, _generator
+from gtacity.engine.translation import TranslateConfig, TranslateError, configured_backend, configured_generator
 from gtacity.nets import MIN_SIZE, SIZE_MULTIPLE
 
 _DEPTHS = (np.uint8, np.uint16)  # numpy frames: 8-bit, or 16-bit like a deep PNG/TIFF
@@ -91,8 +91,8 @@ class Translator:
                               tile=tile, calibration=calibration, progress=progress)
         if batch_size is not None and batch_size < 1:
             raise TranslateError(f"Translator: batch_size must be at least 1, got {batch_size}")
-        net, self.info = _generator(cfg)
-        self.backend = _backend(cfg, net, self.info)
+        net, self.info = configured_generator(cfg)
+        self.backend = configured_backend(cfg, net, self.info)
         self.batch_size = batch_size or (8 if self.backend.device.type == "cuda" else 1)
         self.progress = progress
         self._lock = threading.Lock()

@@ -14,7 +14,7 @@ from gtacity import hardware
 from gtacity.checkpoint import save_generator
 from gtacity.cli import cli
 from gtacity.engine.backends import BackendError, create_backend
-from gtacity.engine.exporters.int8 import calibration_frames
+from gtacity.engine.exporters.int8 import CROP, REUSE_CROP, REUSE_SPAN, calibration_frames, check_frames
 from gtacity.engine.measure.bench import run_bench
 from gtacity.engine.measure.bench_plan import BenchConfig
 from gtacity.engine.media.sources import open_source
@@ -130,6 +130,18 @@ def test_a_generator_calibrates_once_and_every_later_input_only_checks(tmp_path,
         assert line.startswith("int8: the generator's cached int8 model; PSNR vs fp32 on 4 frames of this input: mean ")
     entries = list((tmp_path / "cache" / "openvino").glob("int8-gen-*"))
     assert len(entries) == 1, "one int8 model per generator, not per input"
+
+
+def test_a_reused_model_is_checked_on_small_crops_from_the_start_of_the_input(tmp_path):
+    """The reuse check is a fresh job's fixed cost: 4 crops of 128 px (a quarter of a calibration
+    crop's pixels each), spread over the first REUSE_SPAN frames."""
+    make_clip(tmp_path / "long.mp4", frames=REUSE_SPAN + 60, size=(320, 192), audio=None)
+    checked = check_frames(tmp_path / "long.mp4")
+    calibration = calibration_frames(tmp_path / "long.mp4", count=2)
+    assert len(checked) == 4
+    assert all(tuple(x.shape) == (1, 3, REUSE_CROP, REUSE_CROP) for x in checked)
+    assert all(tuple(x.shape) == (1, 3, 192, CROP) for x in calibration)  # 256 wide, the whole 192 high
+    assert REUSE_CROP ** 2 * 4 <= CROP ** 2, "the check should cost at most one calibration crop"
 
 
 def test_a_reused_int8_model_below_the_floor_is_refused(tmp_path, tiny_generator, monkeypatch):

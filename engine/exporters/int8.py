@@ -56,8 +56,11 @@ calibration frames; the PSNR is printed, and a model whose worst frame falls bel
 2 x 8 inferences: about 3 s a job with the demo generator, 11 s with ngf 64, on 2 cores) is kept with the
 cached model per instruction set, so a later job on the same calibration frames and kind of CPU
 reuses its PSNRs and only applies its own floor. A job that reuses the generator's model checks it
-on :data:`REUSE_CHECK_FRAMES` frames of its own input (from its first :data:`REUSE_SPAN`), with the
-compiled models kept in OpenVINO's blob cache, and is refused below the floor as before.
+on :data:`REUSE_CHECK_FRAMES` crops of :data:`REUSE_CROP` px from its own input (from its first
+:data:`REUSE_SPAN` frames), with the compiled models kept in OpenVINO's blob cache, and is refused
+below the floor as before. Those crops are a quarter of a calibration crop's pixels: the check's
+fp32 inferences were most of a fresh job's fixed cost (3.4 of 3.9 s with ngf 64 on 2 AVX2 cores;
+RESULTS.md, "INT8 once per generator, quiet").
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ CHECK_FRAMES = 8
 # A job that reuses the generator's int8 model checks it on this many of its own frames, taken from
 # its first REUSE_SPAN frames (a bounded decode, however long the input).
 REUSE_CHECK_FRAMES = 4
+REUSE_CROP = 128
 REUSE_SPAN = 240
 # int8 models shipped with the bundled generators, named by the weights' checksum.
 SHIPPED = Path(gtacity.__file__).parent / "models" / "int8"
@@ -147,14 +151,15 @@ class Int8Check:
                 f"worst {self.worst_db:.1f} dB (floor {self.floor_db:g} dB); {how}")
 
 
-def calibration_frames(path: str | Path, count: int = CALIBRATION_FRAMES, span: int | None = None) -> list[torch.Tensor]:
-    """Up to ``count`` frames spread evenly over a video, image folder or image, cropped to 256 px.
+def calibration_frames(path: str | Path, count: int = CALIBRATION_FRAMES, span: int | None = None,
+                       crop: int = CROP) -> list[torch.Tensor]:
+    """Up to ``count`` frames spread evenly over a video, image folder or image, cropped to ``crop`` px.
 
     ``span``: spread them over the first ``span`` frames only (decoding no further).
 
     Returns:
         ``(1, 3, H, W)`` float32 tensors in [-1, 1], padded to multiples of 4 like the pipeline's,
-        at most :data:`CROP` pixels a side (see :func:`_crop`).
+        at most ``crop`` pixels a side (see :func:`_crop`).
 
     Raises:
         GtacityError: an unreadable input, or one without frames.
@@ -165,7 +170,7 @@ def calibration_frames(path: str | Path, count: int = CALIBRATION_FRAMES, span: 
         stride = max(1, min(len(source), span or len(source)) // count)
         for i, frame in enumerate(source):
             if i % stride == 0:
-                frames.append(_crop(to_batch([frame], torch.device("cpu")), len(frames)))
+                frames.append(_crop(to_batch([frame], torch.device("cpu")), len(frames), crop))
                 if len(frames) == count:
                     break
     if not frames:
@@ -173,14 +178,14 @@ def calibration_frames(path: str | Path, count: int = CALIBRATION_FRAMES, span: 
     return frames
 
 
-def _crop(x: torch.Tensor, index: int) -> torch.Tensor:
-    """A ``CROP`` x ``CROP`` window of ``x`` at native scale, sliding across the frame with ``index``.
+def _crop(x: torch.Tensor, index: int, crop: int = CROP) -> torch.Tensor:
+    """A ``crop`` x ``crop`` window of ``x`` at native scale, sliding across the frame with ``index``.
 
     Ranges are a property of the content at its own scale, not of the frame size; crops keep a
     calibration frame's cost fixed (a 1080p frame would cost 31x a 256x256 crop at ngf 64).
     """
     height, width = x.shape[-2:]
-    h, w = min(CROP, height), min(CROP, width)
+    h, w = min(crop, height), min(crop, width)
     top = (index * 97) % (height - h + 1)
     left = (index * 193) % (width - w + 1)
     return x[..., top : top + h, left : left + w].contiguous()
@@ -211,8 +216,8 @@ def frames_of_images(images: list[Path], count: int = CALIBRATION_FRAMES) -> lis
 
 
 def check_frames(path: str | Path) -> list[torch.Tensor]:
-    """The few frames of a job's input that a reused int8 model is checked on (a bounded decode)."""
-    return calibration_frames(path, REUSE_CHECK_FRAMES, span=REUSE_SPAN)
+    """The few crops of a job's input that a reused int8 model is checked on (a bounded decode)."""
+    return calibration_frames(path, REUSE_CHECK_FRAMES, span=REUSE_SPAN, crop=REUSE_CROP)
 
 
 def cache_name(weights_key: str) -> str:
