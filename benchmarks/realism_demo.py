@@ -6,7 +6,12 @@ by its distilled student, are scored against it with ``gtacity eval realism`` (F
 translations, the checkerboard check against their inputs). Every frame is first scaled to 512 px
 wide (the size the demo generators were trained for; INTER_AREA), the same for every set.
 
-    python benchmarks/realism_demo.py --features standin --out /tmp/realism_bench
+    python benchmarks/realism_demo.py --features standin --out /tmp/realism_bench \
+        [--generator gta2city=NEW.safetensors ...]
+
+``--generator DIRECTION=FILE`` adds another generator's row to that direction (e.g. a retrained
+demo generator next to the bundled one). Translations use openvino fp32 (``--precision``), so the
+table does not depend on which reduced precision a CPU would pick.
 
 Without the FID Inception weights (offline), ``--features standin`` gives stand-in distances:
 NOT FID/KID values, comparable only within this table. The frames are copied to ``--out``
@@ -23,7 +28,7 @@ from pathlib import Path
 import cv2
 
 from gtacity.engine.measure.realism import RealismConfig, RealismSettings, evaluate_realism
-from gtacity.engine.translate import TranslateConfig, translate
+from gtacity.engine.translation import TranslateConfig, translate
 from gtacity.images import decode_rgb
 
 # shared/data/real beside the checkout, or beside the folder of worktrees it sits in.
@@ -50,7 +55,16 @@ def main() -> None:
     ap.add_argument("--features", default="standin", choices=["inception", "standin"])
     ap.add_argument("--inception-weights", default=None)
     ap.add_argument("--out", type=Path, default=Path("/tmp/realism_bench"))
+    ap.add_argument("--generator", action="append", default=[], metavar="DIRECTION=FILE",
+                    help="another generator to score, e.g. gta2city=run/gta2city.safetensors (repeatable)")
+    ap.add_argument("--precision", default="fp32", help="translate --precision for every generator")
     args = ap.parse_args()
+    extra: dict[str, list[str]] = {"gta2city": [], "city2gta": []}
+    for item in args.generator:
+        direction, _, path = item.partition("=")
+        if direction not in extra or not path:
+            ap.error(f"--generator {item!r}: expected gta2city=FILE or city2gta=FILE")
+        extra[direction].append(path)
     frames = {k: scaled_copy(v, args.out / "frames" / k) for k, v in SETS.items()}
     rows = []
     for direction, source, target in (("gta2city", "gta", "city"), ("city2gta", "city", "gta")):
@@ -58,10 +72,12 @@ def main() -> None:
                                    inception_weights=args.inception_weights, progress=False,
                                    cache_dir=str(args.out / "cache"))
         sets = [("nothing (raw frames)", frames[source], None)]
-        for name in (f"{direction}_demo", f"{direction}_demo_fast"):
-            out = args.out / "translated" / name
+        for name in (f"{direction}_demo", f"{direction}_demo_fast", *extra[direction]):
+            label = f"{Path(name).parent.name}_{Path(name).stem}" if name in extra[direction] else name
+            out = args.out / "translated" / direction / label
             if not out.is_dir():
-                translate(TranslateConfig(frames[source], out, weights=name, progress=False))
+                translate(TranslateConfig(frames[source], out, weights=name, progress=False,
+                                          precision=args.precision))
             sets.append((name, out, frames[source]))
         for label, generated, inputs in sets:
             t0 = time.perf_counter()
