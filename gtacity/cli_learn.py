@@ -12,6 +12,9 @@ from click.core import ParameterSource
 
 from gtacity.trainer.recipes import RECIPES
 
+# gtacity.nets.UPSAMPLES, spelled out so that the CLI loads without torch (tests/test_upsample.py checks).
+UPSAMPLE_CHOICES = ("transpose", "resize", "bilinear")
+
 
 def _run_options(workers: int):
     """The options every training-style run takes (train, distill): precision, device, data
@@ -57,13 +60,13 @@ Examples:
               help="Which letter of --data (and of an official --init-from run) is GTA5.  [default: read from the file names]")
 @click.option("--out", type=click.Path(), help="Run folder for checkpoints, generators, logs and samples.")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder with its saved settings.")
-@click.option("--init-from", type=click.Path(), help="Start from weights: a gtacity run/checkpoint, a folder holding gta2city.safetensors and city2gta.safetensors, or an official CycleGAN run folder. Transpose generators warm-start a --upsample resize run.")
+@click.option("--init-from", type=click.Path(), help="Start from weights: a gtacity run/checkpoint, a folder holding gta2city.safetensors and city2gta.safetensors, or an official CycleGAN run folder. Transpose generators warm-start a --upsample resize or bilinear run.")
 @click.option("--ngf", default=64, show_default=True, help="Generator width.")
 @click.option("--n-blocks", default=9, show_default=True, help="Residual blocks in each generator.")
 @click.option("--ndf", default=64, show_default=True, help="Discriminator width.")
-@click.option("--upsample", type=click.Choice(["transpose", "resize"]), default="transpose", show_default=True,
-              help="Generator decoder: stride-2 transposed convs (the paper's; official runs) or x2 nearest "
-                   "resize then a 3x3 conv (no checkerboard artifacts).")
+@click.option("--upsample", type=click.Choice(UPSAMPLE_CHOICES), default="transpose", show_default=True,
+              help="Generator decoder: stride-2 transposed convs (the paper's; official runs), or x2 resize then "
+                   "a 3x3 conv, nearest (resize) or bilinear (bilinear: the least period-2/4 pattern).")
 @click.option("--preprocess", default="resize_and_crop", show_default=True,
               type=click.Choice(["resize_and_crop", "scale_width_and_crop", "scale_width", "crop", "none"]))
 @click.option("--load-size", default=286, show_default=True, help="Resize target (side, or width for scale_width*).")
@@ -205,8 +208,9 @@ Examples:
                    "convs (lite: faster on CPUs), or the ResNet generator, smaller.")
 @click.option("--ngf", type=int, default=None, help="Student width.  [default: half the teacher's]")
 @click.option("--n-blocks", type=int, default=None, help="Student residual blocks.  [default: the teacher's]")
-@click.option("--upsample", type=click.Choice(["transpose", "resize"]), default=None,
-              help="Student decoder: transposed convs or x2 nearest resize then a 3x3 conv.  [default: the teacher's]")
+@click.option("--upsample", type=click.Choice(UPSAMPLE_CHOICES), default=None,
+              help="Student decoder: transposed convs, or x2 resize (nearest or bilinear) then a 3x3 conv.  "
+                   "[default: the teacher's]")
 @click.option("--steps", default=20000, show_default=True,
               help="Optimiser steps (lr constant for half, then linear to 0). With --resume: a new total for the run.")
 @click.option("--preprocess", default="resize_and_crop", show_default=True,

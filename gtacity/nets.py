@@ -15,9 +15,14 @@ With 9 blocks the last conv is ``model.26``; with 6 it is ``model.23``.
 
 ``upsample="resize"`` swaps each transposed conv for a :class:`ResizeConv2d` (x2 nearest-neighbour,
 then a reflect-padded 3x3 conv; keys ``model.N.conv.weight``, ``[out, in, 3, 3]``) at the same
-position, so every other key is unchanged. Stride-2 transposed convolutions with a kernel that the
-stride does not divide overlap unevenly and draw a checkerboard at periods 2 and 4 (Odena, Dumoulin
-and Olah, "Deconvolution and Checkerboard Artifacts", Distill 2016); resizing first cannot.
+position, so every other key is unchanged; ``upsample="bilinear"`` is the same layer resizing
+bilinearly (same keys). Stride-2 transposed convolutions with a kernel that the stride does not
+divide overlap unevenly and draw a checkerboard at periods 2 and 4 (Odena, Dumoulin and Olah,
+"Deconvolution and Checkerboard Artifacts", Distill 2016); resizing first cannot. Nearest resizing
+still leaves weaker period-2/4 peaks: at random init the ngf 32 / 6-block generator's outputs score
+2.4-4.3x their inputs' peaks with nearest and 0.7-1.7x with bilinear (transpose: 33-124x;
+benchmarks/upsample_init_artifacts.py, RESULTS.md), and nearest-resize generators trained on the
+demo data stayed at 2-4x.
 
 Students for distillation (``gtacity distill``) are the same ResNet generator at a smaller width or
 depth, or :class:`MobileResnetGenerator`, whose residual blocks use depthwise-separable convolutions
@@ -32,8 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 N_DOWNSAMPLING = 2
-# How the decoder doubles the resolution: the paper's transposed conv, or resize-then-convolve.
-UPSAMPLES = ("transpose", "resize")
+# How the decoder doubles the resolution: the paper's transposed conv, or resize-then-convolve
+# (nearest: "resize", or bilinear); RESIZE_MODES maps the resize kinds to F.interpolate's mode.
+UPSAMPLES = ("transpose", "resize", "bilinear")
+RESIZE_MODES = {"resize": "nearest", "bilinear": "bilinear"}
 # Spatial sizes must be multiples of this to come out of the generator at the size they went in.
 SIZE_MULTIPLE = 2**N_DOWNSAMPLING
 # The generator's size limits, the one home every backend and export reads. The smallest side: the
@@ -90,7 +97,8 @@ class ResnetGenerator(nn.Module):
     Args:
         ngf: channels after the first conv (64 in the paper; 11.38 M parameters with 9 blocks).
         n_blocks: residual blocks at the bottleneck (9 for 256-px training in the paper, 6 for 128).
-        upsample: ``transpose`` (the paper's; official files) or ``resize`` (:class:`ResizeConv2d`).
+        upsample: ``transpose`` (the paper's; official files), or ``resize`` / ``bilinear``
+            (:class:`ResizeConv2d`, nearest or bilinear).
     """
 
     arch = "resnet_generator"
@@ -156,7 +164,7 @@ class MobileResnetGenerator(nn.Module):
     Args:
         ngf: channels after the first conv.
         n_blocks: separable residual blocks at the bottleneck.
-        upsample: ``transpose`` or ``resize``, as for :class:`ResnetGenerator`.
+        upsample: one of :data:`UPSAMPLES`, as for :class:`ResnetGenerator`.
     """
 
     arch = "mobile_resnet_generator"
@@ -181,7 +189,7 @@ class LiteMobileResnetGenerator(nn.Module):
     Args:
         ngf: channels after the stem.
         n_blocks: separable residual blocks at the bottleneck.
-        upsample: ``transpose`` or ``resize``, as for :class:`ResnetGenerator`.
+        upsample: one of :data:`UPSAMPLES`, as for :class:`ResnetGenerator`.
     """
 
     arch = "lite_mobile_resnet_generator"
@@ -196,16 +204,21 @@ class LiteMobileResnetGenerator(nn.Module):
 
 
 class ResizeConv2d(nn.Module):
-    """x2 nearest-neighbour upsampling, then a 3x3 conv on the reflect-padded result.
+    """x2 upsampling (``mode`` nearest or bilinear), then a 3x3 conv on the reflect-padded result.
 
-    Nearest, not bilinear: Odena et al. found it the one that worked, every runtime we export to
-    (ONNX Resize, OpenVINO Interpolate, TensorRT) computes it exactly alike (bilinear's coordinate
-    conventions differ between them), and each output pixel depends on one input pixel, so tiles
-    need no extra overlap. Costs 4x a transposed conv's MACs (it convolves at the output size).
+    Nearest (``upsample="resize"``) is Odena et al.'s choice, and each output pixel depends on one
+    input pixel; but its 2x2 blocks leave period-2/4 peaks that the conv after it does not remove
+    (see the module docstring). Bilinear (``upsample="bilinear"``, ``align_corners=False``: ONNX
+    Resize linear with half-pixel coordinates, OpenVINO Interpolate, TensorRT alike; tested against
+    torch) interpolates them away. Either costs 4x a transposed conv's MACs (it convolves at the
+    output size).
     """
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, mode: str = "nearest"):
         super().__init__()
+        if mode not in RESIZE_MODES.values():
+            raise ValueError(f"unknown resize mode {mode!r}; choose from {', '.join(RESIZE_MODES.values())}")
+        self.mode = mode
         self.pad = nn.ReflectionPad2d(1)
         self.conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=0, bias=True)
 
@@ -213,7 +226,9 @@ class ResizeConv2d(nn.Module):
         # An output size, not scale_factor=2: exported, scales become a float initializer of ONNX
         # Resize that the FP16 conversion turns to fp16, which Resize refuses; sizes are int64.
         size = (x.shape[-2] * 2, x.shape[-1] * 2)
-        return self.conv(self.pad(F.interpolate(x, size=size, mode="nearest")))
+        if self.mode == "nearest":
+            return self.conv(self.pad(F.interpolate(x, size=size, mode="nearest")))
+        return self.conv(self.pad(F.interpolate(x, size=size, mode="bilinear", align_corners=False)))
 
 
 def resize_warm_start(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
@@ -239,8 +254,8 @@ def resize_warm_start(state: dict[str, torch.Tensor], net: nn.Module) -> dict[st
 
 def _upsampler(c_in: int, c_out: int, upsample: str) -> nn.Module:
     """One x2 decoder step's convolution: the paper's transposed conv or :class:`ResizeConv2d`."""
-    if upsample == "resize":
-        return ResizeConv2d(c_in, c_out)
+    if upsample in RESIZE_MODES:
+        return ResizeConv2d(c_in, c_out, RESIZE_MODES[upsample])
     return nn.ConvTranspose2d(c_in, c_out, kernel_size=3, stride=2, padding=1, output_padding=1, bias=True)
 
 
@@ -367,7 +382,7 @@ def count_macs(ngf: int, n_blocks: int, height: int, width: int, arch: str = "re
     macs += n_blocks * 2 * h * w * per_conv
     for _ in range(N_DOWNSAMPLING):
         # A transposed conv does in*out*9 MACs per *input* pixel; a resize conv per output pixel.
-        macs += h * w * ch * (ch // 2) * 9 * (4 if upsample == "resize" else 1)
+        macs += h * w * ch * (ch // 2) * 9 * (1 if upsample == "transpose" else 4)
         h, w, ch = h * 2, w * 2, ch // 2
     macs += h * w * end_conv(ch, 3)
     return macs

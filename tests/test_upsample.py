@@ -1,5 +1,6 @@
-"""The generators' upsampling choice: ``transpose`` (the paper's) or ``resize`` (x2 nearest, then a
-3x3 conv). Files, every CPU backend, ONNX and FP16 ONNX, tiling, MACs, ``train`` and ``distill``.
+"""The generators' upsampling choice: ``transpose`` (the paper's), ``resize`` (x2 nearest, then a
+3x3 conv) or ``bilinear`` (x2 bilinear, then a 3x3 conv). Files, every CPU backend, ONNX and FP16
+ONNX, tiling, MACs, ``train`` and ``distill``.
 
 Measured on the tiny resize generator (ngf 8, 2 blocks, seeded), random inputs in [-1, 1]: OpenVINO
 fp32 vs torch max abs ~1e-6; ONNX fp32 ~1e-6; FP16 ONNX max ~2e-3, mean ~3e-4 (as transpose).
@@ -26,7 +27,17 @@ from gtacity.cli import cli
 from gtacity.engine.backends import create_backend
 from gtacity.engine.backends.tiling import TiledBackend, Tiling
 from gtacity.engine.exporters.onnx import INPUT_NAME, OUTPUT_NAME, to_fp16, to_onnx
-from gtacity.nets import ARCHS, UPSAMPLES, ResizeConv2d, build_generator, count_macs, init_weights, resize_warm_start
+from gtacity.cli_learn import UPSAMPLE_CHOICES
+from gtacity.nets import (
+    ARCHS,
+    RESIZE_MODES,
+    UPSAMPLES,
+    ResizeConv2d,
+    build_generator,
+    count_macs,
+    init_weights,
+    resize_warm_start,
+)
 from gtacity.trainer.data import DataError, Preprocess
 from gtacity.trainer.distill import DistillConfig, distill
 from gtacity.trainer.distill_step import DistillLosses
@@ -82,8 +93,10 @@ def test_unknown_choice_is_refused_in_files_and_builders(tmp_path):
     save_file(state, str(path), metadata={**meta, "upsample": "pixelshuffle"})
     with pytest.raises(CheckpointError, match="upsample=pixelshuffle .* upgrade gtacity"):
         read_generator_file(path)
-    with pytest.raises(ValueError, match="unknown upsample 'bilinear'"):
-        build_generator("resnet_generator", 8, 2, "bilinear")
+    with pytest.raises(ValueError, match="unknown upsample 'bicubic'"):
+        build_generator("resnet_generator", 8, 2, "bicubic")
+    with pytest.raises(ValueError, match="unknown resize mode 'bicubic'"):
+        ResizeConv2d(8, 4, "bicubic")
 
 
 def test_a_state_dict_without_metadata_tells_its_upsampling_by_its_keys(tmp_path):
@@ -92,6 +105,11 @@ def test_a_state_dict_without_metadata_tells_its_upsampling_by_its_keys(tmp_path
     loaded, info = load_generator(tmp_path / "plain.safetensors")
     assert info.upsample == "resize" and info.source_format == "safetensors"
     assert torch.equal(eager(loaded, frames(1, 32, 32)), eager(net, frames(1, 32, 32)))
+
+
+def test_the_cli_offers_exactly_the_upsampling_choices_the_networks_have():
+    assert UPSAMPLE_CHOICES == UPSAMPLES
+    assert set(RESIZE_MODES) == set(UPSAMPLES) - {"transpose"}
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -118,11 +136,12 @@ def test_resize_decoder_draws_no_checkerboard_on_a_flat_feature_map():
         assert (out - out[..., :1, :1]).abs().max() < 1e-5 or upsample == "transpose"
 
 
+@pytest.mark.parametrize("upsample", list(RESIZE_MODES))
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_resize_generator_runs_alike_on_torch_and_openvino(tmp_path, arch):
+def test_resize_generator_runs_alike_on_torch_and_openvino(tmp_path, arch, upsample):
     """The OpenVINO backend converts a copy with its InstanceNorms rewritten for MVN fusion; the
-    resize layer passes through that rewrite and the conversion untouched."""
-    net, _ = load_generator(save_generator(generator("resize", arch), tmp_path / "g.safetensors",
+    resize layer (nearest or bilinear) passes through that rewrite and the conversion untouched."""
+    net, _ = load_generator(save_generator(generator(upsample, arch), tmp_path / "g.safetensors",
                                            direction="gta2city"))
     outs = []
     for name in ("torch", "openvino"):
@@ -131,6 +150,24 @@ def test_resize_generator_runs_alike_on_torch_and_openvino(tmp_path, arch):
         outs.append(backend.infer(frames(2, 32, 48)))
     assert torch.equal(outs[0], eager(net, frames(2, 32, 48)))
     assert (outs[0] - outs[1]).abs().max() < 1e-4
+
+
+def test_nearest_and_bilinear_generators_with_equal_weights_have_their_own_cache_entries(tmp_path):
+    """Their tensors are the same; the conversion caches (OpenVINO IR, int8, TensorRT) must not
+    hand one the other's model. Found by the torch-vs-openvino test above, which got the nearest
+    model for the bilinear generator from the cache."""
+    from gtacity.engine.exporters.cache import weights_checksum
+    from gtacity.engine.exporters.openvino import model_key
+
+    nearest, bilinear = generator("resize"), generator("bilinear")
+    assert all(torch.equal(a, b) for a, b in zip(nearest.state_dict().values(), bilinear.state_dict().values(),
+                                                 strict=True))
+    assert model_key(nearest) != model_key(bilinear) and weights_checksum(nearest) != weights_checksum(bilinear)
+    x = frames(1, 32, 48)
+    for net in (nearest, bilinear):  # one cache folder for both, as a user's
+        backend = create_backend("openvino", net, precision="fp32", device="cpu", cache_dir=str(tmp_path))
+        backend.prepare(1, 32, 48)
+        assert (backend.infer(x) - eager(net, x)).abs().max() < 1e-4
 
 
 def test_openvino_still_fuses_every_norm_of_a_resize_generator():
@@ -157,7 +194,7 @@ def test_onnx_and_fp16_onnx_export_both_choices(upsample):
     net = generator(upsample)
     model = to_onnx(net, GeneratorInfo(8, 2, "gta2city", upsample=upsample))
     ops = {node.op_type for node in model.graph.node}
-    assert ("Resize" in ops, "ConvTranspose" in ops) == (upsample == "resize", upsample == "transpose")
+    assert ("Resize" in ops, "ConvTranspose" in ops) == (upsample != "transpose", upsample == "transpose")
     for x in (frames(2, 32, 48), frames(1, 64, 96)):
         assert (_onnxruntime(model, x) - eager(net, x)).abs().max() <= 1e-4
     half = to_fp16(model)
@@ -193,7 +230,8 @@ def test_tiled_resize_translation_matches_untiled():
             assert out.shape == x.shape and torch.isfinite(out).all()
             diffs.append((out - eager(net, x)).abs().mean().item())
         stray[upsample] = float(np.mean(diffs))
-    assert stray["resize"] < 1.5 * stray["transpose"] and stray["resize"] < 0.1, stray  # measured 0.051 vs 0.042
+    for kind in RESIZE_MODES:  # measured: resize 0.051, transpose 0.042
+        assert stray[kind] < 1.5 * stray["transpose"] and stray[kind] < 0.1, stray
 
 
 def test_train_upsample_resize_with_multi_scale_crops_writes_resize_generators(tmp_path):
@@ -288,13 +326,14 @@ def test_a_resize_run_starts_from_a_folder_of_transpose_generators(tmp_path):
         assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
-def test_resize_generator_quantises_to_int8_on_openvino():
+@pytest.mark.parametrize("upsample", list(RESIZE_MODES))
+def test_resize_generator_quantises_to_int8_on_openvino(upsample):
     """int8 (NNCF post-training quantisation) handles the resize layer: calibrated, checked, close."""
     from gtacity import hardware
 
     if hardware.emulation_reason(hardware.cpu_capabilities(), "int8"):
         pytest.skip("OpenVINO runs no int8 on this CPU")
-    net = generator("resize")
+    net = generator(upsample)
     smooth = [torch.nn.functional.interpolate(frames(1, 6, 6, seed=s), size=(48, 48), mode="bilinear")
               for s in range(6)]
     backend = create_backend("openvino", net, precision="int8", device="cpu")

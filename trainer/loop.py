@@ -42,8 +42,8 @@ class TrainConfig(RunSettings):
         gta_side: which letter of ``data`` (and of an official ``init_from`` run) is GTA5; None reads
             it from the file names and refuses to guess when they don't tell.
         ngf, n_blocks, ndf: network sizes (paper: 64, 9, 64).
-        upsample: the generators' decoder, ``transpose`` (the paper's) or ``resize`` (x2 nearest,
-            then a 3x3 conv: no checkerboard; :class:`gtacity.nets.ResizeConv2d`).
+        upsample: the generators' decoder, ``transpose`` (the paper's), or ``resize`` / ``bilinear``
+            (x2 nearest or bilinear, then a 3x3 conv; :class:`gtacity.nets.ResizeConv2d`).
         epochs, epochs_decay: epochs at the initial lr, then epochs of linear decay to zero.
         workers: DataLoader worker processes (two here; batch size, precision, device, seed and
             cadence: see :class:`~gtacity.trainer.state.RunSettings`).

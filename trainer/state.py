@@ -285,7 +285,7 @@ def init_from(model: CycleGAN, source: Path, gta_side: str | None) -> list[str]:
 
 def _load_net(model: CycleGAN, name: str, state: dict[str, torch.Tensor], source: Path) -> None:
     net = getattr(model, name)
-    if getattr(net, "upsample", "transpose") == "resize" and not any(".conv.weight" in k for k in state):
+    if getattr(net, "upsample", "transpose") != "transpose" and not any(".conv.weight" in k for k in state):
         state = resize_warm_start(state, net)
     expected = net.state_dict()
     bad = sorted(set(expected) ^ set(state)) or [

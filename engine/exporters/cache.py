@@ -24,11 +24,16 @@ def cache_root(setting: str | None, kind: str) -> Path | None:
 
 
 def feed_weights(digest: "hashlib._Hash", net: nn.Module) -> None:
-    """Fold every weight's name, shape and fp32 value into ``digest`` (in state-dict order)."""
+    """Fold every weight's name, shape and fp32 value into ``digest`` (in state-dict order), and
+    what the weights do not tell: a ``bilinear`` decoder has the same tensors as a ``resize`` one
+    (nearest), so its kind is folded in too (the other kinds are not, which keeps their keys)."""
     for name, tensor in net.state_dict().items():
         t = tensor.detach().to("cpu", torch.float32).contiguous()
         digest.update(f"{name}{tuple(t.shape)}".encode())
         digest.update(t.numpy().tobytes())
+    upsample = getattr(net, "upsample", "transpose")
+    if upsample not in ("transpose", "resize"):
+        digest.update(f"upsample {upsample}".encode())
 
 
 def weights_checksum(net: nn.Module) -> str:
