@@ -53,7 +53,7 @@ class GeneratorInfo:
 
     ``direction`` is ``None`` for official files, which do not record it; the caller states it.
     ``trained_resolution`` is the training crop size in pixels, ``None`` where unknown.
-    ``upsample`` is how the decoder upsamples (``transpose`` or ``resize``).
+    ``upsample`` is how the decoder upsamples (``transpose``, ``resize`` or ``bilinear``).
     """
 
     ngf: int
