@@ -174,7 +174,10 @@ def test_local_ray_run_gives_the_plain_runs_files_labels_and_failures(tmp_path, 
 def test_driver_killed_then_rerun_finishes_exactly_and_other_settings_are_refused(tmp_path, weights,
                                                                                   tiny_generator, cluster):
     address, _, env = cluster
-    images = tree(tmp_path / "in", 40)
+    # 160 images: 10 blocks of 16 (the most per task), so the driver journals its first batch while
+    # most are still to do. With 40 (4 blocks of 10) a quiet machine once finished them all before
+    # the first batch reached the driver, and the kill landed after the job.
+    images = tree(tmp_path / "in", 160)
     out = tmp_path / "out"
     driver = subprocess.Popen(ray_command(tmp_path / "in", out, weights, address), env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
