@@ -21,8 +21,8 @@ divide overlap unevenly and draw a checkerboard at periods 2 and 4 (Odena, Dumou
 "Deconvolution and Checkerboard Artifacts", Distill 2016); resizing first cannot. Nearest resizing
 still leaves weaker period-2/4 peaks: at random init the ngf 32 / 6-block generator's outputs score
 2.4-4.3x their inputs' peaks with nearest and 0.7-1.7x with bilinear (transpose: 33-124x;
-benchmarks/upsample_init_artifacts.py, RESULTS.md), and nearest-resize generators trained on the
-demo data stayed at 2-4x.
+benchmarks/upsample_init_artifacts.py, RESULTS.md). Training can still teach a generator peaks:
+on the demo data a nearest run reached 8x by step 750 and a bilinear one 5x by step 2,500.
 
 Students for distillation (``gtacity distill``) are the same ResNet generator at a smaller width or
 depth, or :class:`MobileResnetGenerator`, whose residual blocks use depthwise-separable convolutions
@@ -210,7 +210,7 @@ class ResizeConv2d(nn.Module):
     input pixel; but its 2x2 blocks leave period-2/4 peaks that the conv after it does not remove
     (see the module docstring). Bilinear (``upsample="bilinear"``, ``align_corners=False``: ONNX
     Resize linear with half-pixel coordinates, OpenVINO Interpolate, TensorRT alike; tested against
-    torch) interpolates them away. Either costs 4x a transposed conv's MACs (it convolves at the
+    torch) interpolates them away (a trained generator can still learn such peaks). Either costs 4x a transposed conv's MACs (it convolves at the
     output size).
     """
 
@@ -226,9 +226,8 @@ class ResizeConv2d(nn.Module):
         # An output size, not scale_factor=2: exported, scales become a float initializer of ONNX
         # Resize that the FP16 conversion turns to fp16, which Resize refuses; sizes are int64.
         size = (x.shape[-2] * 2, x.shape[-1] * 2)
-        if self.mode == "nearest":
-            return self.conv(self.pad(F.interpolate(x, size=size, mode="nearest")))
-        return self.conv(self.pad(F.interpolate(x, size=size, mode="bilinear", align_corners=False)))
+        align = None if self.mode == "nearest" else False  # nearest takes no align_corners
+        return self.conv(self.pad(F.interpolate(x, size=size, mode=self.mode, align_corners=align)))
 
 
 def resize_warm_start(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
