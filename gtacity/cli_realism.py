@@ -5,6 +5,37 @@ from __future__ import annotations
 
 import click
 
+# The options of every command that computes FID/KID (eval realism, eval report), in --help order.
+_FEATURE_OPTIONS = [
+    click.option("--inception-weights", type=click.Path(), default=None,
+                 help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or torch-fidelity's copy).  "
+                      "[default: fetched once into the cache]"),
+    click.option("--features", default="inception", show_default=True, type=click.Choice(["inception", "standin"]),
+                 help="standin: offline, random convolutions with batch norms fitted to 8 real frames "
+                      "(NOT FID/KID values)."),
+    click.option("--kid-subsets", default=100, show_default=True, help="Random subsets KID is averaged over."),
+    click.option("--kid-subset-size", type=int, default=None,
+                 help="Frames per KID subset.  [default: half the smaller set, at most 1000]"),
+    click.option("--max-frames", type=int, default=None, help="Use at most this many frames of each set."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+]
+
+
+def feature_options(command):
+    """``command`` with the FID/KID options; pass what they give to :func:`realism_settings`."""
+    for option in reversed(_FEATURE_OPTIONS):
+        command = option(command)
+    return command
+
+
+def realism_settings(real, quiet, inception_weights, features, kid_subsets, kid_subset_size, max_frames, device):
+    """The RealismSettings those options (and --real, --quiet) ask for."""
+    from gtacity.engine.measure.realism import RealismSettings
+
+    return RealismSettings(real=real, inception_weights=inception_weights, features=features,
+                           kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, max_frames=max_frames,
+                           device=device, progress=not quiet)
+
 
 @click.command("realism", epilog="""\b
 Examples:
@@ -32,16 +63,7 @@ Examples:
 @click.option("--backend", default="auto", show_default=True, metavar="auto|torch|openvino",
               help="With --run: inference backend for the translations.")
 @click.option("--precision", default="auto", show_default=True, metavar="auto|fp32|fp16|bf16")
-@click.option("--inception-weights", type=click.Path(), default=None,
-              help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or torch-fidelity's copy).  "
-                   "[default: fetched once into the cache]")
-@click.option("--features", default="inception", show_default=True, type=click.Choice(["inception", "standin"]),
-              help="standin: offline, random convolutions with batch norms fitted to 8 real frames (NOT FID/KID values).")
-@click.option("--kid-subsets", default=100, show_default=True, help="Random subsets KID is averaged over.")
-@click.option("--kid-subset-size", type=int, default=None,
-              help="Frames per KID subset.  [default: half the smaller set, at most 1000]")
-@click.option("--max-frames", type=int, default=None, help="Use at most this many frames of each set.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@feature_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the numbers here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def eval_realism(generated, real, inputs, run_dir, images, direction, best_to, best_by, plot, backend, precision,
@@ -53,11 +75,10 @@ def eval_realism(generated, real, inputs, run_dir, images, direction, best_to, b
     float). KID is the one to trust on a few hundred frames. With --inputs, or --run, each
     translation is also checked for the checkerboard of transposed convolutions.
     """
-    from gtacity.engine.measure.realism import RealismConfig, RealismError, RealismSettings, evaluate_realism
+    from gtacity.engine.measure.realism import RealismConfig, RealismError, evaluate_realism
 
-    settings = RealismSettings(real=real, inception_weights=inception_weights, features=features,
-                               kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, max_frames=max_frames,
-                               device=device, progress=not quiet)
+    settings = realism_settings(real, quiet, inception_weights, features, kid_subsets, kid_subset_size, max_frames,
+                                device)
     if run_dir is not None:
         from gtacity.engine.measure.realism_run import RunRealismConfig, evaluate_run
 

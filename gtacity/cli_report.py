@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from gtacity.cli_realism import feature_options, realism_settings
+
 
 @click.command("report", epilog="""\b
 Examples:
@@ -28,17 +30,9 @@ Examples:
               help="With a run folder: which of its generators.")
 @click.option("--back", default=None, help="Generator that translates back for the cycle reconstruction.  "
               "[default: the run's of the same step, else the bundled demo of the other direction]")
-@click.option("--features", default="inception", show_default=True, type=click.Choice(["inception", "standin"]),
-              help="standin: offline, random convolutions with batch norms fitted to 8 real frames (NOT FID/KID values).")
-@click.option("--inception-weights", type=click.Path(), default=None,
-              help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth.  [default: fetched once into the cache]")
-@click.option("--kid-subsets", default=100, show_default=True, help="Random subsets KID is averaged over.")
-@click.option("--kid-subset-size", type=int, default=None,
-              help="Frames per KID subset.  [default: half the smaller set, at most 1000]")
-@click.option("--max-frames", type=int, default=None, help="Score at most this many frames of each set.")
 @click.option("--backend", default="auto", show_default=True, metavar="auto|torch|openvino")
 @click.option("--precision", default="auto", show_default=True, metavar="auto|fp32|fp16|bf16")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@feature_options
 @click.option("--thumb-width", default=320, show_default=True, help="Width in pixels of the shown frames.")
 @click.option("--title", default="gtacity translation report", show_default=True, help="The page's heading.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
@@ -54,11 +48,9 @@ def eval_report(generators, images, real, output, n_frames, video, segmentation,
     The images are embedded: the page is one file and fetches nothing.
     """
     from gtacity.engine import ReportConfig, build_report
-    from gtacity.engine.measure.realism import RealismSettings
 
-    settings = RealismSettings(real=real, inception_weights=inception_weights, features=features,
-                               kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, max_frames=max_frames,
-                               device=device, progress=not quiet)
+    settings = realism_settings(real, quiet, inception_weights, features, kid_subsets, kid_subset_size, max_frames,
+                                device)
     summary = build_report(ReportConfig(tuple(generators), images, output, settings, n_frames, direction, back,
                                         video, segmentation, backend, precision, thumb_width, title))
     click.echo(summary.line())
