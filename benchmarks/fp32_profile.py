@@ -67,19 +67,21 @@ from gtacity.nets import ResizeConv2d, ResnetGenerator, init_weights
 CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
 
-def peak_gflops(threads: int, n: int = 2048, seconds: float = 2.0) -> dict[str, float]:
-    """Best fp32 GFLOP/s of an n x n x n matrix product, torch and OpenVINO."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    flops = 2 * n**3
-    best = {}
-    torch.mm(a, b)
+def _fastest(call, seconds: float) -> float:
+    """The fastest of as many ``call()`` s as fit in ``seconds`` (after one untimed call)."""
+    call()
     times = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         start = time.perf_counter()
-        torch.mm(a, b)
+        call()
         times.append(time.perf_counter() - start)
-    best["torch"] = flops / min(times) / 1e9
+    return min(times)
+
+
+def peak_gflops(threads: int, n: int = 2048, seconds: float = 2.0) -> dict[str, float]:
+    """Best fp32 GFLOP/s of an n x n x n matrix product, torch and OpenVINO."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
     p = ops.parameter([n, n], np.float32)
     model = ov.Model([ops.matmul(p, ops.constant(b.numpy()), False, False)], [p])
     compiled = ov.Core().compile_model(
@@ -88,15 +90,8 @@ def peak_gflops(threads: int, n: int = 2048, seconds: float = 2.0) -> dict[str, 
         {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads},
     )
     request = compiled.create_infer_request()
-    request.infer({0: a.numpy()})
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        start = time.perf_counter()
-        request.infer({0: a.numpy()})
-        times.append(time.perf_counter() - start)
-    best["openvino"] = flops / min(times) / 1e9
-    return best
+    calls = {"torch": lambda: torch.mm(a, b), "openvino": lambda: request.infer({0: a.numpy()})}
+    return {name: 2 * n**3 / _fastest(call, seconds) / 1e9 for name, call in calls.items()}
 
 
 def conv_macs(layer: nn.Module, out: torch.Tensor, inp: torch.Tensor) -> int:

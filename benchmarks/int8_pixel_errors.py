@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from translate_vs_official import GTA_FRAMES
 
 from gtacity.checkpoint import generator_path, load_generator
 from gtacity.engine.backends import create_backend
@@ -27,14 +28,11 @@ from gtacity.engine.exporters.int8 import calibration_frames, check_frames
 from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
 from gtacity.images import IMAGE_EXTENSIONS, decode_rgb
 
-REAL = next((p / "shared" / "data" / "real" / "gta5" for p in Path(__file__).resolve().parents
-             if (p / "shared" / "data" / "real" / "gta5").is_dir()), Path("../shared/data/real/gta5"))
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="gta2city_demo")
-    parser.add_argument("--frames", type=Path, default=REAL)
+    parser.add_argument("--frames", type=Path, default=GTA_FRAMES)
     parser.add_argument("--every", type=int, default=3, help="every Nth frame of the folder (sorted)")
     parser.add_argument("--width", type=int, default=512)
     args = parser.parse_args()
@@ -49,9 +47,8 @@ def main() -> None:
         Path(folder).mkdir()
         for f in files:
             rgb = decode_rgb(f)
-            height = round(rgb.shape[0] * args.width / rgb.shape[1]) // 4 * 4
-            small = cv2.resize(rgb, (args.width, round(rgb.shape[0] * args.width / rgb.shape[1])),
-                               interpolation=cv2.INTER_AREA)[:height]
+            height = round(rgb.shape[0] * args.width / rgb.shape[1])
+            small = cv2.resize(rgb, (args.width, height), interpolation=cv2.INTER_AREA)[: height // 4 * 4]
             cv2.imwrite(str(Path(folder) / f"{f.stem}.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
         if not backend.reuse_calibration(check_frames(folder)):
             backend.calibrate(calibration_frames(folder), progress=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from demo_compare import translate
 
 from gtacity.checkpoint import load_generator
 from gtacity.engine.measure.artifacts import artifact_score
@@ -37,13 +38,7 @@ def load_frames(folder: Path, width: int) -> list[np.ndarray]:
 
 
 def scores(net: torch.nn.Module, frames: list[np.ndarray]) -> list[float]:
-    out = []
-    for rgb in frames:
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
-        with torch.no_grad():
-            y = net(x)[0].permute(1, 2, 0).numpy()
-        out.append(artifact_score(rgb, np.round((y + 1) * 127.5).clip(0, 255).astype(np.uint8)).score)
-    return out
+    return [artifact_score(rgb, translate(net, rgb)).score for rgb in frames]
 
 
 def main() -> None:
