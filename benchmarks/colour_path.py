@@ -21,6 +21,7 @@ resized to --size, BT.709 limited range, x264 crf 18.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +46,9 @@ from gtacity.kernels import from_model_output
 
 
 def _real_gta5() -> Path:
-    """``shared/data/real/gta5`` beside the checkout, or one level up (a worktree)."""
+    """``$GTACITY_REAL_DATA/gta5``, else ``shared/data/real/gta5`` beside the checkout or one level up."""
+    if os.environ.get("GTACITY_REAL_DATA"):
+        return Path(os.environ["GTACITY_REAL_DATA"]) / "gta5"
     root = Path(__file__).resolve().parents[1]
     candidates = [parent / "shared" / "data" / "real" / "gta5" for parent in root.parents[:2]]
     return next((c for c in candidates if c.is_dir()), candidates[0])
@@ -53,7 +56,8 @@ def _real_gta5() -> Path:
 
 def make_clip(path: Path, width: int, height: int, frames: int) -> None:
     """An H.264 clip of the real GTA5 stills, looped, tagged BT.709 limited range."""
-    stills = sorted(p for p in _real_gta5().iterdir() if p.suffix in (".png", ".jpg"))
+    folder = _real_gta5()
+    stills = sorted(p for p in folder.iterdir() if p.suffix in (".png", ".jpg")) if folder.is_dir() else []
     if not stills:
         raise SystemExit(f"colour_path: no frames in {_real_gta5()}; pass --clip")
     images = [cv2.resize(decode_rgb(p), (width, height), interpolation=cv2.INTER_AREA) for p in stills]

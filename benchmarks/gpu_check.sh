@@ -18,6 +18,7 @@ wheels=${GTACITY_WHEELS:-.whl}
 work=$(mktemp -d /tmp/gtacity-gpu-check.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 status=0
+incomplete=0
 
 say() { echo "$*" | tee -a "$results"; }
 step() { say ""; say "== $* ($(date -u +%H:%M:%S) UTC)"; }
@@ -55,26 +56,59 @@ if ! "$py" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     exit 1
 fi
 
-step "cuda and tensorrt tests, GTACITY_REQUIRE_CUDA=1 (a skip is a failure)"
-GTACITY_REQUIRE_CUDA=1 "$py" -m pytest -q -m "cuda or tensorrt" -p no:cacheprovider tests 2>&1 \
-    | tee -a "$results" || status=1
+# GTACITY_GPU_CHECK_STEPS picks steps (default all): tests model profile kernels colour e2e seg
+steps=" ${GTACITY_GPU_CHECK_STEPS:-tests model profile kernels colour e2e seg} "
+want() { [[ "$steps" == *" $1 "* ]]; }
+# Each step has a time limit (seconds, GTACITY_STEP_LIMIT), so that one hang cannot eat a lease.
+limit=${GTACITY_STEP_LIMIT:-240}
+run() { timeout -k 10 "$limit" "$@"; }
 
-step "model only: every fp16 path vs eager fp32 batch 1, ngf 64, 1024x512, batch 8"
-"$py" benchmarks/gpu_bench.py --json "$work/model.json" 2>&1 | tee -a "$results" || status=1
-
-if [ -f benchmarks/kernels_bench.py ]; then
-    step "Triton pixel kernels vs copy bandwidth and the unfused torch sequence, 1080p, batch 8"
-    "$py" benchmarks/kernels_bench.py 2>&1 | tee -a "$results" || status=1
+if "$py" -c "import tensorrt" 2>/dev/null; then
+    marks="cuda or tensorrt"
+else
+    marks="cuda and not tensorrt"
+    incomplete=1
+    say "note: TensorRT is not installed here, so the tensorrt-marked tests and paths are not run: this check is incomplete"
+fi
+if want tests; then
+    # Only the modules that hold such tests: the others import what a GPU image may lack (OpenVINO, Ray).
+    mapfile -t files < <(grep -lE "mark\.(cuda|tensorrt)|\"cuda\"" tests/test_*.py)
+    step "$marks tests in ${#files[@]} modules, GTACITY_REQUIRE_CUDA=1 (a skip is a failure)"
+    GTACITY_REQUIRE_CUDA=1 run "$py" -m pytest -q -rfE -m "$marks" -p no:cacheprovider "${files[@]}" 2>&1 \
+        | tee -a "$results"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
-step "colour on the GPU: a 1080p H.264 clip of real frames, plane path vs RGB path (swscale), fp16, batch 8"
-"$py" benchmarks/colour_path.py --size 1920x1080 --frames 96 --device cuda --precision fp16 \
-    --batch-size 8 2>&1 | tee -a "$results" || status=1
+if want model; then
+    step "model only: every fp16 path vs eager fp32 batch 1, ngf 64, 1024x512, batch 8"
+    run "$py" benchmarks/gpu_bench.py --json "${results%.txt}-model.json" 2>&1 | tee -a "$results"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+if want profile; then
+    step "eager fp16: layout and instance norms, side by side"
+    run "$py" benchmarks/gpu_profile.py --profile 12 2>&1 | tee -a "$results"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
 
-step "end to end: a 1024x512 H.264 clip and the same frames as PNGs, batch 8, 1 and 3 streams"
-clip="$work/drive.mp4"
-"${gtacity[@]}" demo-clip "$clip" --seconds 12 --size 1024x512 2>&1 | tee -a "$results"
-"$py" - "$clip" "$work/frames" <<'EOF'
+if want kernels; then
+    step "Triton pixel kernels vs copy bandwidth and the unfused torch sequence, 1080p, batch 8"
+    run "$py" benchmarks/kernels_bench.py 2>&1 | tee -a "$results"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if want colour; then
+    colour_clip=()
+    if [ -z "${GTACITY_REAL_DATA:-}" ] && [ ! -d ../shared/data/real/gta5 ]; then
+        colour_clip=(--clip "$work/drive1080.mp4")  # no real frames here: the synthetic demo clip, said so
+        "${gtacity[@]}" demo-clip "$work/drive1080.mp4" --seconds 4 --size 1920x1080 2>&1 | tee -a "$results"
+    fi
+    step "colour on the GPU: a 1080p H.264 clip (${colour_clip[*]:-real frames}), plane path vs RGB path (swscale), fp16, batch 8"
+    run "$py" benchmarks/colour_path.py --size 1920x1080 --frames 96 --device cuda --precision fp16 \
+        --batch-size 8 "${colour_clip[@]}" 2>&1 | tee -a "$results"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if want e2e; then
+    step "end to end: a 1024x512 H.264 clip and the same frames as PNGs, batch 8, 1 and 3 streams"
+    clip="$work/drive.mp4"
+    "${gtacity[@]}" demo-clip "$clip" --seconds 12 --size 1024x512 2>&1 | tee -a "$results"
+    "$py" - "$clip" "$work/frames" <<'EOF'
 import sys
 from pathlib import Path
 import cv2
@@ -84,30 +118,34 @@ with open_source(sys.argv[1]) as source:
     for frame in source:
         cv2.imwrite(str(out / f"{frame.index:05d}.png"), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
 EOF
-for input in "$clip" "$work/frames"; do
-    for streams in 1 3; do
-        say "-- $(basename "$input"), --streams $streams"
-        "${gtacity[@]}" bench --e2e "$input" --device cuda --batch-size 8 --streams "$streams" \
-            --repeats 20 -q 2>&1 | tee -a "$results" || status=1
+    for input in "$clip" "$work/frames"; do
+        for streams in 1 3; do
+            say "-- $(basename "$input"), --streams $streams"
+            run "${gtacity[@]}" bench --e2e "$input" --device cuda --batch-size 8 --streams "$streams" \
+                --repeats "${GTACITY_E2E_REPEATS:-3}" -q 2>&1 | tee -a "$results"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+        done
     done
-done
-
-step "segmentation: deeplabv3-mobilenet (AMP, channels-last) on the labelled synthetic game, 300 steps"
-"${gtacity[@]}" demo-clip "$work/game" --labels --seconds 40 --fps 1 --size 1024x512 2>&1 | tee -a "$results"
-"${gtacity[@]}" demo-clip "$work/game_val" --labels --seconds 10 --fps 1 --size 1024x512 --seed 1 --split val \
-    2>&1 | tee -a "$results"
-"${gtacity[@]}" eval segmentation --train "$work/game" --val "$work/game_val" --recipe deeplabv3-mobilenet \
-    --steps 300 --device cuda --workers 4 --out "$work/seg" --json "$work/seg.json" -q 2>&1 | tail -n 25 \
-    | tee -a "$results"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-if [ -n "${GTACITY_REAL_DATA:-}" ] && [ -d "$GTACITY_REAL_DATA/cityscapes/gtFine" ]; then
-    say "-- the 8 real Cityscapes frames (train on them, score on them: a check that the recipe runs, not a result)"
-    mkdir -p "$work/real8/leftImg8bit" "$work/real8/gtFine"
-    ln -s "$(realpath "$GTACITY_REAL_DATA")"/cityscapes/leftImg8bit/aachen_*.png "$work/real8/leftImg8bit/"
-    ln -s "$(realpath "$GTACITY_REAL_DATA")"/cityscapes/gtFine/aachen_*_labelIds.png "$work/real8/gtFine/"
-    "${gtacity[@]}" eval segmentation --train "$work/real8" --val "$work/real8" \
-        --recipe deeplabv3-resnet50 --steps 200 --device cuda --out "$work/seg_real" -q 2>&1 | tail -n 3 \
-        | tee -a "$results"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
+if want seg; then
+    step "segmentation: deeplabv3-mobilenet (AMP, channels-last) on the labelled synthetic game, 300 steps"
+    "${gtacity[@]}" demo-clip "$work/game" --labels --seconds 40 --fps 1 --size 1024x512 2>&1 | tee -a "$results"
+    "${gtacity[@]}" demo-clip "$work/game_val" --labels --seconds 10 --fps 1 --size 1024x512 --seed 1 --split val \
+        2>&1 | tee -a "$results"
+    run "${gtacity[@]}" eval segmentation --train "$work/game" --val "$work/game_val" --recipe deeplabv3-mobilenet \
+        --steps 300 --device cuda --workers 4 --out "$work/seg" --json "$work/seg.json" -q 2>&1 | tail -n 25 \
+        | tee -a "$results"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    if [ -n "${GTACITY_REAL_DATA:-}" ] && [ -d "$GTACITY_REAL_DATA/cityscapes/gtFine" ]; then
+        say "-- the 8 real Cityscapes frames (train on them, score on them: a check that the recipe runs, not a result)"
+        mkdir -p "$work/real8/leftImg8bit" "$work/real8/gtFine"
+        ln -s "$(realpath "$GTACITY_REAL_DATA")"/cityscapes/leftImg8bit/aachen_*.png "$work/real8/leftImg8bit/"
+        ln -s "$(realpath "$GTACITY_REAL_DATA")"/cityscapes/gtFine/aachen_*_labelIds.png "$work/real8/gtFine/"
+        "${gtacity[@]}" eval segmentation --train "$work/real8" --val "$work/real8" \
+            --recipe deeplabv3-resnet50 --steps 200 --device cuda --out "$work/seg_real" -q 2>&1 | tail -n 3 \
+            | tee -a "$results"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    fi
+fi
+
+if [ "$incomplete" -eq 1 ]; then say ""; say "incomplete: TensorRT was not installed, so its tests and paths did not run"; fi
 step "done: status $status"
 exit $status

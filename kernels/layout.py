@@ -94,7 +94,10 @@ def to_model_input_reference(
     pixels: torch.Tensor, *, dtype: torch.dtype = torch.float32, multiple: int = 4
 ) -> torch.Tensor:
     """The unfused torch sequence :func:`to_model_input` must equal (one pass per step)."""
-    x = pixels.permute(0, 3, 1, 2).float().mul_(2).sub_(255).div_(255)  # (N, 3, H, W)
+    # The divisor is a tensor on the pixels' device: CUDA divides by a Python number as a product with
+    # its reciprocal (one bit lost, so a GPU and a CPU would differ), by a tensor it rounds once.
+    x = pixels.permute(0, 3, 1, 2).float().mul_(2).sub_(255)  # (N, 3, H, W)
+    x = x.div_(torch.full((), 255.0, device=x.device))
     h, w = x.shape[-2:]
     pad_h, pad_w = -h % multiple, -w % multiple
     if pad_h or pad_w:

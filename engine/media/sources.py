@@ -341,10 +341,9 @@ class VideoSource(SourceContext):
 
 def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
     """The frame's display matrix (FFmpeg's 9 int32 layout), or None when it has none."""
-    for side_data in frame.side_data:
-        if side_data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
-            return struct.unpack("=9i", bytes(side_data))  # native int32, as FFmpeg stores it
-    return None
+    # A lookup by type, not a loop: PyAV 19 iterates the container's types, PyAV 18 and older its entries.
+    side_data = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+    return None if side_data is None else struct.unpack("=9i", bytes(side_data))  # native int32, as FFmpeg
 
 
 class ImageFolderSource(SourceContext):
