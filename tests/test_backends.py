@@ -195,12 +195,28 @@ def test_available_backends_reports_every_backend_and_reasons():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 0.02), (torch.bfloat16, 0.08)])
+def test_instance_norm_in_half_precision_on_cuda_keeps_the_statistics_of_a_1080p_map(dtype, tolerance):
+    # On CUDA the norm runs on the half-precision tensor itself (no fp32 copy): the kernel must still
+    # accumulate in fp32. A 1080p map with mean 200 and spread 60: its sum of squares is ~1e11, far
+    # past fp16's 65504, so a half-precision reduction would give inf or NaN, not a normalised map.
+    from gtacity.nets import InstanceNorm2dFP32
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(2, 4, 1080, 1920, device="cuda", generator=generator) * 60 + 200
+    expected = torch.nn.functional.instance_norm(x, eps=1e-5)
+    got = InstanceNorm2dFP32(4)(x.to(dtype))
+    assert got.dtype == dtype
+    assert (got.float() - expected).abs().max().item() < tolerance
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_torch_cuda_reduced_precision_matches_fp32(tiny_generator, precision):
     if precision not in TorchBackend.supported_precisions(torch.device("cuda")):
         pytest.skip(f"this GPU has no {precision}")
     backend = create_backend("torch", tiny_generator, precision=precision, device="cuda")
-    assert backend.device.type == "cuda" and backend.channels_last
+    assert backend.device.type == "cuda" and not backend.channels_last
     backend.prepare(4, 64, 96)
     x = frames(3, 64, 96, device="cuda")
     out = backend.infer(x)

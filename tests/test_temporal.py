@@ -119,6 +119,22 @@ def test_stats_refused_by_a_backend_that_cannot_carry_state(tmp_path, weights, f
     assert tiled.stderr.count("\n") == 1 and "--temporal stats cannot run on tiles" in tiled.stderr
 
 
+def test_a_warm_up_batch_no_frame_was_observed_for_runs_and_leaves_no_trace(tiny_generator):
+    # On CUDA ``prepare`` runs the smoothed generator once on zeros before any frame was observed (the
+    # first GPU run failed there); the same call here, by hand, must work and change nothing after.
+    x = frames_tensor(blinking(pan(64, 48, frames=4, step=(1, 0)), side=16))
+    fresh = smooth_norm_stats(create_backend("torch", tiny_generator, precision="fp32", device="cpu"))
+    fresh.prepare(4, 48, 64)
+    expected = fresh.infer(x)
+    backend = smooth_norm_stats(create_backend("torch", tiny_generator, precision="fp32", device="cpu"))
+    backend.prepare(4, 48, 64)
+    with torch.inference_mode():
+        warm = backend.net(torch.zeros(4, 3, 48, 64))
+    assert torch.isfinite(warm).all()
+    backend.prepare(4, 48, 64)
+    torch.testing.assert_close(backend.infer(x), expected, atol=0, rtol=0)
+
+
 @pytest.mark.cuda
 def test_stats_on_cuda_agree_with_the_cpu(tiny_generator):
     x = frames_tensor(blinking(pan(64, 48, frames=4, step=(1, 0)), side=16))

@@ -1,5 +1,5 @@
 """PyTorch on CPU or CUDA: the reference backend, and on NVIDIA GPUs a fast one (fp16,
-channels_last, CUDA graphs per prepared shape and stream, optionally ``torch.compile``)."""
+optional channels_last, CUDA graphs per prepared shape and stream, optionally ``torch.compile``)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,10 @@ class TorchConfig:
     CPU (1.7x at batch 1, 1.3x at batch 4), but the openvino backend in bf16 is faster still
     (2.3-2.6x fp32) and is what ``create_backend("auto")`` picks on CPU. fp32 stays this backend's CPU default because it is the exact reference the other
     backends are checked against (bf16 differs by up to 0.065 in [-1, 1]); ask for bf16 explicitly.
-    channels_last is no faster on CPU eager (0.9x at batch 1 and 4), so it is off there by default.
+    channels_last is no faster on CPU eager (0.9x at batch 1 and 4), and slower on a GPU, so it is off
+    by default: on an H200 (fp16, ngf 64, 1024x512, batch 8) NCHW ran 46.5 ms a batch, channels_last
+    68.1 (reflection padding and instance norm have no NHWC kernels: the layout is converted around
+    them; ``benchmarks/gpu_profile.py``).
 
     CUDA: ``prepare`` runs the generator once per shape (cuDNN's algorithm search, compilation),
     then captures a CUDA graph of a ``max_batch`` call with static input and output buffers; each
@@ -45,8 +48,8 @@ class TorchConfig:
     a shape): memory for activations is paid once per stream and shape.
 
     Attributes:
-        channels_last: NHWC memory layout for weights and activations; ``None`` = on for CUDA
-            (tensor cores want it) and off for CPU.
+        channels_last: NHWC memory layout for weights and activations; ``None`` = off (measured
+            slower on CPU and GPU, see above).
         cudnn_benchmark: let cuDNN time its convolution algorithms for every new shape (done in
             ``prepare``). Sets the process-wide ``torch.backends.cudnn.benchmark`` flag.
         cuda_graphs: capture and replay CUDA graphs on CUDA (off: eager launches every call).
@@ -123,7 +126,7 @@ class TorchBackend(Backend):
     ):
         super().__init__(net, precision=precision, device=device, config=config)
         cuda = self.device.type == "cuda"
-        self.channels_last = cuda if self.config.channels_last is None else self.config.channels_last
+        self.channels_last = bool(self.config.channels_last)
         self._memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self._dtype = _DTYPES[self.precision]
         if cuda and self.config.cudnn_benchmark:
@@ -150,7 +153,7 @@ class TorchBackend(Backend):
         return hardware.default_precision(hardware.cpu_capabilities(), cls.name)  # type: ignore[return-value]
 
     def describe(self) -> str:
-        """E.g. ``"torch 2.14.1 CUDA (NVIDIA H100 80GB HBM3), fp16, channels_last"``."""
+        """E.g. ``"torch 2.14.1 CUDA (NVIDIA H100 80GB HBM3), fp16, CUDA graphs"``."""
         where = "CPU"
         if self.device.type == "cuda":
             where = f"CUDA ({torch.cuda.get_device_name(self.device)})"

@@ -155,6 +155,8 @@ class SmoothedInstanceNorm(nn.Module):
         xf = x.float()
         var, mean = torch.var_mean(xf, dim=(2, 3), correction=0)  # (N, C)
         keep = self._cuts.keep
+        if keep is None or len(keep) != n:  # a warm-up batch (``prepare`` on CUDA): no frame has a past
+            keep = torch.zeros(n, device=x.device)
         means, variances = [], []
         m, v = self._mean, self._var
         for i in range(n):
@@ -189,6 +191,7 @@ class _SmoothedStats:
 
     def prepare(self, max_batch: int, height: int, width: int) -> None:
         builds = self._backend.builds
+        self._cuts.keep = None  # a warm-up batch the backend may run is no frame of the stream
         self._backend.prepare(max_batch, height, width)
         if self._backend.builds != builds:
             self._cuts.forget()
