@@ -193,9 +193,13 @@ def test_streams_must_be_at_least_one_and_any_count_gives_the_same_video(tmp_pat
     w = ("--weights", weights, "--backend", "torch", "-q")
     line = one_error_line(run_cli("translate", tmp_path / "in.mp4", "-o", tmp_path / "o.mp4", "--streams", "0", *w))
     assert "--streams must be at least 1, got 0" in line and not (tmp_path / "o.mp4").exists()
+    # Lossless (--crf 0): the decoded video is exactly what the pipeline handed the encoder. At crf 18
+    # libx264 itself was seen to code the same frames differently now and then inside the pipeline
+    # (packet sizes differ run to run; 1 run in ~40 here, same frames in), which says nothing of ours.
     for streams in (1, 4):
         result = run_cli("translate", tmp_path / "in.mp4", "-o", tmp_path / f"o{streams}.mp4",
-                         "--streams", streams, "--batch-size", 2, *w)
+                         "--streams", streams, "--batch-size", 2, "--crf", 0, *w)
         assert result.exit_code == 0, result.output
     with open_source(tmp_path / "o1.mp4") as one, open_source(tmp_path / "o4.mp4") as four:
-        assert all(np.array_equal(a.image, b.image) for a, b in zip(one, four, strict=True))
+        diffs = [int(np.abs(a.image.astype(np.int16) - b.image).max()) for a, b in zip(one, four, strict=True)]
+    assert not any(diffs), f"max difference per frame, 1 vs 4 streams: {diffs}"
