@@ -252,8 +252,14 @@ def _iou(conf: np.ndarray, ids: list[int], other_valid: list[int]) -> float:
 
 
 def _nanmean(values) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else float("nan")
+    # Added one by one, as cityscapesScripts' getScoreAverage does: from Python 3.12 on, sum() of floats
+    # compensates its rounding, and the mean came out one bit off the official one.
+    total, count = 0.0, 0
+    for value in values:
+        if not math.isnan(value):
+            total += value
+            count += 1
+    return total / count if count else float("nan")
 
 
 _FRAME_ID = re.compile(r"^(.+)_gtFine_labelIds\.png$")

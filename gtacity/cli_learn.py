@@ -81,6 +81,9 @@ Examples:
 @click.option("--beta1", default=0.5, show_default=True)
 @click.option("--lambda-cycle", default=10.0, show_default=True, help="Weight of the cycle-consistency loss.")
 @click.option("--lambda-identity", default=0.5, show_default=True, help="Identity loss weight, relative to --lambda-cycle.")
+@click.option("--lambda-grid", default=0.0, show_default=True,
+              help="Weight of a loss on each translation's period-2/4 pattern against its input's (not in the "
+                   "paper; 0 = off): against the period-2/4 grid training can teach even a resize decoder.")
 @click.option("--pool-size", default=50, show_default=True, help="Generated images remembered for the discriminators.")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
               help="Preset sizes and schedule; options given on the command line still win. cpu-demo: the bundled "
@@ -121,7 +124,8 @@ def train(resume, no_progress, stop_after, recipe, **opts) -> None:
         ngf=opts["ngf"], n_blocks=opts["n_blocks"], ndf=opts["ndf"], upsample=opts["upsample"],
         preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"],
                               opts["load_size_max"]),
-        step=StepConfig(opts["lambda_cycle"], opts["lambda_identity"], opts["lr"], opts["beta1"], opts["pool_size"]),
+        step=StepConfig(opts["lambda_cycle"], opts["lambda_identity"], opts["lr"], opts["beta1"], opts["pool_size"],
+                        opts["lambda_grid"]),
         batch_size=opts["batch_size"], epochs=opts["epochs"], epochs_decay=opts["epochs_decay"],
         amp=opts["amp"], device=opts["device"], workers=opts["workers"], seed=opts["seed"],
         checkpoint_every=opts["checkpoint_every"], log_every=opts["log_every"],

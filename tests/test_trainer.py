@@ -77,6 +77,33 @@ def test_one_step_matches_the_paper_by_hand():
         assert not torch.equal(w0, next(getattr(model, name).parameters())), name
 
 
+def test_the_grid_loss_is_the_period_4_pattern_by_hand_and_joins_the_generator_loss():
+    from gtacity.trainer.losses import grid_loss, grid_pattern
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 33, 34) * 2 - 1  # sides not multiples of 4: cropped to 32 x 32
+    phases = torch.stack([torch.stack([x[..., p:32:4, q:32:4].mean(dim=(2, 3)) for q in range(4)], -1)
+                          for p in range(4)], -2)  # (2, 3, 4, 4)
+    torch.testing.assert_close(grid_pattern(x), phases - phases.mean(dim=(2, 3), keepdim=True))
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(17, 17)[:33, :34] * 0.01
+    assert grid_loss(x, x) == 0
+    torch.testing.assert_close(grid_loss(x + checker, x), torch.tensor(0.01))
+    assert grid_loss(x + 0.5, x) < 1e-6  # a change of colour is no grid
+
+    model = CycleGAN(8, 2, 8, StepConfig(lambda_grid=10.0))
+    before = copy.deepcopy(model)
+    gta, city = torch.rand(2, 1, 3, 32, 32) * 2 - 1
+    losses = train_step(model, gta, city, Precision())
+    with torch.no_grad():
+        expected = {"grid_gta2city": 10 * grid_loss(before.G_gta2city(gta), gta),
+                    "grid_city2gta": 10 * grid_loss(before.G_city2gta(city), city)}
+    for name, value in expected.items():
+        torch.testing.assert_close(losses[name], value, rtol=1e-5, atol=1e-7, msg=name)
+    assert "grid_gta2city" not in train_step(CycleGAN(8, 2, 8, StepConfig()), gta, city, Precision())
+    # A run saved before the option existed resumes with it off.
+    assert TrainConfig.from_dict({"out": "run", "step": {"lambda_cycle": 10.0}}).step.lambda_grid == 0.0
+
+
 def test_lr_schedule_is_constant_then_linear_to_zero():
     assert lr_factor(0, 10, 2, 2) == 1.0 and lr_factor(20, 10, 2, 2) == 1.0
     assert lr_factor(30, 10, 2, 2) == pytest.approx(0.5)
