@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one command: every cuda/tensorrt-marked test with skips made failures, then the
-# GPU benchmarks, all into one results file, offline. Sized for under 10 minutes on one H100 (written
-# without a GPU at hand: not yet run on one).
+# GPU benchmarks, all into one results file, offline. Run on an H200 on 2026-12-04 (about 5 minutes
+# for every step; benchmarks/RESULTS.md, "First GPU runs").
 #
 #   benchmarks/gpu_check.sh [RESULTS_FILE]        # default: gpu-check-<UTC time>.txt here
 #
