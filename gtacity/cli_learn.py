@@ -84,6 +84,10 @@ Examples:
 @click.option("--lambda-grid", default=0.0, show_default=True,
               help="Weight of a loss on each translation's period-2/4 pattern against its input's (not in the "
                    "paper; 0 = off): against the period-2/4 grid training can teach even a resize decoder.")
+@click.option("--cycle-noise", default=0.0, show_default=True,
+              help="Std of Gaussian noise (in [-1, 1] units) added to each translation before it is translated "
+                   "back for the cycle loss (not in the paper; 0 = off): takes away the faint channel a "
+                   "generator can hide the reconstruction in.")
 @click.option("--pool-size", default=50, show_default=True, help="Generated images remembered for the discriminators.")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
               help="Preset sizes and schedule; options given on the command line still win. cpu-demo: the bundled "
@@ -125,7 +129,7 @@ def train(resume, no_progress, stop_after, recipe, **opts) -> None:
         preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"],
                               opts["load_size_max"]),
         step=StepConfig(opts["lambda_cycle"], opts["lambda_identity"], opts["lr"], opts["beta1"], opts["pool_size"],
-                        opts["lambda_grid"]),
+                        opts["lambda_grid"], opts["cycle_noise"]),
         batch_size=opts["batch_size"], epochs=opts["epochs"], epochs_decay=opts["epochs_decay"],
         amp=opts["amp"], device=opts["device"], workers=opts["workers"], seed=opts["seed"],
         checkpoint_every=opts["checkpoint_every"], log_every=opts["log_every"],

@@ -104,6 +104,24 @@ def test_the_grid_loss_is_the_period_4_pattern_by_hand_and_joins_the_generator_l
     assert TrainConfig.from_dict({"out": "run", "step": {"lambda_cycle": 10.0}}).step.lambda_grid == 0.0
 
 
+def test_cycle_noise_is_added_to_each_translation_before_it_is_translated_back():
+    torch.manual_seed(0)
+    model = CycleGAN(8, 2, 8, StepConfig(cycle_noise=0.05))
+    before = copy.deepcopy(model)
+    gta, city = torch.rand(2, 1, 3, 32, 32) * 2 - 1
+    torch.manual_seed(1)
+    losses = train_step(model, gta, city, Precision())
+    torch.manual_seed(1)
+    noise_city, noise_gta = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)  # drawn in this order
+    G, Fn = before.G_gta2city, before.G_city2gta
+    with torch.no_grad():
+        expected = {"cycle_gta": 10 * (Fn(G(gta) + 0.05 * noise_city) - gta).abs().mean(),
+                    "cycle_city": 10 * (G(Fn(city) + 0.05 * noise_gta) - city).abs().mean(),
+                    "G_gta2city": ((before.D_city(G(gta)) - 1) ** 2).mean()}  # D judges the clean one
+    for name, value in expected.items():
+        torch.testing.assert_close(losses[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_lr_schedule_is_constant_then_linear_to_zero():
     assert lr_factor(0, 10, 2, 2) == 1.0 and lr_factor(20, 10, 2, 2) == 1.0
     assert lr_factor(30, 10, 2, 2) == pytest.approx(0.5)
