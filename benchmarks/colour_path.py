@@ -59,7 +59,7 @@ def make_clip(path: Path, width: int, height: int, frames: int) -> None:
     folder = _real_gta5()
     stills = sorted(p for p in folder.iterdir() if p.suffix in (".png", ".jpg")) if folder.is_dir() else []
     if not stills:
-        raise SystemExit(f"colour_path: no frames in {_real_gta5()}; pass --clip")
+        raise SystemExit(f"colour_path: no frames in {folder}; pass --clip")
     images = [cv2.resize(decode_rgb(p), (width, height), interpolation=cv2.INTER_AREA) for p in stills]
     colour = VideoColour.from_tags(matrix=1, range=1, primaries=1, transfer=1, width=width, height=height)
     with av.open(str(path), "w") as out:

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
+from kernels_bench import median_ms
 
 from gtacity.engine.measure.bench_report import describe_machine, describe_versions, machine_info, versions
 from gtacity.nets import InstanceNorm2dFP32, ResnetGenerator, init_weights
@@ -40,22 +40,6 @@ def native_norms(net: torch.nn.Module) -> torch.nn.Module:
         if isinstance(module, InstanceNorm2dFP32):
             module.forward = lambda x, eps=module.eps: F.instance_norm(x, eps=eps)
     return net
-
-
-def time_ms(net: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """Median ms of one forward, CUDA events, after three warm-up calls."""
-    with torch.inference_mode():
-        for _ in range(3):
-            net(x)
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            net(x)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def top_kernels(net: torch.nn.Module, x: torch.Tensor, count: int) -> str:
@@ -105,8 +89,8 @@ def main() -> int:
     print(f"{'variant':40} {'ms/batch':>9} {'frames/s':>9} {'max abs':>9} {'mean abs':>9}")
     for label, net, inp, tf32 in rows:
         torch.backends.cudnn.allow_tf32 = tf32
-        ms = time_ms(net, inp, args.repeats)
         with torch.inference_mode():
+            ms = median_ms(lambda net=net, inp=inp: net(inp), args.repeats)
             diff = (net(inp).float() - reference).abs()
         print(f"{label:40} {ms:9.2f} {1000 * args.batch / ms:9.1f} {diff.max().item():9.4f} "
               f"{diff.mean().item():9.5f}")

@@ -121,7 +121,7 @@ def create_backend(
             ``"int8"`` (openvino; call ``backend.calibrate(frames)`` before ``prepare``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         **options: fields of the backend's config dataclass (e.g. ``performance_hint="THROUGHPUT"``
-            for openvino, ``channels_last=False`` for torch).
+            for openvino, ``channels_last=True`` for torch).
 
     Raises:
         BackendError: unknown name or option, backend or device unusable here, or a precision the

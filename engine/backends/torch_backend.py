@@ -48,7 +48,7 @@ class TorchConfig:
     a shape): memory for activations is paid once per stream and shape.
 
     Attributes:
-        channels_last: NHWC memory layout for weights and activations; ``None`` = off (measured
+        channels_last: NHWC memory layout for weights and activations; off by default (measured
             slower on CPU and GPU, see above).
         cudnn_benchmark: let cuDNN time its convolution algorithms for every new shape (done in
             ``prepare``). Sets the process-wide ``torch.backends.cudnn.benchmark`` flag.
@@ -57,7 +57,7 @@ class TorchConfig:
             with inductor, once per prepared shape (tens of seconds each); None = no compilation.
     """
 
-    channels_last: bool | None = None
+    channels_last: bool = False
     cudnn_benchmark: bool = True
     cuda_graphs: bool = True
     compile: str | None = None
@@ -126,7 +126,7 @@ class TorchBackend(Backend):
     ):
         super().__init__(net, precision=precision, device=device, config=config)
         cuda = self.device.type == "cuda"
-        self.channels_last = bool(self.config.channels_last)
+        self.channels_last = self.config.channels_last
         self._memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self._dtype = _DTYPES[self.precision]
         if cuda and self.config.cudnn_benchmark:

@@ -155,7 +155,7 @@ class SmoothedInstanceNorm(nn.Module):
         xf = x.float()
         var, mean = torch.var_mean(xf, dim=(2, 3), correction=0)  # (N, C)
         keep = self._cuts.keep
-        if keep is None or len(keep) != n:  # a warm-up batch (``prepare`` on CUDA): no frame has a past
+        if keep is None:  # a warm-up batch (``prepare`` on CUDA, after it cleared the weights): no past
             keep = torch.zeros(n, device=x.device)
         means, variances = [], []
         m, v = self._mean, self._var
