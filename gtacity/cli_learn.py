@@ -88,6 +88,9 @@ Examples:
               help="Std of Gaussian noise (in [-1, 1] units) added to each translation before it is translated "
                    "back for the cycle loss (not in the paper; 0 = off): takes away the faint channel a "
                    "generator can hide the reconstruction in.")
+@click.option("--d-antialias", is_flag=True,
+              help="Discriminators blur before each stride-2 conv (not in the paper): a strided conv folds a "
+                   "period-2 grid onto a constant, a lever generators learn to pull.")
 @click.option("--pool-size", default=50, show_default=True, help="Generated images remembered for the discriminators.")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
               help="Preset sizes and schedule; options given on the command line still win. cpu-demo: the bundled "
@@ -129,7 +132,7 @@ def train(resume, no_progress, stop_after, recipe, **opts) -> None:
         preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"],
                               opts["load_size_max"]),
         step=StepConfig(opts["lambda_cycle"], opts["lambda_identity"], opts["lr"], opts["beta1"], opts["pool_size"],
-                        opts["lambda_grid"], opts["cycle_noise"]),
+                        opts["lambda_grid"], opts["cycle_noise"], opts["d_antialias"]),
         batch_size=opts["batch_size"], epochs=opts["epochs"], epochs_decay=opts["epochs_decay"],
         amp=opts["amp"], device=opts["device"], workers=opts["workers"], seed=opts["seed"],
         checkpoint_every=opts["checkpoint_every"], log_every=opts["log_every"],

@@ -324,16 +324,44 @@ def build_generator(arch: str, ngf: int, n_blocks: int, upsample: str = "transpo
     return ARCHS[arch](ngf, n_blocks, upsample=upsample)
 
 
+class Blur(nn.Module):
+    """A fixed binomial low-pass, ``[1, 2, 1] x [1, 2, 1] / 16`` per channel, reflect-padded (same size).
+
+    Zero response at 1/2 cycle per pixel and 1/4 of the peak at ``(1/4, 1/4)``: what a stride-2 conv
+    after it sees of a period-2 grid is nothing, and of a period-4 one little (Zhang, "Making
+    Convolutional Networks Shift-Invariant Again", ICML 2019). No parameters, nothing in a state dict.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (torch.outer(k, k) / 16).expand(channels, 1, 3, 3).clone(), persistent=False)
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        return nn.functional.conv2d(x, self.kernel.to(x.dtype), groups=self.channels)
+
+
 class PatchDiscriminator(nn.Module):
     """The 70x70 PatchGAN (official ``NLayerDiscriminator`` with n_layers=3, InstanceNorm).
 
     ``(B, 3, H, W)`` -> ``(B, 1, H/8 - 2, W/8 - 2)`` real/fake scores, one per 70x70 receptive field.
     ``in_channels=6`` makes pix2pix's conditional discriminator, which judges (input, output) pairs.
+    ``antialias=True`` puts a :class:`Blur` before each stride-2 conv (not in the paper; ``train
+    --d-antialias``): a stride-2 conv folds a period-2 pattern onto a constant, which hands a generator
+    a cheap lever on every score, and a generator trained against it learns a grid. Its state dict
+    has the same tensors under other indices, so the two kinds never load into each other.
     """
 
-    def __init__(self, ndf: int = 64, n_layers: int = 3, in_channels: int = 3):
+    def __init__(self, ndf: int = 64, n_layers: int = 3, in_channels: int = 3, antialias: bool = False):
         super().__init__()
+
+        def blur(channels: int) -> list[nn.Module]:
+            return [Blur(channels)] if antialias else []
+
         layers: list[nn.Module] = [
+            *blur(in_channels),
             nn.Conv2d(in_channels, ndf, kernel_size=4, stride=2, padding=1),
             nn.LeakyReLU(0.2, True),
         ]
@@ -342,6 +370,7 @@ class PatchDiscriminator(nn.Module):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
             layers += [
+                *(blur(ndf * prev) if stride == 2 else []),
                 nn.Conv2d(ndf * prev, ndf * mult, kernel_size=4, stride=stride, padding=1, bias=True),
                 InstanceNorm2dFP32(ndf * mult),
                 nn.LeakyReLU(0.2, True),

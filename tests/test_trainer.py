@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from gtacity.checkpoint import load_generator
 from gtacity.cli import cli
+from gtacity.nets import Blur, PatchDiscriminator
 from gtacity.trainer.data import DataError, Preprocess, unaligned_files
 from gtacity.trainer.loop import TrainConfig, lr_factor, train
 from gtacity.trainer.step import CycleGAN, Precision, StepConfig, train_step
@@ -102,6 +103,30 @@ def test_the_grid_loss_is_the_period_4_pattern_by_hand_and_joins_the_generator_l
     assert "grid_gta2city" not in train_step(CycleGAN(8, 2, 8, StepConfig()), gta, city, Precision())
     # A run saved before the option existed resumes with it off.
     assert TrainConfig.from_dict({"out": "run", "step": {"lambda_cycle": 10.0}}).step.lambda_grid == 0.0
+
+
+def test_an_antialiased_discriminator_does_not_see_a_period_2_grid_and_resumes_as_it_was_saved():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 96) * 2 - 1
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(32, 48) * 0.2
+    plain, blurred = PatchDiscriminator(8), PatchDiscriminator(8, antialias=True)
+    blurred.load_state_dict(dict(zip(blurred.state_dict(), plain.state_dict().values(), strict=True)))
+    with torch.no_grad():
+        assert (plain(x + checker) - plain(x)).abs().max() > 0.05  # the lever a generator learns to pull
+        torch.testing.assert_close(blurred(x + checker), blurred(x), rtol=0, atol=1e-5)
+        assert blurred(x).shape == plain(x).shape
+        # A smooth change still moves the score: the blur takes the grid away, not the picture.
+        assert (blurred(x + 0.2 * torch.linspace(-1, 1, 96)) - blurred(x)).abs().max() > 0.05
+    # Same tensors under other indices: one kind never loads into the other.
+    with pytest.raises(RuntimeError):
+        blurred.load_state_dict(plain.state_dict())
+
+    model = CycleGAN(8, 2, 8, StepConfig(d_antialias=True))
+    assert all(any(isinstance(m, Blur) for m in d.modules()) for d in model.discriminators())
+    assert not any(isinstance(m, Blur) for m in CycleGAN(8, 2, 8, StepConfig()).D_city.modules())
+    # A run saved before the option existed resumes with it off; one saved with it, with it on.
+    assert TrainConfig.from_dict({"out": "run", "step": {}}).step.d_antialias is False
+    assert TrainConfig.from_dict({"out": "run", "step": {"d_antialias": True}}).step.d_antialias is True
 
 
 def test_cycle_noise_is_added_to_each_translation_before_it_is_translated_back():

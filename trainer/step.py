@@ -54,6 +54,8 @@ class StepConfig:
             before it is translated back for the cycle loss (not in the paper: 0 leaves it out). A
             generator can hide what the other needs for the reconstruction in a faint high-frequency
             signal (Chu et al., 2017); noise makes that channel useless (Bashkirova et al., NeurIPS 2019).
+        d_antialias: both discriminators blur before each stride-2 conv (not in the paper; see
+            :class:`~gtacity.nets.PatchDiscriminator`), so a period-2/4 grid no longer moves their scores.
     """
 
     lambda_cycle: float = 10.0
@@ -63,6 +65,7 @@ class StepConfig:
     pool_size: int = 50
     lambda_grid: float = 0.0
     cycle_noise: float = 0.0
+    d_antialias: bool = False
 
 
 class CycleGAN(nn.Module):
@@ -74,8 +77,8 @@ class CycleGAN(nn.Module):
         self.cfg = cfg
         self.G_gta2city = init_weights(ResnetGenerator(ngf, n_blocks, upsample=upsample))
         self.G_city2gta = init_weights(ResnetGenerator(ngf, n_blocks, upsample=upsample))
-        self.D_city = init_weights(PatchDiscriminator(ndf))
-        self.D_gta = init_weights(PatchDiscriminator(ndf))
+        self.D_city = init_weights(PatchDiscriminator(ndf, antialias=cfg.d_antialias))
+        self.D_gta = init_weights(PatchDiscriminator(ndf, antialias=cfg.d_antialias))
         gens = itertools.chain(self.G_gta2city.parameters(), self.G_city2gta.parameters())
         discs = itertools.chain(self.D_city.parameters(), self.D_gta.parameters())
         self.opt_G = torch.optim.Adam(gens, lr=cfg.lr, betas=(cfg.beta1, 0.999))
