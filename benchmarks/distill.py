@@ -90,8 +90,8 @@ def main() -> None:
             macs = {}
             for role, path in (("teacher", teacher), ("student", student)):
                 info = read_generator_file(path)[1]
-                macs[role] = (count_macs(info.ngf, info.n_blocks, 256, 256, arch=info.arch) / 1e9,
-                              count_macs(info.ngf, info.n_blocks, -(-h // 4) * 4, w, arch=info.arch) / 1e9)
+                macs[role] = (count_macs(info.ngf, info.n_blocks, 256, 256, arch=info.arch, upsample=info.upsample) / 1e9,
+                              count_macs(info.ngf, info.n_blocks, -(-h // 4) * 4, w, arch=info.arch, upsample=info.upsample) / 1e9)
                 e2e_fps(path, tmp / "clip.mp4", tmp, args.precision)  # warm-up: conversion (and int8) cache
             fps = {"teacher": [], "student": []}
             for _ in range(args.rounds):
