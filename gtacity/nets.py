@@ -336,11 +336,10 @@ class Blur(nn.Module):
         super().__init__()
         k = torch.tensor([1.0, 2.0, 1.0])
         self.register_buffer("kernel", (torch.outer(k, k) / 16).expand(channels, 1, 3, 3).clone(), persistent=False)
-        self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
-        return nn.functional.conv2d(x, self.kernel.to(x.dtype), groups=self.channels)
+        return nn.functional.conv2d(x, self.kernel.to(x.dtype), groups=self.kernel.shape[0])
 
 
 class PatchDiscriminator(nn.Module):
