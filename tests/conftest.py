@@ -14,6 +14,9 @@ from gtacity.nets import ResnetGenerator, init_weights
 
 REQUIRE_CUDA = os.environ.get("GTACITY_REQUIRE_CUDA") == "1"
 
+# A test that hangs ends the run with every thread's stack, instead of running out CI's clock.
+pytest_plugins = ["hangwatch"]
+
 # Without CUDA the Triton kernels are tested under Triton's interpreter. Triton fixes compiled vs
 # interpreted when a function is decorated, its own library's included (torchvision imports it),
 # so this must be set before any test module is imported.
