@@ -3,6 +3,11 @@ here, through `gtacity translate` (exit code, the one line) and the decoder-log 
 
 from __future__ import annotations
 
+import gc
+import subprocess
+import sys
+from pathlib import Path
+
 import av.logging
 import numpy as np
 from click.testing import CliRunner
@@ -11,6 +16,7 @@ from media import make_clip, truncate, video_info
 from gtacity.cli import cli
 from gtacity.engine.media.damage import Damage
 from gtacity.engine.media.decodelog import DecoderLog
+from gtacity.engine.media.sources import open_source
 
 
 def translate_cli(weights, *args):
@@ -80,3 +86,61 @@ def test_a_patched_up_frame_is_reported_once():
     assert damage.describe() == ("1 frame decoded damaged (at 1.40 s), decoder errors patched up in 1 place "
                                  "(near 3.00 s)")
     assert Damage(reported=[0.5]) and not Damage()
+
+
+_DROP_WHILE_DECODING = """
+import gc, sys, faulthandler
+sys.path.insert(0, {tests!r})
+import av
+from media import corrupt_packet, make_clip
+from gtacity.engine.media.decodelog import watch
+from gtacity.engine.media.sources import park_decoder
+
+faulthandler.dump_traceback_later(30, exit=True)  # a deadlock ends the process, with its stack
+make_clip("clip.mp4", frames=60, size=(640, 360))
+for index in range(5, 60, 3):
+    corrupt_packet("clip.mp4", index, seed=index)
+watch()  # FFmpeg's error lines into Python, as every gtacity run that reads a video has them
+for attempt in range(40):
+    container = av.open("clip.mp4")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # frame threads, as the video source decodes
+    for count, packet in enumerate(container.demux(stream)):
+        try:
+            packet.decode()
+        except av.FFmpegError:
+            pass
+        if count == 6 + attempt:
+            break
+    if {park}:
+        park_decoder(stream.codec_context)
+    del container, stream, packet  # freed at once, while frame threads may hold damaged packets
+    gc.collect()
+print("freed", attempt + 1)
+"""
+
+
+def test_a_decoder_dropped_while_its_threads_decode_damage_is_freed_without_deadlock(tmp_path):
+    """FFmpeg's frame threads log damaged packets into Python, which takes the GIL; PyAV frees a
+    decoder holding the GIL and FFmpeg then waits for those threads. Without parking the decoder
+    first this script deadlocks on its first drop (PyAV 18.1, seen on this project's machines)."""
+    script = _DROP_WHILE_DECODING.format(tests=str(Path(__file__).parent), park=True)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "freed 40" in done.stdout, done.stderr[-3000:]
+
+
+def test_a_video_source_parks_its_decoder_when_closed_or_collected(tmp_path):
+    clip = tmp_path / "drive.mp4"
+    make_clip(clip, frames=30, size=(96, 64))
+    with open_source(clip) as source:
+        next(iter(source))
+        park = source._park
+        assert park.alive
+    assert not park.alive  # closing parked it
+    source = open_source(clip)
+    next(iter(source))
+    park = source._park
+    del source
+    gc.collect()
+    assert not park.alive  # collected unclosed: parked before its decoder could be freed

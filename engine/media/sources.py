@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -162,6 +163,7 @@ class VideoSource(SourceContext):
         self.planes = planes
         self.window = window or Window()
         self._log = None
+        self._park: weakref.finalize | None = None  # set once the video stream is open
         watch()  # before opening: FFmpeg's own reason for a failure is then known too
         try:
             self._container = av.open(str(path))
@@ -193,6 +195,8 @@ class VideoSource(SourceContext):
         stream = streams[0]
         stream.thread_type = "AUTO"
         self._stream = stream
+        # Before the decoder is freed, however this source ends (closed, or collected unclosed).
+        self._park = weakref.finalize(self, park_decoder, stream.codec_context)
         # Only x264's rate control and the length estimate use the rate; timestamps come from the
         # file. 25 covers a stream that states no rate at all.
         self.rate: Fraction = stream.average_rate or stream.guessed_rate or Fraction(25)
@@ -336,7 +340,22 @@ class VideoSource(SourceContext):
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._park is not None:
+            self._park()
         self._container.close()
+
+
+def park_decoder(codec: av.CodecContext) -> None:
+    """Let a decoder's frame threads finish the packets they hold, waiting without the GIL.
+
+    With FFmpeg's log routed into Python (:func:`~gtacity.engine.media.decodelog.watch`), a frame
+    thread that logs an error (a damaged packet) takes the GIL to do so. PyAV frees a decoder
+    holding the GIL and, in freeing it, FFmpeg waits for its frame threads: a source dropped while
+    a thread still decodes a damaged packet deadlocks the whole process. ``flush_buffers`` waits
+    for the threads with the GIL released, so they log and stop; freeing the decoder afterwards
+    waits for nothing. Safe to call on a closed decoder (PyAV then does nothing).
+    """
+    codec.flush_buffers()
 
 
 def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
