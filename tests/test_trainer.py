@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import threading
 
 import cv2
 import numpy as np
@@ -257,3 +258,17 @@ def test_two_process_gloo_training_keeps_replicas_equal(tmp_path):
     torch.manual_seed(cfg.seed)
     initial = CycleGAN(8, 2, 8, StepConfig()).state_dict()
     assert not torch.equal(a["G_gta2city.model.1.weight"], initial["G_gta2city.model.1.weight"])
+
+
+def test_results_logged_after_a_run_is_closed_leave_no_tensorboard_thread_behind(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gtacity.trainer.logs import RunLogger
+
+    before = set(threading.enumerate())
+    RunLogger(tmp_path).results(7, {"miou": 0.25})  # as `eval segmentation` logs into a finished run
+    assert set(threading.enumerate()) - before == set()  # its writer thread ended with its file
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 7, "val/miou": 0.25}
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("val/miou")] == [(7, 0.25)]

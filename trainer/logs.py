@@ -73,18 +73,23 @@ class RunLogger:
 
     def results(self, step: int, values: dict[str, float], prefix: str = "val") -> None:
         """Scores measured on held-out data (``val/miou``, ...): TensorBoard and ``metrics.jsonl``;
-        may be called after :meth:`close`."""
+        may be called after :meth:`close` (or without :meth:`start`): the TensorBoard file it then
+        opens is closed again before it returns, its writer thread with it."""
         if not self.enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        if self._writer is None:
-            self._writer = SummaryWriter(str(self.run_dir))
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": step, **{f"{prefix}/{k}": v for k, v in values.items()}}) + "\n")
-        for k, v in values.items():
-            self._writer.add_scalar(f"{prefix}/{k}", v, step)
-        self._writer.flush()
+        writer = self._writer or SummaryWriter(str(self.run_dir))
+        try:
+            for k, v in values.items():
+                writer.add_scalar(f"{prefix}/{k}", v, step)
+        finally:
+            if writer is self._writer:
+                writer.flush()
+            else:
+                writer.close()
 
     @torch.no_grad()
     def samples(self, step: int, model, batch: dict[str, torch.Tensor], precision) -> Path | None:
