@@ -14,6 +14,8 @@ from gtacity.trainer.recipes import RECIPES
 
 # gtacity.nets.UPSAMPLES, spelled out so that the CLI loads without torch (tests/test_upsample.py checks).
 UPSAMPLE_CHOICES = ("transpose", "resize", "bilinear")
+# gtacity.nets.D_ANTIALIAS, the same way (tests/test_trainer.py checks).
+D_ANTIALIAS_CHOICES = ("off", "blur", "blurpool")
 
 
 def _run_options(workers: int):
@@ -88,9 +90,12 @@ Examples:
               help="Std of Gaussian noise (in [-1, 1] units) added to each translation before it is translated "
                    "back for the cycle loss (not in the paper; 0 = off): takes away the faint channel a "
                    "generator can hide the reconstruction in.")
-@click.option("--d-antialias", is_flag=True,
-              help="Discriminators blur before each stride-2 conv (not in the paper): a strided conv folds a "
-                   "period-2 grid onto a constant, a lever generators learn to pull.")
+@click.option("--d-antialias", type=click.Choice(D_ANTIALIAS_CHOICES), default="off", show_default=True, is_flag=False,
+              flag_value="blur",
+              help="How the discriminators downsample (not in the paper): a strided conv folds a period-2 grid onto "
+                   "a constant, a lever generators learn to pull. blur (the value alone gives it): a blur before each "
+                   "strided conv, blind to grids and to fine detail alike; blurpool: dense conv, rectifier, blur, "
+                   "subsample: detail counts, its phase does not.")
 @click.option("--pool-size", default=50, show_default=True, help="Generated images remembered for the discriminators.")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
               help="Preset sizes and schedule; options given on the command line still win. cpu-demo: the bundled "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import os
@@ -14,11 +15,13 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch import nn
 from click.testing import CliRunner
 
 from gtacity.checkpoint import load_generator
 from gtacity.cli import cli
-from gtacity.nets import Blur, PatchDiscriminator
+from gtacity.cli_learn import D_ANTIALIAS_CHOICES
+from gtacity.nets import D_ANTIALIAS, Blur, PatchDiscriminator, init_weights
 from gtacity.trainer.data import DataError, Preprocess, unaligned_files
 from gtacity.trainer.loop import TrainConfig, lr_factor, train
 from gtacity.trainer.step import CycleGAN, Precision, StepConfig, train_step
@@ -106,28 +109,82 @@ def test_the_grid_loss_is_the_period_4_pattern_by_hand_and_joins_the_generator_l
     assert TrainConfig.from_dict({"out": "run", "step": {"lambda_cycle": 10.0}}).step.lambda_grid == 0.0
 
 
-def test_an_antialiased_discriminator_does_not_see_a_period_2_grid_and_resumes_as_it_was_saved():
+def _same_weights(into: PatchDiscriminator, source: PatchDiscriminator) -> PatchDiscriminator:
+    """``into`` with ``source``'s tensors, matched in order (the kinds index them differently)."""
+    into.load_state_dict(dict(zip(into.state_dict(), source.state_dict().values(), strict=True)))
+    return into
+
+
+def test_a_blurred_discriminator_does_not_see_a_period_2_grid_and_resumes_as_it_was_saved():
     torch.manual_seed(0)
     x = torch.rand(2, 3, 64, 96) * 2 - 1
     checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(32, 48) * 0.2
-    plain, blurred = PatchDiscriminator(8), PatchDiscriminator(8, antialias=True)
-    blurred.load_state_dict(dict(zip(blurred.state_dict(), plain.state_dict().values(), strict=True)))
+    plain = PatchDiscriminator(8)
+    blurred = _same_weights(PatchDiscriminator(8, antialias="blur"), plain)
     with torch.no_grad():
         assert (plain(x + checker) - plain(x)).abs().max() > 0.05  # the lever a generator learns to pull
         torch.testing.assert_close(blurred(x + checker), blurred(x), rtol=0, atol=1e-5)
         assert blurred(x).shape == plain(x).shape
         # A smooth change still moves the score: the blur takes the grid away, not the picture.
         assert (blurred(x + 0.2 * torch.linspace(-1, 1, 96)) - blurred(x)).abs().max() > 0.05
-    # Same tensors under other indices: one kind never loads into the other.
-    with pytest.raises(RuntimeError):
-        blurred.load_state_dict(plain.state_dict())
+    # Same tensors under other indices: no kind loads into another.
+    blurpool = PatchDiscriminator(8, antialias="blurpool")
+    for a, b in itertools.permutations([plain, blurred, blurpool], 2):
+        with pytest.raises(RuntimeError):
+            a.load_state_dict(b.state_dict())
 
-    model = CycleGAN(8, 2, 8, StepConfig(d_antialias=True))
+    model = CycleGAN(8, 2, 8, StepConfig(d_antialias="blur"))
     assert all(any(isinstance(m, Blur) for m in d.modules()) for d in model.discriminators())
     assert not any(isinstance(m, Blur) for m in CycleGAN(8, 2, 8, StepConfig()).D_city.modules())
-    # A run saved before the option existed resumes with it off; one saved with it, with it on.
-    assert TrainConfig.from_dict({"out": "run", "step": {}}).step.d_antialias is False
-    assert TrainConfig.from_dict({"out": "run", "step": {"d_antialias": True}}).step.d_antialias is True
+    # A run saved before the option existed resumes with it off; one saved when it was a yes/no, as
+    # it was saved; one saved with a kind, with that kind.
+    assert TrainConfig.from_dict({"out": "run", "step": {}}).step.d_antialias == "off"
+    assert TrainConfig.from_dict({"out": "run", "step": {"d_antialias": True}}).step.d_antialias == "blur"
+    assert TrainConfig.from_dict({"out": "run", "step": {"d_antialias": False}}).step.d_antialias == "off"
+    assert TrainConfig.from_dict({"out": "run", "step": {"d_antialias": "blurpool"}}).step.d_antialias == "blurpool"
+    with pytest.raises(ValueError, match="unknown d_antialias 'maybe'"):
+        StepConfig(d_antialias="maybe")
+
+
+def test_a_blurpool_discriminator_sees_detail_but_not_its_phase():
+    torch.manual_seed(0)
+    # A smooth picture (as a photo is, next to a grid), the paper's initialisation (as training's).
+    x = nn.functional.interpolate(torch.rand(2, 3, 8, 12) * 2 - 1, size=(64, 96), mode="bicubic")
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(32, 48) * 0.2
+    texture = torch.randn(2, 3, 64, 96)
+    texture = texture - nn.functional.avg_pool2d(nn.functional.pad(texture, (1, 1, 1, 1), mode="reflect"), 3, 1)
+    texture *= checker.std() / texture.std()  # fine random detail with the grid's energy
+    plain = init_weights(PatchDiscriminator(8))
+    blurpool = _same_weights(PatchDiscriminator(8, antialias="blurpool"), plain)
+
+    def moved(d, a, b):
+        return float((d(a) - d(b)).abs().mean())
+
+    with torch.no_grad():
+        assert blurpool(x).shape == plain(x).shape
+        # The grid's phase (the grid against the grid moved by one pixel): the plain discriminator's
+        # strided conv tells them apart (the lever); blurpool's scores hardly move.
+        assert moved(plain, x + checker, x - checker) > 0.05
+        assert moved(blurpool, x + checker, x - checker) < moved(plain, x + checker, x - checker) / 50
+        # Unlike "blur", detail is seen: a grid, and random detail of the same energy, about alike.
+        grid, detail = moved(blurpool, x + checker, x), moved(blurpool, x + texture, x)
+        assert grid > 10 * moved(blurpool, x + checker, x - checker) and detail > grid / 3
+        blurred = _same_weights(PatchDiscriminator(8, antialias="blur"), plain)
+        assert moved(blurred, x + texture, x) < detail / 3
+    # Its first conv is the plain one's run at every position: every other output is the plain conv's.
+    dense = nn.Sequential(*list(blurpool.model)[:2])
+    torch.testing.assert_close(dense(x)[..., ::2, ::2], plain.model[0](x), rtol=1e-5, atol=1e-6)
+
+
+def test_the_cli_offers_exactly_the_discriminator_kinds_the_networks_have():
+    assert D_ANTIALIAS_CHOICES == D_ANTIALIAS
+    train_command = cli.commands["train"]
+
+    def parsed(*args):
+        return train_command.make_context("train", ["--out", "run", *args]).params["d_antialias"]
+
+    assert (parsed(), parsed("--d-antialias"), parsed("--d-antialias", "blurpool")) == ("off", "blur", "blurpool")
+    assert parsed("--d-antialias", "--lambda-grid", "1") == "blur"  # the value alone, before another option
 
 
 def test_cycle_noise_is_added_to_each_translation_before_it_is_translated_back():

@@ -241,14 +241,14 @@ def test_train_upsample_resize_with_multi_scale_crops_writes_resize_generators(t
             "--ndf", "8", "--upsample", "resize", "--preprocess", "scale_width_and_crop", "--load-size", "40",
             "--load-size-max", "64", "--crop-size", "32", "--epochs", "1", "--epochs-decay", "0",
             "--workers", "0", "--amp", "off", "--no-progress", "--stop-after", "3",
-            "--lambda-grid", "1", "--d-antialias"]  # the demo's recipe against the learnt grid
+            "--d-antialias", "blurpool", "--lambda-grid", "1"]  # the demo's recipe against the learnt grid
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0 and "stopped at step 3" in first.output, first.output
     resumed = CliRunner().invoke(cli, ["train", "--resume", str(out), "--workers", "0", "--no-progress"])
     assert resumed.exit_code == 0 and "done: 8 steps" in resumed.output, resumed.output
     config = json.loads((out / "config.json").read_text())
     assert config["upsample"] == "resize" and config["preprocess"]["load_size_max"] == 64
-    assert config["step"]["d_antialias"] is True and config["step"]["lambda_grid"] == 1
+    assert config["step"]["d_antialias"] == "blurpool" and config["step"]["lambda_grid"] == 1
     for direction in ("gta2city", "city2gta"):
         net, info = load_generator(out / f"{direction}.safetensors", direction=direction)
         assert info.upsample == net.upsample == "resize"

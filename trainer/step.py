@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gtacity import hardware
-from gtacity.nets import PatchDiscriminator, ResnetGenerator, init_weights
+from gtacity.nets import D_ANTIALIAS, PatchDiscriminator, ResnetGenerator, init_weights
 from gtacity.trainer.data import DataError
 from gtacity.trainer.losses import ImagePool, grid_loss, l1, lsgan_loss
 
@@ -54,8 +54,12 @@ class StepConfig:
             before it is translated back for the cycle loss (not in the paper: 0 leaves it out). A
             generator can hide what the other needs for the reconstruction in a faint high-frequency
             signal (Chu et al., 2017); noise makes that channel useless (Bashkirova et al., NeurIPS 2019).
-        d_antialias: both discriminators blur before each stride-2 conv (not in the paper; see
-            :class:`~gtacity.nets.PatchDiscriminator`), so a period-2/4 grid no longer moves their scores.
+        d_antialias: how both discriminators downsample (not in the paper; see
+            :class:`~gtacity.nets.PatchDiscriminator`): ``"off"`` (the paper's strided convs),
+            ``"blur"`` (a blur before each: no grid moves a score, nor does fine detail) or
+            ``"blurpool"`` (dense conv, rectifier, blur, subsample: detail counts, its phase does
+            not). ``True``/``False`` (the configs of runs from before the choice) read as
+            ``"blur"``/``"off"``.
     """
 
     lambda_cycle: float = 10.0
@@ -65,7 +69,13 @@ class StepConfig:
     pool_size: int = 50
     lambda_grid: float = 0.0
     cycle_noise: float = 0.0
-    d_antialias: bool = False
+    d_antialias: str = "off"
+
+    def __post_init__(self):
+        kind = {False: "off", True: "blur"}.get(self.d_antialias, self.d_antialias)
+        if kind not in D_ANTIALIAS:
+            raise ValueError(f"unknown d_antialias {self.d_antialias!r}; known: {', '.join(D_ANTIALIAS)}")
+        object.__setattr__(self, "d_antialias", kind)
 
 
 class CycleGAN(nn.Module):
