@@ -13,6 +13,9 @@ _FEATURE_OPTIONS = [
     click.option("--features", default="inception", show_default=True, type=click.Choice(["inception", "standin"]),
                  help="standin: offline, random convolutions with batch norms fitted to 8 real frames "
                       "(NOT FID/KID values)."),
+    click.option("--standin-seed", default=0, show_default=True,
+                 help="With --features standin: the stand-in network's seed. On a few dozen frames two sets "
+                      "can swap places from one seed to the next: trust an order all of 2-3 seeds agree on."),
     click.option("--kid-subsets", default=100, show_default=True, help="Random subsets KID is averaged over."),
     click.option("--kid-subset-size", type=int, default=None,
                  help="Frames per KID subset.  [default: half the smaller set, at most 1000]"),
@@ -28,13 +31,14 @@ def feature_options(command):
     return command
 
 
-def realism_settings(real, quiet, inception_weights, features, kid_subsets, kid_subset_size, max_frames, device):
+def realism_settings(real, quiet, inception_weights, features, kid_subsets, kid_subset_size, max_frames, device,
+                     standin_seed=0):
     """The RealismSettings those options (and --real, --quiet) ask for."""
     from gtacity.engine.measure.realism import RealismSettings
 
     return RealismSettings(real=real, inception_weights=inception_weights, features=features,
-                           kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, max_frames=max_frames,
-                           device=device, progress=not quiet)
+                           standin_seed=standin_seed, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+                           max_frames=max_frames, device=device, progress=not quiet)
 
 
 @click.command("realism", epilog="""\b
@@ -44,6 +48,7 @@ Examples:
   gtacity eval realism drive_city.mp4 --real city.mp4 --inception-weights pt_inception-2015-12-05-6726825d.pth
   gtacity eval realism --run runs/exp1 --images gta5/val --real cityscapes/val --best-to best.safetensors
   gtacity eval realism gta5_city/ --real cityscapes/val --features standin   # offline: NOT FID values
+  gtacity eval realism gta5_city/ --real cityscapes/val --features standin --standin-seed 1   # another stand-in
 """)
 @click.argument("generated", required=False, type=click.Path())
 @click.option("--real", required=True, type=click.Path(), help="Real frames: an image folder, a video or an image.")
@@ -67,8 +72,8 @@ Examples:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the numbers here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def eval_realism(generated, real, inputs, run_dir, images, direction, best_to, best_by, plot, backend, precision,
-                 inception_weights, features, kid_subsets, kid_subset_size, max_frames, device, json_path,
-                 quiet) -> None:
+                 inception_weights, features, standin_seed, kid_subsets, kid_subset_size, max_frames, device,
+                 json_path, quiet) -> None:
     """FID and KID of GENERATED (translated frames: folder, video or image) against --real frames.
 
     Frames of any size are resized to 299x299 the clean-fid way (PIL bicubic, antialiased, kept in
@@ -78,7 +83,7 @@ def eval_realism(generated, real, inputs, run_dir, images, direction, best_to, b
     from gtacity.engine.measure.realism import RealismConfig, RealismError, evaluate_realism
 
     settings = realism_settings(real, quiet, inception_weights, features, kid_subsets, kid_subset_size, max_frames,
-                                device)
+                                device, standin_seed)
     if run_dir is not None:
         from gtacity.engine.measure.realism_run import RunRealismConfig, evaluate_run
 

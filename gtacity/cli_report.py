@@ -37,7 +37,7 @@ Examples:
 @click.option("--title", default="gtacity translation report", show_default=True, help="The page's heading.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def eval_report(generators, images, real, output, n_frames, video, segmentation, direction, back, features,
-                inception_weights, kid_subsets, kid_subset_size, max_frames, backend, precision, device,
+                standin_seed, inception_weights, kid_subsets, kid_subset_size, max_frames, backend, precision, device,
                 thumb_width, title, quiet) -> None:
     """One HTML page to judge translations: RUN_OR_GENERATORS is a training run folder (every generator
     it saved) or generator files / bundled names (gta2city_demo ...).
@@ -50,7 +50,7 @@ def eval_report(generators, images, real, output, n_frames, video, segmentation,
     from gtacity.engine import ReportConfig, build_report
 
     settings = realism_settings(real, quiet, inception_weights, features, kid_subsets, kid_subset_size, max_frames,
-                                device)
+                                device, standin_seed)
     summary = build_report(ReportConfig(tuple(generators), images, output, settings, n_frames, direction, back,
                                         video, segmentation, backend, precision, thumb_width, title))
     click.echo(summary.line())

@@ -152,6 +152,20 @@ def test_standin_cli_prints_kid_and_artifacts_and_writes_json(tmp_path):
     assert data["mode"].startswith("clean") and data["artifacts"]["mean"] == pytest.approx(1.0)
 
 
+def test_the_stand_in_seed_is_an_option_and_names_its_network(tmp_path):
+    gen, real = write_set(tmp_path / "gen", 3, (200, 60, 40), 0), write_set(tmp_path / "real", 3, (60, 90, 190), 1)
+    fids = {}
+    for seed in (0, 1, 1):
+        out = tmp_path / f"r{seed}.json"
+        result = CliRunner().invoke(cli, ["eval", "realism", str(gen), "--real", str(real), "--features", "standin",
+                                          "--standin-seed", str(seed), "--kid-subsets", "5", "--json", str(out), "-q"])
+        assert result.exit_code == 0, result.output
+        assert f"seed {seed}," in result.stdout  # the printed network says which stand-in it was
+        data = json.loads(out.read_text())
+        assert fids.setdefault(seed, data["fid"]) == data["fid"]  # a seed is the same network each time
+    assert fids[0] != fids[1]
+
+
 @pytest.mark.slow
 def test_standin_puts_real_vs_real_far_below_game_vs_real():
     if not (REAL_DATA / "gta5").is_dir():
