@@ -258,10 +258,20 @@ def _read_official(path: Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
     return state, _infer_info(path, state, source_format="pth")
 
 
+def _patchgan_like(state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` opens like a PatchGAN discriminator: a 4x4 conv from the image (3 channels,
+    or pix2pix's 6) first, at ``model.0`` or, after a blur or a pad (``train --d-antialias``), ``model.1``."""
+    for key in ("model.0.weight", "model.1.weight"):
+        first = state.get(key)
+        if first is not None:
+            return first.ndim == 4 and tuple(first.shape[1:]) in ((3, 4, 4), (6, 4, 4))
+    return False
+
+
 def _infer_info(path: Path, state: dict[str, torch.Tensor], source_format: str) -> GeneratorInfo:
     first = state.get("model.1.weight")
     if first is None or first.ndim != 4 or tuple(first.shape[1:]) != (3, 7, 7):
-        hint = " (this looks like a discriminator)" if "model.0.weight" in state else ""
+        hint = " (this looks like a discriminator)" if _patchgan_like(state) else ""
         raise CheckpointError(
             f"{path}: not a CycleGAN ResNet generator{hint}: no 7x7 input conv at model.1.weight"
         )

@@ -94,6 +94,9 @@ def test_direction_mismatch_is_refused(tmp_path, tiny_generator):
     [
         (lambda p: p.write_bytes(b"not a checkpoint at all"), "is not a PyTorch file"),
         (lambda p: torch.save(PatchDiscriminator(8).state_dict(), p), "looks like a discriminator"),
+        (lambda p: torch.save(PatchDiscriminator(8, antialias="blur").state_dict(), p), "looks like a discriminator"),
+        (lambda p: torch.save(PatchDiscriminator(8, antialias="blurpool").state_dict(), p),
+         "looks like a discriminator"),
         (lambda p: torch.save([1, 2, 3], p), "not a state dict of tensors"),
         (
             lambda p: torch.save(
@@ -102,7 +105,7 @@ def test_direction_mismatch_is_refused(tmp_path, tiny_generator):
             "missing 1 tensors",
         ),
     ],
-    ids=["garbage", "discriminator", "list", "missing-tensor"],
+    ids=["garbage", "discriminator", "blur-discriminator", "blurpool-discriminator", "list", "missing-tensor"],
 )
 def test_bad_pth_files_name_the_file_and_problem(tmp_path, make, message):
     path = tmp_path / "weights.pth"
