@@ -380,9 +380,8 @@ class PatchDiscriminator(nn.Module):
     The kinds keep the same tensors under other indices, so one never loads into another.
     """
 
-    def __init__(self, ndf: int = 64, n_layers: int = 3, in_channels: int = 3, antialias: str | bool = "off"):
+    def __init__(self, ndf: int = 64, n_layers: int = 3, in_channels: int = 3, antialias: str = "off"):
         super().__init__()
-        antialias = {False: "off", True: "blur"}.get(antialias, antialias)
         if antialias not in D_ANTIALIAS:
             raise ValueError(f"unknown discriminator antialias {antialias!r}; known: {', '.join(D_ANTIALIAS)}")
 
