@@ -5,7 +5,7 @@ For each ``--pair DIRECTION OLD NEW`` (generator files or bundled names), on eac
 ``--synthetic`` frames of gtacity's own demo clip (gtacity.democlip, what the Quick start shows):
 
 - the artifact score of each translation: its period-2/period-4 spectral peaks over its input's
-  (the realism branch's ``engine/measure/artifacts.py``; about 1 = no grid, over 2 = visible);
+  (the realism branch's ``gtacity/artifacts.py``; about 1 = no grid, over 2 = visible);
 - a grid PNG, one row per frame: input | old | new, then 4x nearest zooms of the centre of old and
   new (where a checkerboard shows).
 
@@ -40,12 +40,12 @@ ZOOM, CROP = 4, 64
 
 
 def artifacts_module(path: str | None):
-    """``engine/measure/artifacts.py``: the package's once merged, else the file at ``path``."""
+    """``gtacity/artifacts.py``: the package's once merged, else the file at ``path``."""
     try:
-        return importlib.import_module("gtacity.engine.measure.artifacts")
+        return importlib.import_module("gtacity.artifacts")
     except ImportError:
         if path is None:
-            raise SystemExit("no gtacity.engine.measure.artifacts here: pass --artifacts PATH/TO/artifacts.py")
+            raise SystemExit("no gtacity.artifacts here: pass --artifacts PATH/TO/artifacts.py")
         spec = importlib.util.spec_from_file_location("artifacts", path)
         module = importlib.util.module_from_spec(spec)
         sys.modules["artifacts"] = module  # dataclasses look their module up while the file runs
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--grids", type=Path, help="folder for the real frames' grid PNGs (outside the repo)")
     parser.add_argument("--synthetic-grids", type=Path, help="folder for the demo clip's grid PNGs (docs/ is fine)")
-    parser.add_argument("--artifacts", help="path of artifacts.py where gtacity.engine.measure.artifacts is missing")
+    parser.add_argument("--artifacts", help="path of artifacts.py where gtacity.artifacts is missing")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     artifacts = artifacts_module(args.artifacts)

@@ -3,7 +3,7 @@
 For each ``--upsample`` kind and seed, a generator at its initial weights (``init_weights``, the
 paper's N(0, 0.02)) translates the frames of ``--frames`` (scaled to ``--width`` px wide, height cut
 to a multiple of 4) in torch fp32, and each translation gets the artifact score of
-``gtacity.engine.measure.artifacts`` (its period-2/4 spectral peaks over its input's; about 1 =
+``gtacity.artifacts`` (its period-2/4 spectral peaks over its input's; about 1 =
 nothing added, issue 21's bar is 2). Training can lower or raise a score, but a decoder that draws
 the grid at initialisation starts from it. Optionally (``--run``) the same for the step generators a
 ``gtacity train`` run saved.
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from demo_compare import translate
 
+from gtacity.artifacts import artifact_score
 from gtacity.checkpoint import load_generator
-from gtacity.engine.measure.artifacts import artifact_score
 from gtacity.images import IMAGE_EXTENSIONS, decode_rgb
 from gtacity.nets import UPSAMPLES, ResnetGenerator, init_weights
 

@@ -55,7 +55,7 @@ _PUBLIC = {
     "RealismConfig": "gtacity.engine.measure.realism",
     "evaluate_run": "gtacity.engine.measure.realism_run",
     "RunRealismConfig": "gtacity.engine.measure.realism_run",
-    "artifact_score": "gtacity.engine.measure.artifacts",
+    "artifact_score": "gtacity.artifacts",
     "read_failures": "gtacity.engine.jobs.folder",
     "build_report": "gtacity.engine.measure.report",
     "ReportConfig": "gtacity.engine.measure.report",
@@ -110,11 +110,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from gtacity.artifacts import artifact_score
     from gtacity.engine.backends import BACKENDS, Backend, BackendError, available_backends, create_backend
     from gtacity.engine.exporters import FORMATS, ExportConfig, ExportError, export
     from gtacity.engine.frames import Frame
     from gtacity.engine.jobs.folder import read_failures
-    from gtacity.engine.measure.artifacts import artifact_score
     from gtacity.engine.measure.bench import run_bench
     from gtacity.engine.measure.bench_plan import BenchConfig, BenchError
     from gtacity.engine.measure.fidelity import FidelityConfig, evaluate_fidelity

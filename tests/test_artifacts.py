@@ -8,7 +8,7 @@ import torch
 from kernel_cases import REAL_DATA
 from torch import nn
 
-from gtacity.engine.measure.artifacts import ArtifactSummary, artifact_score, peak_prominence
+from gtacity.artifacts import ArtifactSummary, artifact_score, peak_prominence
 from gtacity.images import decode_rgb
 
 

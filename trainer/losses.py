@@ -29,7 +29,7 @@ def grid_pattern(x: torch.Tensor) -> torch.Tensor:
 
     The mean of the pixels at rows ``4m + p``, columns ``4n + q``, for each of the 16 phases ``(p, q)``,
     minus the mean of all 16. Its 2-D DFT is, up to a factor, the image's spectrum at the 15 frequencies
-    ``(a/4, b/4)`` cycles per pixel that :mod:`gtacity.engine.measure.artifacts` checks: a checkerboard
+    ``(a/4, b/4)`` cycles per pixel that :mod:`gtacity.artifacts` checks: a checkerboard
     of period 2 or 4 is exactly a pattern here. ``H`` and ``W`` are cropped to multiples of 4.
     """
     b, c, h, w = x.shape

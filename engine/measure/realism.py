@@ -36,8 +36,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm import tqdm
 
+from gtacity.artifacts import ArtifactScore, ArtifactSummary, peak_prominence, score_from
 from gtacity.engine.exporters.cache import cache_root
-from gtacity.engine.measure.artifacts import ArtifactScore, ArtifactSummary, peak_prominence, score_from
 from gtacity.engine.measure.features import RESIZE_MODE, SIZE, FeatureNet, extract, standin_network
 from gtacity.engine.measure.weights import load_inception
 from gtacity.engine.media.sources import open_source

@@ -20,10 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from gtacity.artifacts import ArtifactScore, ArtifactSummary, peak_prominence, score_from
 from gtacity.checkpoint import load_generator
 from gtacity.engine.backends import Backend, create_backend
 from gtacity.engine.frames import Frame
-from gtacity.engine.measure.artifacts import ArtifactScore, ArtifactSummary, peak_prominence, score_from
 from gtacity.engine.measure.features import RESIZE_MODE, SIZE, FeatureNet
 from gtacity.engine.measure.realism import Distances, Measurer, RealismError, RealismSettings, frames, prepare
 from gtacity.engine.media.sources import open_source

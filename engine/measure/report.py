@@ -8,7 +8,7 @@ For a training run (every generator it saved) or a few generator files, the page
 * FID and KID of every generator against the real set, with "doing nothing" (the untranslated
   inputs) as a baseline, and for a run their curves over the training steps
   (:func:`~gtacity.engine.measure.realism_run.evaluate_run`, :class:`~gtacity.engine.measure.realism.Measurer`);
-* the checkerboard scores (:mod:`gtacity.engine.measure.artifacts`);
+* the checkerboard scores (:mod:`gtacity.artifacts`);
 * with a video, the flicker curve of each translation of it (a run: its best generator), by
   :func:`~gtacity.engine.measure.flicker.evaluate_flicker`;
 * with a ``gtacity eval miou --json`` or ``gtacity eval segmentation`` result, its class IoUs.
@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gtacity.artifacts import peak_prominence, score_from
 from gtacity.checkpoint import DIRECTIONS, bundled_generator, generator_path, load_generator, read_generator_file
 from gtacity.engine.backends import Backend, create_backend
 from gtacity.engine.frames import Frame
-from gtacity.engine.measure.artifacts import peak_prominence, score_from
 from gtacity.engine.measure.flicker import FlickerConfig, evaluate_flicker
 from gtacity.engine.measure.realism import Measurer, RealismError, RealismSettings, compression_notes, frames, prepare
 from gtacity.engine.measure.realism_run import (

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from gtacity import __version__
-from gtacity.engine.measure.artifacts import ArtifactSummary
+from gtacity.artifacts import ArtifactSummary
 from gtacity.engine.measure.flicker import FlickerReport
 from gtacity.engine.measure.realism import Distances
 from gtacity.engine.measure.report_charts import FLOOR, PALETTE, Series, line_chart
