@@ -2,7 +2,9 @@
 
 ``metrics.jsonl`` has one JSON object per logged step with every loss term by name
 (``G_gta2city``, ``cycle_gta``, ``D_city``, ...), the step, epoch and learning rate, so a run can be
-plotted without TensorBoard. Sample grids show, per row, real -> translated -> reconstructed for
+plotted without TensorBoard; a training run adds, at each sample step, a record of how much grid
+its generators add to whole training frames (``artifacts/gta2city``, ``artifacts/city2gta``:
+``trainer/gridwatch.py``). Sample grids show, per row, real -> translated -> reconstructed for
 a fixed set of images: GTA5 rows first, then Cityscapes rows.
 
 A run that resumes from the checkpoint of step N does again the steps after N that it had logged
@@ -72,7 +74,8 @@ class RunLogger:
         return values
 
     def results(self, step: int, values: dict[str, float], prefix: str = "val") -> None:
-        """Scores measured on held-out data (``val/miou``, ...): TensorBoard and ``metrics.jsonl``;
+        """Scores measured on the side (held-out ``val/miou``, training's ``artifacts/gta2city``, ...):
+        TensorBoard and ``metrics.jsonl``, one record per call;
         may be called after :meth:`close` (or without :meth:`start`): the TensorBoard file it then
         opens is closed again before it returns, its writer thread with it."""
         if not self.enabled:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from gtacity import hardware
 from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files, unaligned_files
+from gtacity.trainer.gridwatch import VISIBLE, grid_score, warning, watch_frames
 from gtacity.trainer.logs import RunLogger
 from gtacity.trainer.recipes import Pace, cpu_advice
 from gtacity.trainer.state import (
@@ -179,6 +180,8 @@ def _run_steps(run: _Run, total: int, stop: int, show_bar: bool) -> None:
     cfg, model, prec, progress, logger = run.cfg, run.model, run.prec, run.progress, run.logger
     dataset, rank, world, device, spe = run.dataset, run.rank, run.world, run.device, run.steps_per_epoch
     samples = _sample_batch(dataset, device)
+    watch = {"gta2city": watch_frames(dataset.gta, cfg.preprocess),
+             "city2gta": watch_frames(dataset.city, cfg.preprocess)} if rank == 0 else {}
     bar = tqdm(total=total, initial=progress.step, disable=not show_bar or rank != 0, unit="step",
                dynamic_ncols=True)
     sampler = ResumableSampler(len(dataset), cfg.seed, progress.epoch, progress.position, rank, world)
@@ -204,6 +207,7 @@ def _run_steps(run: _Run, total: int, stop: int, show_bar: bool) -> None:
                 bar.set_postfix({k: f"{values[k]:.3f}" for k in ("G_total", "D_city", "D_gta")})
             if progress.step % cfg.sample_every == 0 or last:
                 logger.samples(progress.step, model, samples, prec)
+                _watch_grid(run, watch, progress.step, bar)
             if progress.position >= spe * cfg.batch_size:
                 progress.epoch, progress.position = progress.epoch + 1, 0
             if progress.step % cfg.checkpoint_every == 0 or last:
@@ -211,6 +215,22 @@ def _run_steps(run: _Run, total: int, stop: int, show_bar: bool) -> None:
             if last:
                 break
     bar.close()
+
+
+def _watch_grid(run: _Run, watch: dict[str, list], step: int, bar: tqdm) -> None:
+    """Score how much grid each generator adds to whole training frames (``trainer/gridwatch.py``):
+    ``artifacts/<direction>`` in ``metrics.jsonl`` and TensorBoard, a printed line past the visible bar."""
+    scores = {}
+    for direction, frames in watch.items():
+        net = run.model.G_gta2city if direction == "gta2city" else run.model.G_city2gta
+        score = grid_score(net, frames, run.prec, run.device)
+        if score is None:
+            continue
+        scores[direction] = round(score, 4)
+        if score > VISIBLE:
+            bar.write(warning(step, direction, score, len(frames)))
+    if scores:
+        run.logger.results(step, scores, prefix="artifacts")
 
 
 def _dataset(cfg: TrainConfig) -> tuple[UnpairedDataset, str | None]:
