@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 # Half-width of the square of bins around a peak whose median is "the spectrum around it",
 # as a fraction of the smaller side, and never under 3 bins. The 3x3 core is left out: the
@@ -62,6 +63,59 @@ def peak_prominence(image: np.ndarray) -> float:
             around = power[np.ix_((cy + offsets) % h, (cx + offsets) % w)][ring]
             ratios.append(power[cy, cx] / max(float(np.median(around)), 1e-12))
     return float(np.mean(ratios))
+
+
+def bin_prominence(images: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+    """:func:`peak_prominence`'s 15 ratios, bin by bin, for a batch, in torch and differentiable.
+
+    Args:
+        images: ``(B, C, H, W)``, any scale (a ratio of powers does not depend on it), at least 16 px
+            a side; cropped to multiples of 4.
+        floor: power added to every bin (units of ``images`` squared, summed over channels, per unit
+            of the window's energy): the noise floor of a quantised frame, below which no grid is
+            seen (:func:`quantisation_floor`). 0: the powers as they are.
+
+    Returns:
+        ``(B, 15)`` FP32: each period-2/4 bin's power over the median power around it (the mean of
+        the 15 is :func:`peak_prominence` of the same image). Training's spectral grid term
+        (``gtacity.trainer.losses.spectral_grid_loss``) reads it.
+    """
+    x = images.float()
+    h, w = x.shape[-2] - x.shape[-2] % 4, x.shape[-1] - x.shape[-1] % 4
+    if min(h, w) < _MIN_SIDE:
+        raise ValueError(f"bin_prominence needs at least {_MIN_SIDE} px a side, got {h}x{w}")
+    x = x[..., :h, :w]
+    x = x - x.mean(dim=(-2, -1), keepdim=True)
+    window = torch.outer(torch.hann_window(h, periodic=False, device=x.device),
+                         torch.hann_window(w, periodic=False, device=x.device))
+    power = (torch.fft.fft2(x * window).abs() ** 2).sum(dim=1)  # (B, h, w)
+    if floor:
+        power = power + floor * (window**2).sum()
+    r = max(3, int(min(h, w) * _SURROUND))
+    offsets = torch.arange(-r, r + 1, device=x.device)
+    ring = (offsets.abs()[:, None] > 1) | (offsets.abs()[None, :] > 1)  # (2r+1, 2r+1), core out
+    ratios = []
+    for a in range(4):
+        for b in range(4):
+            if a == b == 0:
+                continue
+            cy, cx = a * h // 4, b * w // 4
+            rows, cols = (cy + offsets) % h, (cx + offsets) % w
+            around = power[:, rows][:, :, cols][:, ring]  # (B, ring bins)
+            ratios.append(power[:, cy, cx] / torch.quantile(around, 0.5, dim=1).clamp_min(1e-12))
+    return torch.stack(ratios, dim=1)
+
+
+def quantisation_floor(value_range: float, channels: int = 3, levels: int = 256) -> float:
+    """The power per unit of window energy that rounding to ``levels`` levels adds to every bin.
+
+    Rounding adds noise uniform over one step, of variance ``step**2 / 12`` per pixel and channel,
+    white, so each bin of :func:`bin_prominence` gets ``channels * step**2 / 12`` per unit of the
+    window's energy. A grid under it is what rounding to 8 bits hides (``value_range``: 2 for
+    images in [-1, 1]).
+    """
+    step = value_range / (levels - 1)
+    return channels * step**2 / 12
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,10 @@ Examples:
 @click.option("--lambda-grid", default=0.0, show_default=True,
               help="Weight of a loss on each translation's period-2/4 pattern against its input's (not in the "
                    "paper; 0 = off): against the period-2/4 grid training can teach even a resize decoder.")
+@click.option("--grid-term", type=click.Choice(["spectral", "phase"]), default="spectral", show_default=True,
+              help="What --lambda-grid weighs: spectral = each period-2/4 peak of the translation's spectrum over "
+                   "its input's, as the artifact check measures them; phase = the crop's uniform period-4 phase "
+                   "means (the first version).")
 @click.option("--cycle-noise", default=0.0, show_default=True,
               help="Std of Gaussian noise (in [-1, 1] units) added to each translation before it is translated "
                    "back for the cycle loss (not in the paper; 0 = off): takes away the faint channel a "
@@ -137,7 +141,7 @@ def train(resume, no_progress, stop_after, recipe, **opts) -> None:
         preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"],
                               opts["load_size_max"]),
         step=StepConfig(opts["lambda_cycle"], opts["lambda_identity"], opts["lr"], opts["beta1"], opts["pool_size"],
-                        opts["lambda_grid"], opts["cycle_noise"], opts["d_antialias"]),
+                        opts["lambda_grid"], opts["cycle_noise"], opts["d_antialias"], opts["grid_term"]),
         batch_size=opts["batch_size"], epochs=opts["epochs"], epochs_decay=opts["epochs_decay"],
         amp=opts["amp"], device=opts["device"], workers=opts["workers"], seed=opts["seed"],
         checkpoint_every=opts["checkpoint_every"], log_every=opts["log_every"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -88,3 +89,15 @@ def test_summary_names_the_worst_frame_and_skips_tiny_ones():
     assert summary.frames == 2 and summary.worst_frame == 1 and summary.worst > 10
     assert "worst frame" in summary.line()
     assert ArtifactSummary.of([scores[2]]) is None
+
+
+def test_the_torch_bin_prominence_is_the_checks_measure_bin_by_bin():
+    from gtacity.artifacts import bin_prominence
+
+    rng = np.random.default_rng(3)
+    for h, w in ((64, 96), (131, 250)):
+        image = cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3)).astype(np.uint8), (0, 0), 2)
+        image[::4, ::4] = 255  # and a grid
+        ratios = bin_prominence(torch.from_numpy(image).permute(2, 0, 1)[None].double())
+        assert ratios.shape == (1, 15)
+        assert ratios.mean().item() == pytest.approx(peak_prominence(image), rel=1e-4)

@@ -95,7 +95,7 @@ def test_the_grid_loss_is_the_period_4_pattern_by_hand_and_joins_the_generator_l
     torch.testing.assert_close(grid_loss(x + checker, x), torch.tensor(0.01))
     assert grid_loss(x + 0.5, x) < 1e-6  # a change of colour is no grid
 
-    model = CycleGAN(8, 2, 8, StepConfig(lambda_grid=10.0))
+    model = CycleGAN(8, 2, 8, StepConfig(lambda_grid=10.0, grid_term="phase"))
     before = copy.deepcopy(model)
     gta, city = torch.rand(2, 1, 3, 32, 32) * 2 - 1
     losses = train_step(model, gta, city, Precision())
@@ -105,8 +105,50 @@ def test_the_grid_loss_is_the_period_4_pattern_by_hand_and_joins_the_generator_l
     for name, value in expected.items():
         torch.testing.assert_close(losses[name], value, rtol=1e-5, atol=1e-7, msg=name)
     assert "grid_gta2city" not in train_step(CycleGAN(8, 2, 8, StepConfig()), gta, city, Precision())
-    # A run saved before the option existed resumes with it off.
+    # A run saved before the option existed resumes with it off; one saved before the spectral term
+    # resumes with the phase means it trained with; a new run's config keeps its choice.
     assert TrainConfig.from_dict({"out": "run", "step": {"lambda_cycle": 10.0}}).step.lambda_grid == 0.0
+    assert TrainConfig.from_dict({"out": "run", "step": {"lambda_grid": 10.0}}).step.grid_term == "phase"
+    new = TrainConfig(out="run", step=StepConfig(lambda_grid=10.0))
+    assert new.step.grid_term == "spectral" and TrainConfig.from_dict(new.to_dict()).step.grid_term == "spectral"
+
+
+def _modulated_grid(h, w, amp):
+    """A +-amp period-4 checkerboard whose sign flips between the left and right halves."""
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    checker = torch.where(((yy // 2) + (xx // 2)) % 2 == 0, 1.0, -1.0)
+    return amp * checker * torch.where(xx < w // 2, 1.0, -1.0)
+
+
+def test_the_spectral_grid_term_sees_a_grid_the_phase_means_miss_and_not_one_rounding_erases():
+    from gtacity.trainer.losses import grid_loss, spectral_grid_loss
+
+    torch.manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 136, 136) * 2 - 1, 9, stride=1)  # (2, 3, 128, 128)
+    grid = _modulated_grid(128, 128, 4 / 127.5)  # +-4 grey levels, sign flipping halfway
+    assert grid_loss(smooth + grid, smooth) < 1e-6  # its phase means cancel: the first term is blind
+    assert spectral_grid_loss(smooth + grid, smooth) > 0.3  # its 4 of the 15 bins stand out
+    assert spectral_grid_loss(smooth, smooth) == 0
+    assert spectral_grid_loss(smooth * 0.6 + 0.2, smooth) < 0.05  # colour and contrast are no grid
+    faint = _modulated_grid(128, 128, 0.1 / 127.5)  # a tenth of a grey level: rounding erases it
+    assert spectral_grid_loss(smooth + faint, smooth) < 0.05
+
+    g = torch.zeros(128, 128).add(grid).requires_grad_(True)  # the grid as a learnable offset
+    opt = torch.optim.Adam([g], lr=1e-3)
+    for _ in range(100):
+        opt.zero_grad()
+        loss = spectral_grid_loss(smooth + g, smooth)
+        loss.backward()
+        opt.step()
+    assert spectral_grid_loss(smooth + g.detach(), smooth) < 0.1 * spectral_grid_loss(smooth + grid, smooth)
+
+    model = CycleGAN(8, 2, 8, StepConfig(lambda_grid=0.5))
+    before = copy.deepcopy(model)
+    gta, city = torch.rand(2, 1, 3, 32, 32) * 2 - 1
+    losses = train_step(model, gta, city, Precision())
+    with torch.no_grad():
+        expected = 0.5 * spectral_grid_loss(before.G_city2gta(city), city)
+    torch.testing.assert_close(losses["grid_city2gta"], expected, rtol=1e-4, atol=1e-6)
 
 
 def _same_weights(into: PatchDiscriminator, source: PatchDiscriminator) -> PatchDiscriminator:

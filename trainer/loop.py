@@ -72,7 +72,9 @@ class TrainConfig(RunSettings):
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = cls.known_fields(d)
         d["preprocess"] = Preprocess(**d.get("preprocess", {}))
-        d["step"] = StepConfig(**d.get("step", {}))
+        step = dict(d.get("step", {}))
+        step.setdefault("grid_term", "phase")  # runs from before the choice trained with the phase means
+        d["step"] = StepConfig(**step)
         d["gta"], d["city"] = tuple(d.get("gta", ())), tuple(d.get("city", ()))
         return cls(**d)
 

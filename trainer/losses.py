@@ -12,6 +12,8 @@ import random
 import torch
 import torch.nn.functional as F
 
+from gtacity.artifacts import bin_prominence, quantisation_floor
+
 
 def lsgan_loss(prediction: torch.Tensor, target_is_real: bool) -> torch.Tensor:
     """Mean squared distance of PatchGAN scores to 1 (real) or 0 (fake), computed in FP32."""
@@ -45,6 +47,26 @@ def grid_loss(output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     2 or 4 pixels no more than its input does. Cheap (one pass), differentiable, in FP32.
     """
     return F.l1_loss(grid_pattern(output), grid_pattern(source))
+
+
+def spectral_grid_loss(output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """How far each translation's period-2/4 spectral peaks stand over its input's (``--grid-term spectral``).
+
+    The artifact check's own measure (:func:`gtacity.artifacts.bin_prominence`: each of the 15
+    period-2/4 bins' power over the median power around it, Hann window), bin by bin: the mean over
+    bins and images of ``relu(log(output's) - log(max(input's, 1)))``, so only peaks the
+    translation raises above its input's (and above a spectrum without peaks) cost anything. Both
+    spectra get the noise floor of rounding to 8 bits (:func:`gtacity.artifacts.quantisation_floor`):
+    a grid too faint to survive it is not penalised, since no saved frame would show it.
+
+    Unlike :func:`grid_loss` it sees a grid whose phase or strength changes across the crop: the
+    uniform phase means of a run's translations held a faint pattern that rounding erased, while
+    the grid the check measured on whole frames was elsewhere (``benchmarks/RESULTS.md``). FP32.
+    """
+    floor = quantisation_floor(2.0, channels=output.shape[1])
+    out = bin_prominence(output, floor)
+    ref = bin_prominence(source.detach(), floor).clamp_min(1.0)
+    return F.relu(torch.log(out) - torch.log(ref)).mean()
 
 
 class ImagePool:

@@ -33,7 +33,10 @@ from torch import nn
 from gtacity import hardware
 from gtacity.nets import D_ANTIALIAS, PatchDiscriminator, ResnetGenerator, init_weights
 from gtacity.trainer.data import DataError
-from gtacity.trainer.losses import ImagePool, grid_loss, l1, lsgan_loss
+from gtacity.trainer.losses import ImagePool, grid_loss, l1, lsgan_loss, spectral_grid_loss
+
+
+GRID_TERMS = {"spectral": spectral_grid_loss, "phase": grid_loss}  # --grid-term
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,14 @@ class StepConfig:
         lr: Adam learning rate for all four nets (paper: 2e-4), before the linear decay.
         beta1: Adam beta1 (paper: 0.5; beta2 is 0.999).
         pool_size: fakes remembered for the discriminators (paper: 50; 0 = no pool).
-        lambda_grid: weight of :func:`~gtacity.trainer.losses.grid_loss` on each translation against
-            its input (not in the paper: 0 leaves it out). Against the period-2/4 grid that training
-            was measured to teach a generator even with resize upsampling.
+        lambda_grid: weight of the grid term on each translation against its input (not in the
+            paper: 0 leaves it out). Against the period-2/4 grid that training was measured to teach
+            a generator even with resize upsampling.
+        grid_term: which grid term: ``"spectral"``
+            (:func:`~gtacity.trainer.losses.spectral_grid_loss`: the artifact check's own spectral
+            peaks, bin by bin) or ``"phase"`` (:func:`~gtacity.trainer.losses.grid_loss`: the crop's
+            uniform period-4 phase means, the first version). Configs of runs from before the
+            choice read as ``"phase"``.
         cycle_noise: standard deviation (in [-1, 1] units) of Gaussian noise added to each translation
             before it is translated back for the cycle loss (not in the paper: 0 leaves it out). A
             generator can hide what the other needs for the reconstruction in a faint high-frequency
@@ -70,12 +78,15 @@ class StepConfig:
     lambda_grid: float = 0.0
     cycle_noise: float = 0.0
     d_antialias: str = "off"
+    grid_term: str = "spectral"
 
     def __post_init__(self):
         kind = {False: "off", True: "blur"}.get(self.d_antialias, self.d_antialias)
         if kind not in D_ANTIALIAS:
             raise ValueError(f"unknown d_antialias {self.d_antialias!r}; known: {', '.join(D_ANTIALIAS)}")
         object.__setattr__(self, "d_antialias", kind)
+        if self.grid_term not in GRID_TERMS:
+            raise ValueError(f"unknown grid_term {self.grid_term!r}; known: {', '.join(GRID_TERMS)}")
 
 
 class CycleGAN(nn.Module):
@@ -163,8 +174,9 @@ def train_step(
             losses["idt_gta2city"] = l1(G(city), city) * weight
             losses["idt_city2gta"] = l1(F(gta), gta) * weight
         if cfg.lambda_grid > 0:
-            losses["grid_gta2city"] = grid_loss(fake_city, gta) * cfg.lambda_grid
-            losses["grid_city2gta"] = grid_loss(fake_gta, city) * cfg.lambda_grid
+            term = GRID_TERMS[cfg.grid_term]
+            losses["grid_gta2city"] = term(fake_city, gta) * cfg.lambda_grid
+            losses["grid_city2gta"] = term(fake_gta, city) * cfg.lambda_grid
     loss_G = sum(losses.values())
     prec.backward(loss_G)
     _average_gradients(model.generators())
