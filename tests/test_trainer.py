@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch import nn
 from click.testing import CliRunner
+from torch import nn
 
 from gtacity.checkpoint import load_generator
 from gtacity.cli import cli

@@ -35,7 +35,6 @@ from gtacity.nets import D_ANTIALIAS, PatchDiscriminator, ResnetGenerator, init_
 from gtacity.trainer.data import DataError
 from gtacity.trainer.losses import ImagePool, grid_loss, l1, lsgan_loss, spectral_grid_loss
 
-
 GRID_TERMS = {"spectral": spectral_grid_loss, "phase": grid_loss}  # --grid-term
 
 
