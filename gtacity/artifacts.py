@@ -27,7 +27,7 @@ import torch
 # as a fraction of the smaller side, and never under 3 bins. The 3x3 core is left out: the
 # window spreads a peak's own energy into its direct neighbours.
 _SURROUND = 1 / 64
-_MIN_SIDE = 16
+MIN_SIDE = 16  # the smallest side the check (and the spectral grid term) measures
 
 
 def peak_prominence(image: np.ndarray) -> float:
@@ -46,7 +46,7 @@ def peak_prominence(image: np.ndarray) -> float:
     if img.ndim == 2:
         img = img[..., None]
     h, w = img.shape[0] - img.shape[0] % 4, img.shape[1] - img.shape[1] % 4
-    if min(h, w) < _MIN_SIDE:
+    if min(h, w) < MIN_SIDE:
         return float("nan")
     img = img[:h, :w] - img[:h, :w].mean(axis=(0, 1))
     window = np.outer(np.hanning(h), np.hanning(w))[..., None]
@@ -82,8 +82,8 @@ def bin_prominence(images: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
     """
     x = images.float()
     h, w = x.shape[-2] - x.shape[-2] % 4, x.shape[-1] - x.shape[-1] % 4
-    if min(h, w) < _MIN_SIDE:
-        raise ValueError(f"bin_prominence needs at least {_MIN_SIDE} px a side, got {h}x{w}")
+    if min(h, w) < MIN_SIDE:
+        raise ValueError(f"bin_prominence needs at least {MIN_SIDE} px a side, got {h}x{w}")
     x = x[..., :h, :w]
     x = x - x.mean(dim=(-2, -1), keepdim=True)
     window = torch.outer(torch.hann_window(h, periodic=False, device=x.device),

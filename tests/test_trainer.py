@@ -113,6 +113,13 @@ def test_the_grid_loss_is_the_period_4_pattern_by_hand_and_joins_the_generator_l
     assert new.step.grid_term == "spectral" and TrainConfig.from_dict(new.to_dict()).step.grid_term == "spectral"
 
 
+def test_the_spectral_grid_term_refuses_crops_too_small_to_measure(tmp_path):
+    cfg = tiny_config(tmp_path, preprocess=Preprocess("crop", 48, 12), step=StepConfig(lambda_grid=1.0))
+    with pytest.raises(DataError, match=r"at least 16 px \(--crop-size is 12\)"):
+        train(cfg, progress_bar=False)
+    assert not (tmp_path / "run").exists()
+
+
 def _modulated_grid(h, w, amp):
     """A +-amp period-4 checkerboard whose sign flips between the left and right halves."""
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
