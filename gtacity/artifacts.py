@@ -45,24 +45,9 @@ def peak_prominence(image: np.ndarray) -> float:
         img = img / 257.0
     if img.ndim == 2:
         img = img[..., None]
-    h, w = img.shape[0] - img.shape[0] % 4, img.shape[1] - img.shape[1] % 4
-    if min(h, w) < MIN_SIDE:
+    if min(img.shape[0] - img.shape[0] % 4, img.shape[1] - img.shape[1] % 4) < MIN_SIDE:
         return float("nan")
-    img = img[:h, :w] - img[:h, :w].mean(axis=(0, 1))
-    window = np.outer(np.hanning(h), np.hanning(w))[..., None]
-    power = (np.abs(np.fft.fft2(img * window, axes=(0, 1))) ** 2).sum(axis=2)  # (h, w)
-    r = max(3, int(min(h, w) * _SURROUND))
-    offsets = np.arange(-r, r + 1)
-    ring = (np.abs(offsets)[:, None] > 1) | (np.abs(offsets)[None, :] > 1)  # (2r+1, 2r+1), core out
-    ratios = []
-    for a in range(4):
-        for b in range(4):
-            if a == b == 0:
-                continue
-            cy, cx = a * h // 4, b * w // 4
-            around = power[np.ix_((cy + offsets) % h, (cx + offsets) % w)][ring]
-            ratios.append(power[cy, cx] / max(float(np.median(around)), 1e-12))
-    return float(np.mean(ratios))
+    return float(bin_prominence(torch.from_numpy(img).permute(2, 0, 1)[None]).mean())
 
 
 def bin_prominence(images: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
@@ -76,18 +61,19 @@ def bin_prominence(images: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
             seen (:func:`quantisation_floor`). 0: the powers as they are.
 
     Returns:
-        ``(B, 15)`` FP32: each period-2/4 bin's power over the median power around it (the mean of
-        the 15 is :func:`peak_prominence` of the same image). Training's spectral grid term
-        (``gtacity.trainer.losses.spectral_grid_loss``) reads it.
+        ``(B, 15)``, FP64 for FP64 images (what :func:`peak_prominence` passes), else FP32: each
+        period-2/4 bin's power over the median power around it (the mean of the 15 is
+        :func:`peak_prominence` of the same image). Training's spectral grid term
+        (``gtacity.trainer.losses.spectral_grid_loss``) reads it too.
     """
-    x = images.float()
+    x = images if images.dtype == torch.float64 else images.float()
     h, w = x.shape[-2] - x.shape[-2] % 4, x.shape[-1] - x.shape[-1] % 4
     if min(h, w) < MIN_SIDE:
         raise ValueError(f"bin_prominence needs at least {MIN_SIDE} px a side, got {h}x{w}")
     x = x[..., :h, :w]
     x = x - x.mean(dim=(-2, -1), keepdim=True)
-    window = torch.outer(torch.hann_window(h, periodic=False, device=x.device),
-                         torch.hann_window(w, periodic=False, device=x.device))
+    window = torch.outer(torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
+                         torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device))
     power = (torch.fft.fft2(x * window).abs() ** 2).sum(dim=1)  # (B, h, w)
     if floor:
         power = power + floor * (window**2).sum()

@@ -16,6 +16,7 @@ from gtacity.trainer.recipes import RECIPES
 UPSAMPLE_CHOICES = ("transpose", "resize", "bilinear")
 # gtacity.nets.D_ANTIALIAS, the same way (tests/test_trainer.py checks).
 D_ANTIALIAS_CHOICES = ("off", "blur", "blurpool")
+GRID_TERM_CHOICES = ("spectral", "phase")  # trainer.step.GRID_TERMS, without importing torch
 
 
 def _run_options(workers: int):
@@ -86,7 +87,7 @@ Examples:
 @click.option("--lambda-grid", default=0.0, show_default=True,
               help="Weight of a loss on each translation's period-2/4 pattern against its input's (not in the "
                    "paper; 0 = off): against the period-2/4 grid training can teach even a resize decoder.")
-@click.option("--grid-term", type=click.Choice(["spectral", "phase"]), default="spectral", show_default=True,
+@click.option("--grid-term", type=click.Choice(GRID_TERM_CHOICES), default="spectral", show_default=True,
               help="What --lambda-grid weighs: spectral = each period-2/4 peak of the translation's spectrum over "
                    "its input's, as the artifact check measures them; phase = the crop's uniform period-4 phase "
                    "means (the first version).")

@@ -20,11 +20,11 @@ from torch import nn
 
 from gtacity.checkpoint import load_generator
 from gtacity.cli import cli
-from gtacity.cli_learn import D_ANTIALIAS_CHOICES
+from gtacity.cli_learn import D_ANTIALIAS_CHOICES, GRID_TERM_CHOICES
 from gtacity.nets import D_ANTIALIAS, Blur, PatchDiscriminator, init_weights
 from gtacity.trainer.data import DataError, Preprocess, unaligned_files
 from gtacity.trainer.loop import TrainConfig, lr_factor, train
-from gtacity.trainer.step import CycleGAN, Precision, StepConfig, train_step
+from gtacity.trainer.step import GRID_TERMS, CycleGAN, Precision, StepConfig, train_step
 
 
 def make_domains(root, n_gta=6, n_city=8, size=48, seed=0):
@@ -109,6 +109,7 @@ def test_the_grid_loss_is_the_period_4_pattern_by_hand_and_joins_the_generator_l
     # resumes with the phase means it trained with; a new run's config keeps its choice.
     assert TrainConfig.from_dict({"out": "run", "step": {"lambda_cycle": 10.0}}).step.lambda_grid == 0.0
     assert TrainConfig.from_dict({"out": "run", "step": {"lambda_grid": 10.0}}).step.grid_term == "phase"
+    assert GRID_TERM_CHOICES == tuple(GRID_TERMS)  # what `train --grid-term` offers
     new = TrainConfig(out="run", step=StepConfig(lambda_grid=10.0))
     assert new.step.grid_term == "spectral" and TrainConfig.from_dict(new.to_dict()).step.grid_term == "spectral"
 
