@@ -50,7 +50,7 @@ def peak_prominence(image: np.ndarray) -> float:
     return float(bin_prominence(torch.from_numpy(img).permute(2, 0, 1)[None]).mean())
 
 
-def bin_prominence(images: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+def bin_prominence(images: torch.Tensor, floor: float | torch.Tensor = 0.0) -> torch.Tensor:
     """:func:`peak_prominence`'s 15 ratios, bin by bin, for a batch, in torch and differentiable.
 
     Args:
@@ -58,7 +58,8 @@ def bin_prominence(images: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
             a side; cropped to multiples of 4.
         floor: power added to every bin (units of ``images`` squared, summed over channels, per unit
             of the window's energy): the noise floor of a quantised frame, below which no grid is
-            seen (:func:`quantisation_floor`). 0: the powers as they are.
+            seen (:func:`quantisation_floor`); a ``(B,)`` tensor gives each image its own. 0: the
+            powers as they are.
 
     Returns:
         ``(B, 15)``, FP64 for FP64 images (what :func:`peak_prominence` passes), else FP32: each
@@ -75,7 +76,9 @@ def bin_prominence(images: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
     window = torch.outer(torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
                          torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device))
     power = (torch.fft.fft2(x * window).abs() ** 2).sum(dim=1)  # (B, h, w)
-    if floor:
+    if isinstance(floor, torch.Tensor):
+        power = power + floor.to(power.dtype)[:, None, None] * (window**2).sum()
+    elif floor:
         power = power + floor * (window**2).sum()
     r = max(3, int(min(h, w) * _SURROUND))
     offsets = torch.arange(-r, r + 1, device=x.device)

@@ -49,6 +49,11 @@ def grid_loss(output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(grid_pattern(output), grid_pattern(source))
 
 
+def _power(images: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B,)``: each image's mean squared deviation from its channel means."""
+    return (images - images.mean(dim=(-2, -1), keepdim=True)).pow(2).mean(dim=(1, 2, 3))
+
+
 def spectral_grid_loss(output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """How far each translation's period-2/4 spectral peaks stand over its input's (``--grid-term spectral``).
 
@@ -57,15 +62,21 @@ def spectral_grid_loss(output: torch.Tensor, source: torch.Tensor) -> torch.Tens
     bins and images of ``relu(log(output's) - log(max(input's, 1)))``, so only peaks the
     translation raises above its input's (and above a spectrum without peaks) cost anything. Both
     spectra get the noise floor of rounding to 8 bits (:func:`gtacity.artifacts.quantisation_floor`):
-    a grid too faint to survive it is not penalised, since no saved frame would show it.
+    a grid too faint to survive it is not penalised, since no saved frame would show it. The
+    output's floor is scaled by its power over its input's (the floor the output would have at its
+    input's contrast), so the term does not depend on the output's contrast: with a fixed floor,
+    flattening a translation moved its peaks towards the floor and paid (run demo13's gta2city
+    fell to half its target's contrast; ``benchmarks/RESULTS.md``).
 
     Unlike :func:`grid_loss` it sees a grid whose phase or strength changes across the crop: the
     uniform phase means of a run's translations held a faint pattern that rounding erased, while
     the grid the check measured on whole frames was elsewhere (``benchmarks/RESULTS.md``). FP32.
     """
     floor = quantisation_floor(2.0, channels=output.shape[1])
-    out = bin_prominence(output, floor)
-    ref = bin_prominence(source.detach(), floor).clamp_min(1.0)
+    source = source.detach().float()
+    gain = _power(output.float()) / _power(source).clamp_min(1e-8)
+    out = bin_prominence(output, floor * gain)
+    ref = bin_prominence(source, floor).clamp_min(1.0)
     return F.relu(torch.log(out) - torch.log(ref)).mean()
 
 
