@@ -65,8 +65,8 @@ def spectral_grid_loss(output: torch.Tensor, source: torch.Tensor) -> torch.Tens
     a grid too faint to survive it is not penalised, since no saved frame would show it. The
     output's floor is scaled by its power over its input's (the floor the output would have at its
     input's contrast), so the term does not depend on the output's contrast: with a fixed floor,
-    flattening a translation moved its peaks towards the floor and paid (run demo13's gta2city
-    fell to half its target's contrast; ``benchmarks/RESULTS.md``).
+    flattening a translation moved its peaks towards the floor and paid, a little (a third off at a
+    quarter of the contrast; ``benchmarks/RESULTS.md``).
 
     Unlike :func:`grid_loss` it sees a grid whose phase or strength changes across the crop: the
     uniform phase means of a run's translations held a faint pattern that rounding erased, while
