@@ -76,10 +76,8 @@ def bin_prominence(images: torch.Tensor, floor: float | torch.Tensor = 0.0) -> t
     window = torch.outer(torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
                          torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device))
     power = (torch.fft.fft2(x * window).abs() ** 2).sum(dim=1)  # (B, h, w)
-    if isinstance(floor, torch.Tensor):
-        power = power + floor.to(power.dtype)[:, None, None] * (window**2).sum()
-    elif floor:
-        power = power + floor * (window**2).sum()
+    floor = torch.as_tensor(floor, dtype=power.dtype, device=power.device).reshape(-1, 1, 1)  # one, or one an image
+    power = power + floor * (window**2).sum()
     r = max(3, int(min(h, w) * _SURROUND))
     offsets = torch.arange(-r, r + 1, device=x.device)
     ring = (offsets.abs()[:, None] > 1) | (offsets.abs()[None, :] > 1)  # (2r+1, 2r+1), core out

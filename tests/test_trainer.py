@@ -151,7 +151,7 @@ def test_the_spectral_grid_term_sees_a_grid_the_phase_means_miss_and_not_one_rou
     assert spectral_grid_loss(smooth + g.detach(), smooth) < 0.1 * spectral_grid_loss(smooth + grid, smooth)
 
     # Flattening a translation is no way out: the term does not change with the output's contrast
-    # (with the floor fixed, a quarter of the contrast took a third off this loss, and training followed).
+    # (with the floor fixed, a quarter of the contrast took a third off this loss).
     out = smooth + _modulated_grid(128, 128, 1.5 / 127.5)
     k = torch.tensor(1.0, requires_grad=True)
     mean = out.mean(dim=(-2, -1), keepdim=True)
