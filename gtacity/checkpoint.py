@@ -41,6 +41,7 @@ _STRAY_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
 _BLOCK_KEY = re.compile(r"^model\.(\d+)\.conv_block\.")
 # Only a resize decoder has a conv inside a top-level layer (ResizeConv2d.conv).
 _RESIZE_KEY = re.compile(r"^model\.\d+\.conv\.weight$")
+_STEP_FILE = re.compile(r"step_(\d+)_(gta2city|city2gta)\.safetensors")
 
 
 class CheckpointError(GtacityError):
@@ -158,6 +159,18 @@ def load_generator(
     net = build_generator(info.arch, info.ngf, info.n_blocks, info.upsample)
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.to(map_location).eval(), info
+
+
+def step_generator_path(run: str | Path, step: int, direction: str) -> Path:
+    """Where ``gtacity train`` and ``gtacity distill`` keep a checkpoint's generator in a run folder."""
+    return Path(run) / "generators" / f"step_{step:08d}_{direction}.safetensors"
+
+
+def step_generators(run: str | Path, direction: str) -> list[tuple[int, Path]]:
+    """(step, file) of every generator of ``direction`` that a run kept, by step; [] where none."""
+    gen_dir = Path(run) / "generators"
+    return sorted((int(m[1]), p) for p in (gen_dir.iterdir() if gen_dir.is_dir() else ())
+                  if (m := _STEP_FILE.fullmatch(p.name)) and m[2] == direction)
 
 
 def bundled_generators() -> dict[str, Path]:

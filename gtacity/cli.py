@@ -15,7 +15,7 @@ import traceback
 import click
 
 from gtacity import __version__
-from gtacity.cli_learn import data, distill, train
+from gtacity.cli_learn import average, data, distill, train
 from gtacity.cli_realism import eval_realism
 from gtacity.cli_report import eval_report
 from gtacity.cli_segment import eval_miou, eval_segmentation
@@ -401,7 +401,7 @@ evaluate.add_command(eval_miou)
 evaluate.add_command(eval_segmentation)
 evaluate.add_command(eval_report)
 
-for _command in (train, data, distill):
+for _command in (train, data, distill, average):
     cli.add_command(_command)
 
 

@@ -283,3 +283,36 @@ def distill(resume, no_progress, stop_after, **opts) -> None:
         sample_every=opts["sample_every"],
     )
     run_distill(cfg, progress_bar=not no_progress, stop_after=stop_after)
+
+
+@click.command(epilog="""\b
+Examples:
+  gtacity average runs/exp1 --from-step 3500 -o runs/exp1_avg     # both directions, steps 3500 to the last
+  gtacity average runs/exp1 --from-step 3000 --to-step 4000 -o avg --direction gta2city
+  gtacity translate drive.mp4 -o drive_city.mp4 --weights runs/exp1_avg/gta2city.safetensors
+""")
+@click.argument("run", type=click.Path())
+@click.option("--from-step", type=click.IntRange(min=0), required=True,
+              help="First step averaged (inclusive), e.g. where the learning rate has decayed to a "
+                   "fraction of its start.")
+@click.option("--to-step", type=click.IntRange(min=0), default=None, help="Last step averaged (inclusive).  [default: the last kept]")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for <direction>.safetensors (not the run folder).")
+@click.option("--direction", type=click.Choice(["gta2city", "city2gta"]), multiple=True,
+              help="Average only this direction (repeatable).  [default: every direction the run kept]")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files (never the run's own).")
+def average(run, from_step, to_step, out, direction, overwrite) -> None:
+    """Average the generators a run kept over a range of steps into one per direction.
+
+    A GAN's generator keeps moving late in training, and what it draws moves with it (a grid that
+    comes and goes, contrast that rises and falls); where the learning rate is low (the end of the
+    decay, a short fine-tune) the mean of its weights over that stretch evens the swings out. Reads RUN/generators/step_*_<direction>.safetensors (one per
+    --checkpoint-every of `gtacity train` or `gtacity distill`: save often enough to have a few) and
+    writes OUT/<direction>.safetensors, which `--weights` and `--init-from` take like any generator.
+    """
+    from gtacity.averaging import AverageConfig, average_run
+
+    written = average_run(AverageConfig(run, out, from_step, to_step, tuple(direction) or None, overwrite))
+    for item in written:
+        click.echo(f"{item.path}: mean of {len(item.steps)} {item.direction} generators, "
+                   f"steps {item.steps[0]}-{item.steps[-1]}")

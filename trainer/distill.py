@@ -21,7 +21,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gtacity import hardware
-from gtacity.checkpoint import describe, file_sha256, generator_path, load_generator, save_generator
+from gtacity.checkpoint import (
+    describe,
+    file_sha256,
+    generator_path,
+    load_generator,
+    save_generator,
+    step_generator_path,
+)
 from gtacity.nets import ARCHS
 from gtacity.quality import psnr
 from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files
@@ -243,9 +250,8 @@ def _save(run: _Run) -> None:
         "rng": {"torch": torch.get_rng_state()},
     }
     write_checkpoint(Path(cfg.out) / "checkpoints", state)
-    gen_dir = Path(cfg.out) / "generators"
     extra = {"training_step": str(step), "distilled_from": Path(cfg.teacher).name}
-    for path in (gen_dir / f"step_{step:08d}_{run.direction}.safetensors", Path(cfg.out) / f"{run.direction}.safetensors"):
+    for path in (step_generator_path(cfg.out, step, run.direction), Path(cfg.out) / f"{run.direction}.safetensors"):
         save_generator(d.student, path, direction=run.direction,
                        trained_resolution=cfg.preprocess.crop_size, extra=extra)
 

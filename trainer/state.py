@@ -26,7 +26,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from gtacity.checkpoint import DIRECTIONS, CheckpointError, read_generator_file, read_state_dict, save_generator
+from gtacity.checkpoint import (
+    DIRECTIONS,
+    CheckpointError,
+    read_generator_file,
+    read_state_dict,
+    save_generator,
+    step_generator_path,
+)
 from gtacity.errors import first_line
 from gtacity.filekinds import torch_load_problem
 from gtacity.files import written_whole
@@ -163,11 +170,10 @@ def _check_replicas_equal(model: CycleGAN, world: int) -> None:
 def export_generators(run_dir: Path, model: CycleGAN, step: int, trained_resolution: int) -> list[Path]:
     """``<run>/gta2city.safetensors`` and ``city2gta.safetensors`` (latest) plus a per-step copy."""
     written = []
-    gen_dir = run_dir / "generators"
     for direction in ("gta2city", "city2gta"):
         net = getattr(model, f"G_{direction}")
         extra = {"training_step": str(step)}
-        for path in (gen_dir / f"step_{step:08d}_{direction}.safetensors", run_dir / f"{direction}.safetensors"):
+        for path in (step_generator_path(run_dir, step, direction), run_dir / f"{direction}.safetensors"):
             written.append(
                 save_generator(net, path, direction=direction, trained_resolution=trained_resolution, extra=extra)
             )

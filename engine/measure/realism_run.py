@@ -11,7 +11,6 @@ set's features are computed (or read from the cache) once for all generators.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import cv2
 import numpy as np
 
 from gtacity.artifacts import ArtifactScore, ArtifactSummary, peak_prominence, score_from
-from gtacity.checkpoint import load_generator
+from gtacity.checkpoint import load_generator, step_generators
 from gtacity.engine.backends import Backend, create_backend
 from gtacity.engine.frames import Frame
 from gtacity.engine.measure.features import RESIZE_MODE, SIZE, FeatureNet
@@ -29,8 +28,6 @@ from gtacity.engine.measure.realism import Distances, Measurer, RealismError, Re
 from gtacity.engine.media.sources import open_source
 from gtacity.engine.stream.convert import to_batch, to_frames
 from gtacity.files import written_whole
-
-_STEP = re.compile(r"step_(\d+)_(gta2city|city2gta)\.safetensors")
 
 
 @dataclass(frozen=True)
@@ -125,9 +122,7 @@ class RunReport:
 
 def run_generators(run: str | Path, direction: str) -> list[tuple[int, Path]]:
     """(step, file) of every generator of ``direction`` a run saved, by step."""
-    gen_dir = Path(run) / "generators"
-    found = sorted((int(m[1]), p) for p in (gen_dir.iterdir() if gen_dir.is_dir() else ())
-                   if (m := _STEP.fullmatch(p.name)) and m[2] == direction)
+    found = step_generators(run, direction)
     if not found:
         raise RealismError(f"{run}: no generators/step_*_{direction}.safetensors; point --run at a "
                            "gtacity train or distill run folder (one generator is kept per --checkpoint-every)")
