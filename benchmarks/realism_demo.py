@@ -7,7 +7,7 @@ translations, the checkerboard check against their inputs). Every frame is first
 wide (the size the demo generators were trained for; INTER_AREA), the same for every set.
 
     python benchmarks/realism_demo.py --features standin --out /tmp/realism_bench \
-        [--generator gta2city=NEW.safetensors ...]
+        [--generator gta2city=NEW.safetensors ...] [--standin-seed 1]
 
 ``--generator DIRECTION=FILE`` adds another generator's row to that direction (e.g. a retrained
 demo generator next to the bundled one). Translations use openvino fp32 (``--precision``), so the
@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--generator", action="append", default=[], metavar="DIRECTION=FILE",
                     help="another generator to score, e.g. gta2city=run/gta2city.safetensors (repeatable)")
     ap.add_argument("--precision", default="fp32", help="translate --precision for every generator")
+    ap.add_argument("--standin-seed", type=int, default=0,
+                    help="the stand-in network's seed (its distances differ from seed to seed; compare within one)")
     args = ap.parse_args()
     extra: dict[str, list[str]] = {"gta2city": [], "city2gta": []}
     for item in args.generator:
@@ -68,7 +70,7 @@ def main() -> None:
     frames = {k: scaled_copy(v, args.out / "frames" / k) for k, v in SETS.items()}
     rows = []
     for direction, source, target in (("gta2city", "gta", "city"), ("city2gta", "city", "gta")):
-        settings = RealismSettings(real=frames[target], features=args.features,
+        settings = RealismSettings(real=frames[target], features=args.features, standin_seed=args.standin_seed,
                                    inception_weights=args.inception_weights, progress=False,
                                    cache_dir=str(args.out / "cache"))
         sets = [("nothing (raw frames)", frames[source], None)]

@@ -149,10 +149,14 @@ def test_bundled_generators_load_by_name_everywhere(tmp_path):
     from gtacity.cli import cli
 
     assert set(bundled_generators()) == {"gta2city_demo", "city2gta_demo", "gta2city_demo_fast", "city2gta_demo_fast"}
-    for direction, arch in (("gta2city", "lite_mobile_resnet_generator"), ("city2gta", "mobile_resnet_generator")):
+    for direction in ("gta2city", "city2gta"):
+        _teacher, t = load_generator(f"{direction}_demo")
         student, info = load_generator(f"{direction}_demo_fast")
-        assert (info.arch, info.ngf, info.n_blocks, info.direction) == (arch, 16, 6, direction)
-        assert count_macs(32, 6, 256, 256) / count_macs(16, 6, 256, 256, arch=info.arch) > 10
+        assert (t.arch, t.ngf, t.n_blocks, t.upsample, t.direction) == ("resnet_generator", 32, 6, "bilinear", direction)
+        assert (info.arch, info.ngf, info.n_blocks, info.upsample, info.direction) == (
+            "lite_mobile_resnet_generator", 16, 6, "bilinear", direction)
+        teacher_macs = count_macs(t.ngf, t.n_blocks, 256, 256, upsample=t.upsample)
+        assert teacher_macs / count_macs(16, 6, 256, 256, arch=info.arch, upsample=info.upsample) > 10
     make_image(tmp_path / "a.png", size=(64, 48), seed=1)
     outs = {}
     for name, weights in (("by_name", "gta2city_demo_fast"), ("by_path", str(bundled_generators()["gta2city_demo_fast"]))):
