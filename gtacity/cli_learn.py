@@ -104,7 +104,8 @@ Examples:
 @click.option("--pool-size", default=50, show_default=True, help="Generated images remembered for the discriminators.")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
               help="Preset sizes and schedule; options given on the command line still win. cpu-demo: the bundled "
-                   "demo's recipe for a CPU (ngf 32, 6 blocks, 128 px crops of 512 px wide frames, 64+64 epochs).")
+                   "demo's main run on a CPU (ngf 32, 6 blocks, bilinear, 128 px crops of frames scaled to "
+                   "384-768 px, blurpool discriminators, phase grid term at 10, 64+64 epochs).")
 @_run_options(workers=2)
 def train(resume, no_progress, stop_after, recipe, **opts) -> None:
     """Train GTA5 <-> Cityscapes generators (CycleGAN) and export both directions.
@@ -114,7 +115,7 @@ def train(resume, no_progress, stop_after, recipe, **opts) -> None:
     TensorBoard logs and samples/*.png.
 
     The defaults are the paper's recipe, sized for a GPU (20-27 s a step on a 2-core CPU). On a CPU,
-    --recipe cpu-demo is the one the bundled demo generators were trained with; the first steps are
+    --recipe cpu-demo is the bundled demo generators' main run; the first steps are
     timed and the expected duration printed.
     """
     from gtacity.trainer.data import Preprocess

@@ -63,14 +63,15 @@ def test_sigkill_at_random_points_then_rerun_gives_exactly_the_complete_set(tmp_
     images = tree(tmp_path / "in", 45)
     out = tmp_path / "out"
     rng = random.Random(1)
-    # First kill at a random moment (start-up included), then kills after k outputs, mid-job.
+    # First kill at a random moment (start-up included; at the latest after 14 outputs, so that a
+    # fast machine cannot finish the job first), then kills after k outputs, mid-job.
     targets = [None, rng.randint(1, 14), rng.randint(15, 30)]
     for target in targets:
         process = subprocess.Popen(command(tmp_path / "in", out, weights, "--batch-size", 2),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + (rng.uniform(0.5, 4.0) if target is None else 120)
         while time.monotonic() < deadline and process.poll() is None:
-            if target is not None and out.is_dir() and finished(out) >= target:
+            if out.is_dir() and finished(out) >= (14 if target is None else target):
                 break
             time.sleep(0.01)
         process.send_signal(signal.SIGKILL)

@@ -50,7 +50,10 @@ def test_recipe_sets_the_run_and_the_first_steps_give_an_eta(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert (config["ngf"], config["n_blocks"], config["epochs"], config["epochs_decay"]) == (32, 6, 64, 64)
     assert config["preprocess"]["mode"] == "scale_width_and_crop"
-    assert (config["checkpoint_every"], config["sample_every"], config["log_every"]) == (500, 250, 25)
+    assert (config["checkpoint_every"], config["sample_every"], config["log_every"]) == (125, 250, 25)
+    assert (config["upsample"], config["preprocess"]["load_size_max"]) == ("bilinear", 768)
+    step = config["step"]
+    assert (step["lambda_grid"], step["grid_term"], step["d_antialias"]) == (10.0, "phase", "blurpool")
     # given on the command line (to keep this test fast): they win over the recipe
     assert (config["workers"], config["preprocess"]["load_size"], config["preprocess"]["crop_size"]) == (0, 64, 32)
     # 3 images per domain, 128 epochs: 384 steps in all; steps 2-4 measured, 380 left after step 4

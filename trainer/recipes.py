@@ -1,9 +1,10 @@
 """Named training recipes, and how long a run will take: what a CPU user needs to hear at the start.
 
 The paper's recipe (ngf 64, 9 blocks, 256 px crops, 200 epochs) is sized for a GPU: on a 2-core CPU
-a step takes 20-27 s, so a run lasts days. ``cpu-demo`` is the recipe the bundled demo generators
-were trained with (``gtacity/models/MODEL_CARD.md``, section "Training"), about 0.6 s a step on an
-idle 2-core AMD EPYC.
+a step takes 20-27 s, so a run lasts days. ``cpu-demo`` is the recipe of the bundled demo generators'
+main run (``gtacity/models/MODEL_CARD.md``, section "Training": bilinear decoders, blurpool
+discriminators, the phase grid term, crops of frames scaled to 384-768 px), about 0.5 s a step on
+an idle 2-core AMD EPYC with AVX512-BF16.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from types import MappingProxyType
 # apart from the data and run folders (tests/test_recipes.py reads the card and compares).
 RECIPES = MappingProxyType({
     "cpu-demo": MappingProxyType({
-        "ngf": 32, "n_blocks": 6, "preprocess": "scale_width_and_crop", "load_size": 512, "crop_size": 128,
-        "epochs": 64, "epochs_decay": 64, "workers": 1, "checkpoint_every": 500, "sample_every": 250,
-        "log_every": 25,
+        "ngf": 32, "n_blocks": 6, "preprocess": "scale_width_and_crop", "load_size": 384, "load_size_max": 768,
+        "crop_size": 128, "epochs": 64, "epochs_decay": 64, "workers": 1, "upsample": "bilinear",
+        "lambda_grid": 10.0, "grid_term": "phase", "d_antialias": "blurpool", "checkpoint_every": 125,
+        "sample_every": 250, "log_every": 25,
     }),
 })
 CPU_RECIPE = "cpu-demo"
@@ -30,7 +32,7 @@ def cpu_advice(ngf: int, n_blocks: int, crop_size: int) -> str | None:
         return None
     return (f"training on the CPU: ngf {ngf}, {n_blocks} blocks, {crop_size} px crops is a GPU-sized recipe "
             f"(the paper's took 20-27 s a step on a 2-core AVX2 CPU); --recipe {CPU_RECIPE} is the CPU-sized one the "
-            "bundled demo was trained with (ngf 32, 6 blocks, 128 px crops; about 0.6 s a step on 2 idle "
+            "bundled demo's main run used (ngf 32, 6 blocks, 128 px crops; about 0.5 s a step on 2 idle "
             "AVX512-BF16 cores, see gtacity/models/MODEL_CARD.md)")
 
 
