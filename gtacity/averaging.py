@@ -78,11 +78,14 @@ class Averaged:
 def average_generators(paths: Sequence[str | Path]) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
     """The mean of the weights of generator files of one architecture and direction.
 
-    Returns the averaged state dict (float32) and the first file's info.
+    Returns the averaged state dict (float32) and the first file's info. ``read_generator_file``
+    holds each file's tensors to the layout its metadata names, so files whose metadata agree
+    have the same tensor names and shapes.
 
     Raises:
+        AverageError: no files.
         CheckpointError: a file cannot be read, or differs from the first in architecture,
-            size, upsampling, direction or tensor names and shapes.
+            size, upsampling or direction.
     """
     if not paths:
         raise AverageError("no generator files to average")
@@ -94,9 +97,6 @@ def average_generators(paths: Sequence[str | Path]) -> tuple[dict[str, torch.Ten
             if getattr(other, key) != getattr(info, key):
                 raise CheckpointError(f"{path}: {key} {getattr(other, key)} differs from {paths[0]}'s "
                                       f"{getattr(info, key)}; only generators of one run and direction average")
-        if state.keys() != total.keys() or any(state[k].shape != total[k].shape for k in total):
-            raise CheckpointError(f"{path}: its tensors differ from {paths[0]}'s; only generators of one run "
-                                  "and direction average")
         for k, v in state.items():
             total[k] += v.to(torch.float64)
     return {k: (v / len(paths)).to(torch.float32) for k, v in total.items()}, info
