@@ -247,6 +247,9 @@ Examples:
 @click.option("--lambda-l1", default=10.0, show_default=True, help="Weight of the L1 distance to the teacher's output.")
 @click.option("--lambda-feat", default=1.0, show_default=True, help="Weight of feature distillation (0 = off).")
 @click.option("--lambda-gan", default=1.0, show_default=True, help="Weight of the conditional GAN term (0 = off).")
+@click.option("--lambda-grid", default=0.0, show_default=True,
+              help="Weight of the spectral grid term: the student's period-2/4 peaks over its input's (0 = off). "
+                   "For a student that draws a grid its teacher does not.")
 @_run_options(workers=1)
 def distill(resume, no_progress, stop_after, **opts) -> None:
     """Distill a trained generator into a student several times cheaper to run.
@@ -278,7 +281,8 @@ def distill(resume, no_progress, stop_after, **opts) -> None:
         ngf=opts["ngf"], n_blocks=opts["n_blocks"], upsample=opts["upsample"], steps=opts["steps"],
         preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"],
                               opts["load_size_max"]),
-        losses=DistillLosses(opts["lambda_l1"], opts["lambda_feat"], opts["lambda_gan"], lr=opts["lr"]),
+        losses=DistillLosses(opts["lambda_l1"], opts["lambda_feat"], opts["lambda_gan"],
+                             lambda_grid=opts["lambda_grid"], lr=opts["lr"]),
         batch_size=opts["batch_size"], amp=opts["amp"], device=opts["device"], workers=opts["workers"],
         seed=opts["seed"], checkpoint_every=opts["checkpoint_every"], log_every=opts["log_every"],
         sample_every=opts["sample_every"],

@@ -156,6 +156,15 @@ class Preprocess:
             raise DataError(f"load size range {self.load_size}-{self.load_size_max} is empty; "
                             "--load-size-max must be at least --load-size")
 
+    def check_spectrum_crops(self, option: str, remedy: str) -> None:
+        """Refuse training crops too small for a spectral term (``option``, e.g. ``--grid-term spectral``)
+        to measure: the artifact check's spectrum needs :data:`gtacity.artifacts.MIN_SIDE` px."""
+        from gtacity.artifacts import MIN_SIDE
+
+        if "crop" in self.mode and self.crop_size < MIN_SIDE:
+            raise DataError(f"{option} needs training crops of at least {MIN_SIDE} px (--crop-size is "
+                            f"{self.crop_size}); {remedy}")
+
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``(H, W, 3)`` uint8 RGB -> augmented ``(h, w, 3)`` uint8 RGB."""
         h, w = image.shape[:2]

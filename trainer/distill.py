@@ -140,6 +140,8 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     sha = file_sha256(generator_path(cfg.teacher))
     if state is not None and state["teacher_sha256"] != sha:
         raise DataError(f"{cfg.teacher}: the teacher file changed since this run began; restore it or start a new run")
+    if cfg.losses.lambda_grid > 0:
+        cfg.preprocess.check_spectrum_crops("--lambda-grid", "use larger crops or --lambda-grid 0")
     dataset = _dataset(cfg, direction)
     torch.manual_seed(cfg.seed)
     ngf, n_blocks = cfg.ngf or max(1, info.ngf // 2), cfg.n_blocks or info.n_blocks

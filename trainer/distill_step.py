@@ -8,6 +8,7 @@ learns the pairs ``(x, T(x))``. Student objective:
     L_S = \lambda_{L1} \|S(x) - T(x)\|_1
         + \lambda_{feat} \frac{1}{K} \sum_k \|P_k(S_k(x)) - T_k(x)\|_2^2
         + \lambda_{GAN} E[(D(x, S(x)) - 1)^2]
+        + \lambda_{grid} \, grid(S(x), x)
 
 * L1 to the teacher's output (REGEN, pix2pix): what the student must match;
 * feature distillation (GAN Compression, Li et al. 2020): ``S_k`` / ``T_k`` are the outputs of the
@@ -15,7 +16,12 @@ learns the pairs ``(x, T(x))``. Student objective:
   student's channels to the teacher's; it hands the student the teacher's intermediate structure,
   not only its pixels;
 * a conditional LSGAN (pix2pix): ``D`` judges (input, output) pairs, the teacher's as real and the
-  student's as fake, and punishes the blur that L1 alone settles for.
+  student's as fake, and punishes the blur that L1 alone settles for;
+* the spectral grid term (:func:`~gtacity.trainer.losses.spectral_grid_loss`, as ``train
+  --grid-term spectral``): the student's period-2/4 spectral peaks over its input's. A small
+  student can draw a checkerboard its teacher does not (the bundled city2gta student of the second
+  demo version: held-out peaks 4.2x its input's, its teacher's 1.8x; ``benchmarks/RESULTS.md``);
+  L1 to the teacher barely sees a faint grid, this term sees nothing else.
 
 ``D`` then minimises :math:`\tfrac12(E[(D(x, T(x)) - 1)^2] + E[D(x, S(x))^2])`. Any weight set to 0
 drops its term (and, for the GAN, the discriminator and its step).
@@ -31,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gtacity.nets import N_DOWNSAMPLING, PatchDiscriminator, build_generator, init_weights, residual_blocks
-from gtacity.trainer.losses import l1, lsgan_loss
+from gtacity.trainer.losses import l1, lsgan_loss, spectral_grid_loss
 from gtacity.trainer.step import Precision
 
 
@@ -43,6 +49,8 @@ class DistillLosses:
         lambda_l1: weight of the L1 distance to the teacher's output.
         lambda_feat: weight of the feature-distillation term (0 = off).
         lambda_gan: weight of the conditional GAN term (0 = no discriminator).
+        lambda_grid: weight of the spectral grid term on the student's output against its input
+            (0 = off).
         ndf: discriminator width (pix2pix's 64 costs more than a small student; 32 is plenty to
             judge sharpness).
         lr, beta1: Adam settings for student, projections and discriminator (beta2 0.999).
@@ -51,6 +59,7 @@ class DistillLosses:
     lambda_l1: float = 10.0
     lambda_feat: float = 1.0
     lambda_gan: float = 1.0
+    lambda_grid: float = 0.0
     ndf: int = 32
     lr: float = 2e-4
     beta1: float = 0.5
@@ -132,6 +141,8 @@ def distill_step(d: Distiller, source: torch.Tensor, prec: Precision) -> dict[st
             losses["feat"] = sum(feat) / len(feat) * w.lambda_feat
         if d.D is not None:
             losses["gan"] = lsgan_loss(d.D(torch.cat([source, student], 1)), True) * w.lambda_gan
+        if w.lambda_grid > 0:
+            losses["grid"] = spectral_grid_loss(student, source) * w.lambda_grid
     loss_G = sum(losses.values())
     prec.backward(loss_G)
     prec.step(d.opt_G)

@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gtacity import hardware
-from gtacity.artifacts import MIN_SIDE
 from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files, unaligned_files
 from gtacity.trainer.gridwatch import VISIBLE, grid_score, warning, watch_frames
 from gtacity.trainer.logs import RunLogger
@@ -239,10 +238,8 @@ def _watch_grid(run: _Run, watch: dict[str, list], step: int, bar: tqdm) -> None
 
 def _check_grid_term(cfg: TrainConfig) -> None:
     """The spectral grid term measures each training crop's spectrum: crops under 16 px have none to measure."""
-    pre = cfg.preprocess
-    if cfg.step.lambda_grid > 0 and cfg.step.grid_term == "spectral" and "crop" in pre.mode and pre.crop_size < MIN_SIDE:
-        raise DataError(f"--grid-term spectral needs training crops of at least {MIN_SIDE} px (--crop-size is "
-                        f"{pre.crop_size}); use larger crops or --grid-term phase")
+    if cfg.step.lambda_grid > 0 and cfg.step.grid_term == "spectral":
+        cfg.preprocess.check_spectrum_crops("--grid-term spectral", "use larger crops or --grid-term phase")
 
 
 def _dataset(cfg: TrainConfig) -> tuple[UnpairedDataset, str | None]:
