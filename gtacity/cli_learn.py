@@ -217,7 +217,9 @@ Examples:
   gtacity distill --teacher runs/exp1/city2gta.safetensors --images cityscapes/ --out runs/fast_c \\
       --arch resnet --ngf 16 --n-blocks 9
   gtacity distill --resume runs/fast                 # continue exactly where it stopped
-    gtacity distill --resume runs/fast --steps 40000   # ... and run longer than planned
+  gtacity distill --resume runs/fast --steps 40000   # ... and run longer than planned
+  gtacity distill --teacher runs/exp1/gta2city.safetensors --images GTA5/images --out runs/fast_ft \\
+      --init-from runs/fast --lr 2e-5 --steps 2000 --lambda-grid 1   # fine-tune a student
   gtacity translate drive.mp4 -o out.mp4 --weights runs/fast/gta2city.safetensors
 """)
 @click.option("--teacher", type=click.Path(), help="Generator file to imitate (its direction is the student's).")
@@ -250,6 +252,10 @@ Examples:
 @click.option("--lambda-grid", default=0.0, show_default=True,
               help="Weight of the spectral grid term: the student's period-2/4 peaks over its input's (0 = off). "
                    "For a student that draws a grid its teacher does not.")
+@click.option("--init-from", type=click.Path(),
+              help="Start the student from weights: a distill run (student, feature projections, discriminator) "
+                   "or a student file. A fine-tune: new losses, schedule and optimiser; the student options "
+                   "must describe it.")
 @_run_options(workers=1)
 def distill(resume, no_progress, stop_after, **opts) -> None:
     """Distill a trained generator into a student several times cheaper to run.
@@ -264,9 +270,9 @@ def distill(resume, no_progress, stop_after, **opts) -> None:
     from gtacity.trainer.distill_step import DistillLosses
 
     if resume:
-        given = [k for k in ("out", "teacher", "images") if opts[k]]
+        given = [k for k in ("out", "teacher", "images", "init_from") if opts[k]]
         if given:
-            raise click.UsageError(f"--resume continues with the run's saved settings; drop --{given[0]}")
+            raise click.UsageError(f"--resume continues with the run's saved settings; drop --{given[0].replace('_', '-')}")
         steps_given = click.get_current_context().get_parameter_source("steps") is ParameterSource.COMMANDLINE
         run_distill(DistillConfig(out=resume), resume=True, progress_bar=not no_progress, stop_after=stop_after,
                     steps=opts["steps"] if steps_given else None)
@@ -279,6 +285,7 @@ def distill(resume, no_progress, stop_after, **opts) -> None:
         arch={"mobile": "mobile_resnet_generator", "lite": "lite_mobile_resnet_generator",
               "resnet": "resnet_generator"}[opts["arch"]],
         ngf=opts["ngf"], n_blocks=opts["n_blocks"], upsample=opts["upsample"], steps=opts["steps"],
+        init_from=opts["init_from"],
         preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"],
                               opts["load_size_max"]),
         losses=DistillLosses(opts["lambda_l1"], opts["lambda_feat"], opts["lambda_gan"],

@@ -10,13 +10,13 @@ import torch
 from click.testing import CliRunner
 from media import make_image, patches
 
-from gtacity.checkpoint import load_generator, read_generator_file, save_generator
+from gtacity.checkpoint import CheckpointError, load_generator, read_generator_file, save_generator
 from gtacity.cli import cli
 from gtacity.hardware import CpuCapabilities
 from gtacity.nets import ResnetGenerator, init_weights
 from gtacity.quality import psnr, ssim
 from gtacity.trainer.data import DataError, Preprocess, find_images
-from gtacity.trainer.distill import DistillConfig, SourceImages, choose_precision, distill
+from gtacity.trainer.distill import DistillConfig, SourceImages, choose_precision, distill, init_student
 from gtacity.trainer.distill_step import Distiller, DistillLosses, distill_step
 from gtacity.trainer.losses import spectral_grid_loss
 
@@ -171,6 +171,69 @@ def test_grid_weight_is_saved_with_the_run_and_resumed(tmp_path, teacher, images
     distill(DistillConfig(out=str(tmp_path / "run")), resume=True, progress_bar=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all("grid" in r for r in records if "l1" in r) and records[-1].get("step") == 6
+
+
+def _nets(path):
+    return torch.load(Path(path) / "checkpoints" / "latest.pt", weights_only=True)["nets"]
+
+
+def test_init_from_a_distill_run_or_a_student_file_starts_a_fine_tune(tmp_path, teacher, images):
+    """--init-from: the student (and from a run its projections) start where the source ended; the
+    new run has its own losses, schedule and optimiser, and its first step moves on from there."""
+    distill(config(tmp_path, teacher, images, out=str(tmp_path / "a"), losses=DistillLosses(lambda_gan=0.1)),
+            progress_bar=False)
+    source = _nets(tmp_path / "a")
+    result = CliRunner().invoke(cli, ["distill", "--teacher", teacher, "--images", images, "--out", str(tmp_path / "b"),
+                                      "--init-from", str(tmp_path / "a"), "--ngf", "4", "--n-blocks", "2",
+                                      "--preprocess", "crop", "--crop-size", "32", "--load-size", "32",
+                                      "--lambda-gan", "0", "--lambda-grid", "1", "--lr", "1e-9", "--steps", "1",
+                                      "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"initialised student, projections from {tmp_path / 'a'}" in result.output  # no D: b has none
+    tuned = _nets(tmp_path / "b")
+    for name in ("student", "projections"):  # one step at lr 1e-9 (Adam: steps of ~lr) from a's weights
+        assert all(torch.allclose(tuned[name][k], source[name][k], atol=1e-7) for k in source[name]), name
+    assert not all(torch.equal(tuned["student"][k], source["student"][k]) for k in source["student"])
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert saved["init_from"] == str(tmp_path / "a") and saved["losses"]["lambda_grid"] == 1.0
+
+    d = Distiller(load_generator(teacher)[0], "mobile_resnet_generator", 4, 2, DistillLosses())
+    assert init_student(d, tmp_path / "a" / "city2gta.safetensors", "city2gta") == ["student"]
+    file_state, _ = read_generator_file(tmp_path / "a" / "city2gta.safetensors")
+    assert all(torch.equal(d.student.state_dict()[k], file_state[k].float()) for k in file_state)
+    assert init_student(d, tmp_path / "a" / "checkpoints" / "latest.pt", "city2gta") == ["student", "projections", "D"]
+
+
+def test_init_from_refuses_weights_that_do_not_fit_in_one_line(tmp_path, teacher, images):
+    distill(config(tmp_path, teacher, images, out=str(tmp_path / "a")), progress_bar=False, stop_after=1)
+    base = ["distill", "--teacher", teacher, "--images", images, "--preprocess", "crop", "--crop-size", "32",
+            "--load-size", "32", "--steps", "1", "--workers", "0", "--no-progress"]
+    wide = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a"),
+                                    "--ngf", "8", "--n-blocks", "2"])
+    assert wide.exit_code == 1 and wide.output.count("\n") == 1, wide.output
+    assert wide.output.startswith(f"error: {tmp_path / 'a'}: weights for the student do not fit this run's "
+                                  "architecture at ") and "(check --arch / --ngf / --n-blocks / --upsample)" in wide.output
+    assert not (tmp_path / "b" / "checkpoints").exists()
+    torch.manual_seed(1)
+    other = save_generator(init_weights(ResnetGenerator(4, 2)), tmp_path / "g2c.safetensors", direction="gta2city")
+    turned = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "c"), "--init-from", str(other), "--arch", "resnet",
+                                      "--ngf", "4", "--n-blocks", "2"])
+    assert turned.exit_code == 1
+    assert turned.output.strip() == f"error: {other}: a gta2city generator; this run distills city2gta"
+    both = CliRunner().invoke(cli, ["distill", "--resume", str(tmp_path / "a"), "--init-from", str(tmp_path / "a")])
+    assert both.exit_code == 2 and "drop --init-from" in both.output
+
+
+def test_init_from_refuses_a_training_run(tmp_path, teacher, images):
+    from test_trainer import tiny_config
+
+    from gtacity.trainer.loop import train
+
+    train(tiny_config(tmp_path, out="cyclegan"), progress_bar=False, stop_after=1)
+    d = Distiller(load_generator(teacher)[0], "mobile_resnet_generator", 4, 2, DistillLosses())
+    with pytest.raises(CheckpointError, match="a training run's checkpoint, not a distill run's; pass one of its "
+                                              r"generator files \(<run>/city2gta.safetensors\) instead"):
+        init_student(d, tmp_path / "cyclegan", "city2gta")
 
 
 @pytest.mark.parametrize("native,expected", [(False, None), (True, torch.bfloat16)])

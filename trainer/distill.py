@@ -22,10 +22,12 @@ from tqdm import tqdm
 
 from gtacity import hardware
 from gtacity.checkpoint import (
+    CheckpointError,
     describe,
     file_sha256,
     generator_path,
     load_generator,
+    read_generator_file,
     save_generator,
     step_generator_path,
 )
@@ -34,7 +36,7 @@ from gtacity.quality import psnr
 from gtacity.trainer.data import DataError, Preprocess, ResumableSampler, UnpairedDataset, domain_files
 from gtacity.trainer.distill_step import Distiller, DistillLosses, distill_step
 from gtacity.trainer.logs import RunLogger
-from gtacity.trainer.state import Progress, RunSettings, has_checkpoint, read_checkpoint, write_checkpoint
+from gtacity.trainer.state import Progress, RunSettings, has_checkpoint, load_fitting, read_checkpoint, write_checkpoint
 from gtacity.trainer.step import Precision, choose_precision
 
 _DOMAIN = {"gta2city": "gta", "city2gta": "city"}
@@ -53,6 +55,9 @@ class DistillConfig(RunSettings):
         upsample: the student's decoder (``transpose`` or ``resize``); None = the teacher's.
         steps: optimiser steps; the learning rate is constant for the first half, then decays
             linearly to zero.
+        init_from: weights to start from (see :func:`init_student`): a distill run or its
+            checkpoint, or a student generator file. A fine-tune of a student, with new losses,
+            schedule and optimiser; None: a fresh student.
 
     Batch size, precision, device, workers, seed and cadence: see
     :class:`~gtacity.trainer.state.RunSettings`.
@@ -68,6 +73,7 @@ class DistillConfig(RunSettings):
     preprocess: Preprocess = field(default_factory=Preprocess)
     losses: DistillLosses = field(default_factory=DistillLosses)
     steps: int = 20000
+    init_from: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "DistillConfig":
@@ -150,6 +156,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     distiller = Distiller(teacher, cfg.arch, ngf, n_blocks, cfg.losses, upsample=cfg.upsample or info.upsample).to(device)
     prec = choose_precision(cfg.amp, device, hardware.cpu_capabilities())
     progress = _restore(distiller, prec, state) if state is not None else Progress()
+    loaded = init_student(distiller, Path(cfg.init_from), direction) if state is None and cfg.init_from else []
     if progress.step > cfg.steps:
         raise DataError(f"{run_dir}: the run is at step {progress.step}; --steps must be at least that")
     logger = RunLogger(run_dir)
@@ -158,6 +165,8 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     tqdm.write(f"teacher: {describe(info)}; student: {cfg.arch}, ngf {ngf}, {n_blocks} blocks, "
                f"{distiller.student.upsample} upsampling; "
                f"{len(dataset)} {_DOMAIN[direction]} images")
+    if loaded:
+        tqdm.write(f"initialised {', '.join(loaded)} from {cfg.init_from}")
     run = _Run(cfg, distiller, prec, progress, dataset, logger, direction, sha, device)
     stop = cfg.steps if stop_after is None else min(cfg.steps, progress.step + stop_after)
     _run_steps(run, stop, progress_bar)
@@ -168,6 +177,38 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     else:
         tqdm.write(f"stopped at step {progress.step} of {cfg.steps}; continue with: gtacity distill --resume {run_dir}")
     return student
+
+
+_ARCH_OPTIONS = "--arch / --ngf / --n-blocks / --upsample"
+
+
+def init_student(d: Distiller, source: Path, direction: str) -> list[str]:
+    """Load weights (not optimiser state) into a new run's nets; returns the names of those loaded.
+
+    ``source`` is a distill run folder or its checkpoint (the student, its feature projections
+    and, where both runs have one, the discriminator) or a generator file or bundled generator's
+    name (the student alone: the projections start fresh). Each must fit the new run's student.
+
+    Raises:
+        CheckpointError: weights of another architecture or direction, or a training run's checkpoint.
+        DataError: no checkpoint at ``source``.
+    """
+    if not (source.is_dir() or source.suffix == ".pt"):
+        state, info = read_generator_file(generator_path(source))
+        if info.direction not in (None, direction):
+            raise CheckpointError(f"{source}: a {info.direction} generator; this run distills {direction}")
+        load_fitting(d.student, state, source, "the student", _ARCH_OPTIONS)
+        return ["student"]
+    nets = read_checkpoint(source)["nets"]
+    if "student" not in nets:
+        raise CheckpointError(f"{source}: a training run's checkpoint, not a distill run's; pass one of its "
+                              f"generator files (<run>/{direction}.safetensors) instead")
+    loaded = []
+    for name, net in (("student", d.student), ("projections", d.projections), ("D", d.D)):
+        if net is not None and nets.get(name):
+            load_fitting(net, nets[name], source, f"the {name}", _ARCH_OPTIONS)
+            loaded.append(name)
+    return loaded
 
 
 def lr_factor(step: int, steps: int) -> float:

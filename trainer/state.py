@@ -290,7 +290,19 @@ def init_from(model: CycleGAN, source: Path, gta_side: str | None) -> list[str]:
 
 
 def _load_net(model: CycleGAN, name: str, state: dict[str, torch.Tensor], source: Path) -> None:
-    net = getattr(model, name)
+    load_fitting(getattr(model, name), state, source, name, "--ngf / --n-blocks / --ndf / --upsample")
+
+
+def load_fitting(net: torch.nn.Module, state: dict[str, torch.Tensor], source: Path, name: str, options: str) -> None:
+    """Load ``state`` into ``net`` (as fp32), or say in one line where it does not fit.
+
+    A transpose-decoder generator's weights warm-start a resize or bilinear one
+    (:func:`gtacity.nets.resize_warm_start`).
+
+    Raises:
+        CheckpointError: names the first tensor that is missing, extra or of another shape, and
+            ``options``, the settings that decide the architecture.
+    """
     if getattr(net, "upsample", "transpose") != "transpose" and not any(".conv.weight" in k for k in state):
         state = resize_warm_start(state, net)
     expected = net.state_dict()
@@ -299,7 +311,6 @@ def _load_net(model: CycleGAN, name: str, state: dict[str, torch.Tensor], source
     ]
     if bad:
         raise CheckpointError(
-            f"{source}: weights for {name} do not fit this run's architecture at {bad[0]} "
-            "(check --ngf / --n-blocks / --ndf / --upsample)"
+            f"{source}: weights for {name} do not fit this run's architecture at {bad[0]} (check {options})"
         )
     net.load_state_dict({k: v.float() for k, v in state.items()})
