@@ -178,9 +178,7 @@ def test_export_openvino_int8_writes_the_ir_and_makes_it_the_generators_int8_mod
     assert "the generator's cached int8 model" in used.stderr
 
 
-# city2gta_demo_fast ships none: NNCF's model of it stays below the 30 dB floor on the Cityscapes
-# sample frames (29.3 dB worst; the model card), so its int8 jobs calibrate as before.
-@pytest.mark.parametrize("name", ["gta2city_demo", "gta2city_demo_fast", "city2gta_demo"])
+@pytest.mark.parametrize("name", ["gta2city_demo", "gta2city_demo_fast", "city2gta_demo", "city2gta_demo_fast"])
 def test_bundled_generators_ship_their_int8_model_and_never_calibrate(tmp_path, monkeypatch, name):
     monkeypatch.setenv("GTACITY_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached: only what ships
     make_clip(tmp_path / "drive.mp4", frames=4, size=(96, 64), audio=None)
