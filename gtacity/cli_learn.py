@@ -227,14 +227,17 @@ Examples:
               help="Images of the teacher's source domain (GTA5 for gta2city, Cityscapes for city2gta). Repeatable.")
 @click.option("--out", type=click.Path(), help="Run folder: <direction>.safetensors, checkpoints, logs, samples.")
 @click.option("--resume", type=click.Path(), help="Continue the run in this folder with its saved settings.")
-@click.option("--arch", type=click.Choice(["mobile", "lite", "resnet"]), default="mobile", show_default=True,
+@click.option("--arch", type=click.Choice(["mobile", "lite", "resnet"]), default=None,
               help="Student: depthwise-separable residual blocks (mobile), also separable 7x7 stem and output "
-                   "convs (lite: faster on CPUs), or the ResNet generator, smaller.")
-@click.option("--ngf", type=int, default=None, help="Student width.  [default: half the teacher's]")
-@click.option("--n-blocks", type=int, default=None, help="Student residual blocks.  [default: the teacher's]")
+                   "convs (lite: faster on CPUs), or the ResNet generator, smaller.  "
+                   "[default: the --init-from student's, else mobile]")
+@click.option("--ngf", type=int, default=None,
+              help="Student width.  [default: the --init-from student's, else half the teacher's]")
+@click.option("--n-blocks", type=int, default=None,
+              help="Student residual blocks.  [default: the --init-from student's, else the teacher's]")
 @click.option("--upsample", type=click.Choice(UPSAMPLE_CHOICES), default=None,
               help="Student decoder: transposed convs, or x2 resize (nearest or bilinear) then a 3x3 conv.  "
-                   "[default: the teacher's]")
+                   "[default: the --init-from student's, else the teacher's]")
 @click.option("--steps", default=20000, show_default=True,
               help="Optimiser steps (lr constant for half, then linear to 0). With --resume: a new total for the run.")
 @click.option("--preprocess", default="resize_and_crop", show_default=True,
@@ -254,8 +257,8 @@ Examples:
                    "For a student that draws a grid its teacher does not.")
 @click.option("--init-from", type=click.Path(),
               help="Start the student from weights: a distill run (student, feature projections, discriminator) "
-                   "or a student file. A fine-tune: new losses, schedule and optimiser; the student options "
-                   "must describe it.")
+                   "or a student file. A fine-tune: new losses, schedule and optimiser; the student's "
+                   "architecture is the weights' unless --arch, --ngf, --n-blocks or --upsample say otherwise.")
 @_run_options(workers=1)
 def distill(resume, no_progress, stop_after, **opts) -> None:
     """Distill a trained generator into a student several times cheaper to run.
@@ -283,7 +286,7 @@ def distill(resume, no_progress, stop_after, **opts) -> None:
     cfg = DistillConfig(
         out=opts["out"], teacher=opts["teacher"], images=opts["images"],
         arch={"mobile": "mobile_resnet_generator", "lite": "lite_mobile_resnet_generator",
-              "resnet": "resnet_generator"}[opts["arch"]],
+              "resnet": "resnet_generator", None: None}[opts["arch"]],
         ngf=opts["ngf"], n_blocks=opts["n_blocks"], upsample=opts["upsample"], steps=opts["steps"],
         init_from=opts["init_from"],
         preprocess=Preprocess(opts["preprocess"], opts["load_size"], opts["crop_size"], not opts["no_flip"],

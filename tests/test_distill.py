@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from media import make_image, patches
 
-from gtacity.checkpoint import CheckpointError, load_generator, read_generator_file, save_generator
+from gtacity.checkpoint import CheckpointError, generator_path, load_generator, read_generator_file, save_generator
 from gtacity.cli import cli
 from gtacity.hardware import CpuCapabilities
 from gtacity.nets import ResnetGenerator, init_weights
@@ -202,6 +202,26 @@ def test_init_from_a_distill_run_or_a_student_file_starts_a_fine_tune(tmp_path, 
     file_state, _ = read_generator_file(tmp_path / "a" / "city2gta.safetensors")
     assert all(torch.equal(d.student.state_dict()[k], file_state[k].float()) for k in file_state)
     assert init_student(d, tmp_path / "a" / "checkpoints" / "latest.pt", "city2gta") == ["student", "projections", "D"]
+
+
+def test_init_from_takes_the_students_architecture_unless_told_otherwise(tmp_path, teacher, images):
+    """A bundled student by name, no student options: lite, ngf 16, 6 blocks, bilinear, as the file
+    says (the defaults would have made a mobile ngf 4, 2-block, transpose student that it cannot fill)."""
+    result = CliRunner().invoke(cli, ["distill", "--teacher", teacher, "--images", images, "--out", str(tmp_path / "b"),
+                                      "--init-from", "city2gta_demo_fast", "--preprocess", "crop", "--crop-size", "32",
+                                      "--load-size", "32", "--lambda-gan", "0", "--lr", "1e-9", "--steps", "1",
+                                      "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "student: lite_mobile_resnet_generator, ngf 16, 6 blocks, bilinear upsampling" in result.output
+    assert "initialised student from city2gta_demo_fast" in result.output
+    _, info = read_generator_file(tmp_path / "b" / "city2gta.safetensors")
+    assert (info.arch, info.ngf, info.n_blocks, info.upsample) == ("lite_mobile_resnet_generator", 16, 6, "bilinear")
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert (saved["arch"], saved["ngf"], saved["n_blocks"], saved["upsample"]) == (
+        "lite_mobile_resnet_generator", 16, 6, "bilinear")  # resolved: a resume needs no --init-from source
+    bundled, _ = read_generator_file(generator_path("city2gta_demo_fast"))
+    tuned, _ = read_generator_file(tmp_path / "b" / "city2gta.safetensors")
+    assert all(torch.allclose(tuned[k], bundled[k].float(), atol=1e-7) for k in bundled)
 
 
 def test_init_from_refuses_weights_that_do_not_fit_in_one_line(tmp_path, teacher, images):

@@ -12,7 +12,7 @@ on Cityscapes images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from tqdm import tqdm
 from gtacity import hardware
 from gtacity.checkpoint import (
     CheckpointError,
+    GeneratorInfo,
     describe,
     file_sha256,
     generator_path,
@@ -50,9 +51,12 @@ class DistillConfig(RunSettings):
         out: run folder.
         teacher: the generator file to imitate (ours or an official ``.pth``, which counts as gta2city).
         images: folders of the teacher's source domain (GTA5 for gta2city, Cityscapes for city2gta).
-        arch: the student's architecture, a key of :data:`gtacity.nets.ARCHS`.
-        ngf, n_blocks: student size; None = half the teacher's width and its depth.
-        upsample: the student's decoder (``transpose`` or ``resize``); None = the teacher's.
+        arch: the student's architecture, a key of :data:`gtacity.nets.ARCHS`; None = the
+            ``init_from`` student's, else ``mobile_resnet_generator``.
+        ngf, n_blocks: student size; None = the ``init_from`` student's, else half the teacher's
+            width and its depth.
+        upsample: the student's decoder (``transpose``, ``resize`` or ``bilinear``); None = the
+            ``init_from`` student's, else the teacher's.
         steps: optimiser steps; the learning rate is constant for the first half, then decays
             linearly to zero.
         init_from: weights to start from (see :func:`init_student`): a distill run or its
@@ -66,7 +70,7 @@ class DistillConfig(RunSettings):
     out: str
     teacher: str = ""
     images: tuple[str, ...] = ()
-    arch: str = "mobile_resnet_generator"
+    arch: str | None = "mobile_resnet_generator"
     ngf: int | None = None
     n_blocks: int | None = None
     upsample: str | None = None
@@ -146,6 +150,11 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     sha = file_sha256(generator_path(cfg.teacher))
     if state is not None and state["teacher_sha256"] != sha:
         raise DataError(f"{cfg.teacher}: the teacher file changed since this run began; restore it or start a new run")
+    if state is None and cfg.init_from:  # what the user left open, the weights it starts from decide
+        src = init_source_info(Path(cfg.init_from), direction)
+        cfg = replace(cfg, arch=cfg.arch or src.arch, ngf=cfg.ngf or src.ngf, n_blocks=cfg.n_blocks or src.n_blocks,
+                      upsample=cfg.upsample or src.upsample)
+    cfg = replace(cfg, arch=cfg.arch or "mobile_resnet_generator")
     if cfg.losses.lambda_grid > 0:
         cfg.preprocess.check_spectrum_crops("--lambda-grid", "use larger crops or --lambda-grid 0")
     dataset = _dataset(cfg, direction)
@@ -180,6 +189,19 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
 
 
 _ARCH_OPTIONS = "--arch / --ngf / --n-blocks / --upsample"
+
+
+def init_source_info(source: Path, direction: str) -> GeneratorInfo:
+    """What the student that ``source`` (as for :func:`init_student`) holds is: its arch, size and
+    upsampling, from its file's metadata (for a run, ``<run>/<direction>.safetensors``)."""
+    if not (source.is_dir() or source.suffix == ".pt"):
+        return read_generator_file(generator_path(source))[1]
+    run = source if source.is_dir() else source.parent.parent
+    student = run / f"{direction}.safetensors"
+    if not student.is_file():
+        raise CheckpointError(f"{source}: no {direction} student in this run ({student} is missing); "
+                              "pass a distill run of this direction or a student file")
+    return read_generator_file(student)[1]
 
 
 def init_student(d: Distiller, source: Path, direction: str) -> list[str]:
