@@ -16,7 +16,14 @@ from gtacity.hardware import CpuCapabilities
 from gtacity.nets import ResnetGenerator, init_weights
 from gtacity.quality import psnr, ssim
 from gtacity.trainer.data import DataError, Preprocess, find_images
-from gtacity.trainer.distill import DistillConfig, SourceImages, choose_precision, distill, init_student
+from gtacity.trainer.distill import (
+    DistillConfig,
+    SourceImages,
+    choose_precision,
+    distill,
+    init_student,
+    read_init_source,
+)
 from gtacity.trainer.distill_step import Distiller, DistillLosses, distill_step
 from gtacity.trainer.losses import spectral_grid_loss
 
@@ -198,10 +205,11 @@ def test_init_from_a_distill_run_or_a_student_file_starts_a_fine_tune(tmp_path, 
     assert saved["init_from"] == str(tmp_path / "a") and saved["losses"]["lambda_grid"] == 1.0
 
     d = Distiller(load_generator(teacher)[0], "mobile_resnet_generator", 4, 2, DistillLosses())
-    assert init_student(d, tmp_path / "a" / "city2gta.safetensors", "city2gta") == ["student"]
+    assert init_student(d, read_init_source(tmp_path / "a" / "city2gta.safetensors", "city2gta")) == ["student"]
     file_state, _ = read_generator_file(tmp_path / "a" / "city2gta.safetensors")
     assert all(torch.equal(d.student.state_dict()[k], file_state[k].float()) for k in file_state)
-    assert init_student(d, tmp_path / "a" / "checkpoints" / "latest.pt", "city2gta") == ["student", "projections", "D"]
+    checkpoint = read_init_source(tmp_path / "a" / "checkpoints" / "latest.pt", "city2gta")
+    assert init_student(d, checkpoint) == ["student", "projections", "D"]
 
 
 def test_init_from_takes_the_students_architecture_unless_told_otherwise(tmp_path, teacher, images):
@@ -250,10 +258,9 @@ def test_init_from_refuses_a_training_run(tmp_path, teacher, images):
     from gtacity.trainer.loop import train
 
     train(tiny_config(tmp_path, out="cyclegan"), progress_bar=False, stop_after=1)
-    d = Distiller(load_generator(teacher)[0], "mobile_resnet_generator", 4, 2, DistillLosses())
     with pytest.raises(CheckpointError, match="a training run's checkpoint, not a distill run's; pass one of its "
                                               r"generator files \(<run>/city2gta.safetensors\) instead"):
-        init_student(d, tmp_path / "cyclegan", "city2gta")
+        read_init_source(tmp_path / "cyclegan", "city2gta")
 
 
 @pytest.mark.parametrize("native,expected", [(False, None), (True, torch.bfloat16)])

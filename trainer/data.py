@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from gtacity.artifacts import MIN_SIDE
 from gtacity.errors import GtacityError
 from gtacity.images import IMAGE_EXTENSIONS, decode_rgb
 from gtacity.nets import SIZE_MULTIPLE
@@ -159,8 +160,6 @@ class Preprocess:
     def check_spectrum_crops(self, option: str, remedy: str) -> None:
         """Refuse training crops too small for a spectral term (``option``, e.g. ``--grid-term spectral``)
         to measure: the artifact check's spectrum needs :data:`gtacity.artifacts.MIN_SIDE` px."""
-        from gtacity.artifacts import MIN_SIDE
-
         if "crop" in self.mode and self.crop_size < MIN_SIDE:
             raise DataError(f"{option} needs training crops of at least {MIN_SIDE} px (--crop-size is "
                             f"{self.crop_size}); {remedy}")

@@ -59,7 +59,7 @@ class DistillConfig(RunSettings):
             ``init_from`` student's, else the teacher's.
         steps: optimiser steps; the learning rate is constant for the first half, then decays
             linearly to zero.
-        init_from: weights to start from (see :func:`init_student`): a distill run or its
+        init_from: weights to start from (see :func:`read_init_source`): a distill run or its
             checkpoint, or a student generator file. A fine-tune of a student, with new losses,
             schedule and optimiser; None: a fresh student.
 
@@ -150,10 +150,10 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     sha = file_sha256(generator_path(cfg.teacher))
     if state is not None and state["teacher_sha256"] != sha:
         raise DataError(f"{cfg.teacher}: the teacher file changed since this run began; restore it or start a new run")
-    if state is None and cfg.init_from:  # what the user left open, the weights it starts from decide
-        src = init_source_info(Path(cfg.init_from), direction)
-        cfg = replace(cfg, arch=cfg.arch or src.arch, ngf=cfg.ngf or src.ngf, n_blocks=cfg.n_blocks or src.n_blocks,
-                      upsample=cfg.upsample or src.upsample)
+    src = read_init_source(Path(cfg.init_from), direction) if state is None and cfg.init_from else None
+    if src is not None:  # what the user left open, the weights it starts from decide
+        cfg = replace(cfg, arch=cfg.arch or src.info.arch, ngf=cfg.ngf or src.info.ngf,
+                      n_blocks=cfg.n_blocks or src.info.n_blocks, upsample=cfg.upsample or src.info.upsample)
     cfg = replace(cfg, arch=cfg.arch or "mobile_resnet_generator")
     if cfg.losses.lambda_grid > 0:
         cfg.preprocess.check_spectrum_crops("--lambda-grid", "use larger crops or --lambda-grid 0")
@@ -165,7 +165,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
     distiller = Distiller(teacher, cfg.arch, ngf, n_blocks, cfg.losses, upsample=cfg.upsample or info.upsample).to(device)
     prec = choose_precision(cfg.amp, device, hardware.cpu_capabilities())
     progress = _restore(distiller, prec, state) if state is not None else Progress()
-    loaded = init_student(distiller, Path(cfg.init_from), direction) if state is None and cfg.init_from else []
+    loaded = init_student(distiller, src) if src is not None else []
     if progress.step > cfg.steps:
         raise DataError(f"{run_dir}: the run is at step {progress.step}; --steps must be at least that")
     logger = RunLogger(run_dir)
@@ -191,44 +191,54 @@ def distill(cfg: DistillConfig, resume: bool = False, progress_bar: bool = True,
 _ARCH_OPTIONS = "--arch / --ngf / --n-blocks / --upsample"
 
 
-def init_source_info(source: Path, direction: str) -> GeneratorInfo:
-    """What the student that ``source`` (as for :func:`init_student`) holds is: its arch, size and
-    upsampling, from its file's metadata (for a run, ``<run>/<direction>.safetensors``)."""
-    if not (source.is_dir() or source.suffix == ".pt"):
-        return read_generator_file(generator_path(source))[1]
-    run = source if source.is_dir() else source.parent.parent
-    student = run / f"{direction}.safetensors"
-    if not student.is_file():
-        raise CheckpointError(f"{source}: no {direction} student in this run ({student} is missing); "
-                              "pass a distill run of this direction or a student file")
-    return read_generator_file(student)[1]
+@dataclass(frozen=True)
+class InitSource:
+    """The weights a new run starts from (``--init-from``), read once: what its student is (arch,
+    size, upsampling: the generator file's metadata) and the states of the nets it holds."""
+
+    path: Path
+    info: GeneratorInfo
+    nets: dict[str, dict[str, torch.Tensor]]
 
 
-def init_student(d: Distiller, source: Path, direction: str) -> list[str]:
-    """Load weights (not optimiser state) into a new run's nets; returns the names of those loaded.
-
-    ``source`` is a distill run folder or its checkpoint (the student, its feature projections
-    and, where both runs have one, the discriminator) or a generator file or bundled generator's
-    name (the student alone: the projections start fresh). Each must fit the new run's student.
+def read_init_source(source: Path, direction: str) -> InitSource:
+    """Read ``source``: a distill run folder or its checkpoint (the student, its feature projections
+    and the discriminator, if it had one; the student's architecture from ``<run>/<direction>.safetensors``)
+    or a generator file or bundled generator's name (the student alone: the projections start fresh).
 
     Raises:
-        CheckpointError: weights of another architecture or direction, or a training run's checkpoint.
+        CheckpointError: a generator of the other direction, a training run's checkpoint, or a run
+            without a student of this direction.
         DataError: no checkpoint at ``source``.
     """
     if not (source.is_dir() or source.suffix == ".pt"):
         state, info = read_generator_file(generator_path(source))
         if info.direction not in (None, direction):
             raise CheckpointError(f"{source}: a {info.direction} generator; this run distills {direction}")
-        load_fitting(d.student, state, source, "the student", _ARCH_OPTIONS)
-        return ["student"]
+        return InitSource(source, info, {"student": state})
     nets = read_checkpoint(source)["nets"]
     if "student" not in nets:
         raise CheckpointError(f"{source}: a training run's checkpoint, not a distill run's; pass one of its "
                               f"generator files (<run>/{direction}.safetensors) instead")
+    run = source if source.is_dir() else source.parent.parent
+    student = run / f"{direction}.safetensors"
+    if not student.is_file():
+        raise CheckpointError(f"{source}: no {direction} student in this run ({student} is missing); "
+                              "pass a distill run of this direction or a student file")
+    return InitSource(source, read_generator_file(student)[1], nets)
+
+
+def init_student(d: Distiller, src: InitSource) -> list[str]:
+    """Load ``src``'s weights (not optimiser state) into a new run's nets, each of which must fit;
+    returns the names of those loaded (the discriminator only where both runs have one).
+
+    Raises:
+        CheckpointError: weights of another architecture than the new run's student.
+    """
     loaded = []
     for name, net in (("student", d.student), ("projections", d.projections), ("D", d.D)):
-        if net is not None and nets.get(name):
-            load_fitting(net, nets[name], source, f"the {name}", _ARCH_OPTIONS)
+        if net is not None and src.nets.get(name):
+            load_fitting(net, src.nets[name], src.path, f"the {name}", _ARCH_OPTIONS)
             loaded.append(name)
     return loaded
 
